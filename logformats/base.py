@@ -1,0 +1,169 @@
+"""The interface every log format implements, and the value types it shares with the proxy.
+
+A log format is a pair: a *capture* that runs on the leader inside the write transaction and turns
+what the transaction did into a payload, and an *apply* that replays a payload on a follower inside
+the follower's own transaction. A decoder turns a payload into events for humans (`replproxy log`).
+Formats work on plain apsw connections and know nothing about clusters, nodes or routing.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import apsw
+
+# Tables whose name starts with this prefix belong to replproxy: never captured, never compared.
+INTERNAL_PREFIX = "_replproxy_"
+
+
+def is_internal_table(name: str) -> bool:
+    """True for replproxy's own tables and SQLite's bookkeeping tables."""
+    lowered = name.lower()
+    return lowered.startswith(INTERNAL_PREFIX) or lowered.startswith("sqlite_")
+
+
+@dataclass(frozen=True)
+class StatementInfo:
+    """What SQLite says one statement does, found by preparing it (never by pattern matching)."""
+
+    sql: str
+    readonly: bool
+    # "read", "dml", "ddl", "pragma", "transaction", "savepoint", "attach", "vacuum", "other"
+    kind: str
+    # For transaction/savepoint statements: "BEGIN", "COMMIT", "ROLLBACK", "RELEASE".
+    operation: str | None = None
+    savepoint: str | None = None
+    pragma: str | None = None
+    pragma_value: str | None = None
+    tables_written: frozenset[str] = frozenset()
+    tables_read: frozenset[str] = frozenset()
+    tables_created: tuple[str, ...] = ()
+    functions: frozenset[str] = frozenset()
+    uses_temp: bool = False
+    is_insert: bool = False
+    param_count: int = 0
+    param_names: tuple[str | None, ...] = ()
+
+    @property
+    def writes(self) -> bool:
+        """True when the statement changes the database file."""
+        return self.kind in ("dml", "ddl", "vacuum") or self.replicated_pragma
+
+    @property
+    def replicated_pragma(self) -> bool:
+        """PRAGMAs that change database content that followers must share."""
+        return (
+            self.kind == "pragma"
+            and self.pragma_value is not None
+            and (self.pragma or "").lower() in REPLICATED_PRAGMAS
+        )
+
+
+# PRAGMAs stored in the database header that a follower must match; every other PRAGMA is local
+# to a connection or a file (journal_mode, foreign_keys, cache_size...) and is not replicated.
+REPLICATED_PRAGMAS = frozenset({"user_version", "application_id"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """One decoded change, for humans and for change-data-capture consumers."""
+
+    kind: str  # "INSERT", "UPDATE", "DELETE", "SQL", "SEQUENCE"
+    table: str | None = None
+    old: dict[str, Any] | None = None
+    new: dict[str, Any] | None = None
+    sql: str | None = None
+    params: Sequence[Any] | dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        for key in ("table", "old", "new", "sql", "params"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+class ApplyError(Exception):
+    """A payload could not be applied on a follower; nothing of it was kept."""
+
+    def __init__(self, message: str, table: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.table = table
+        self.reason = reason
+
+
+class DecodeError(ApplyError):
+    """A payload is not valid for its format (torn, truncated or from another version)."""
+
+
+class UnsafeStatementError(Exception):
+    """The format cannot replicate this statement exactly, so it refuses to run it."""
+
+
+# Describes columns of a table by position, for decoders: table name -> column names.
+SchemaLookup = Callable[[str], "Sequence[str] | None"]
+
+
+class Capture(abc.ABC):
+    """Leader side of a format: lives for exactly one write transaction on one connection.
+
+    The proxy calls `prepare` and `executed` around each write statement, the savepoint hooks
+    as the transaction nests, and `finish` just before COMMIT. The payload that `finish` returns is
+    appended to the log in the same SQLite transaction as the change.
+    """
+
+    def __init__(self, conn: apsw.Connection, options: dict[str, Any]):
+        self.conn = conn
+        self.options = options
+
+    def prepare(self, stmt: StatementInfo, sql: str, params: Any) -> tuple[str, Any]:
+        """Called before a write statement runs; may rewrite it (statement format)."""
+        return sql, params
+
+    def executed(self, stmt: StatementInfo, sql: str, params: Any) -> None:
+        """Called after a write statement ran successfully."""
+
+    def savepoint(self, name: str) -> None:
+        """A SAVEPOINT was opened inside the transaction."""
+
+    def release(self, name: str) -> None:
+        """A SAVEPOINT was released (its changes stay)."""
+
+    def rollback_to(self, name: str) -> None:
+        """ROLLBACK TO undid everything since the SAVEPOINT."""
+
+    @abc.abstractmethod
+    def finish(self) -> bytes | None:
+        """The payload of the transaction, or None when it changed nothing."""
+
+    def close(self) -> None:
+        """Release resources; called after commit or rollback."""
+
+
+@dataclass
+class LogFormat(abc.ABC):
+    """A named log format: capture on the leader, apply on followers, decode for humans."""
+
+    name: str = field(default="", init=False)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @abc.abstractmethod
+    def capture(self, conn: apsw.Connection) -> Capture:
+        """Start capturing one write transaction on the leader connection `conn`."""
+
+    @abc.abstractmethod
+    def apply(self, conn: apsw.Connection, payload: bytes) -> None:
+        """Replay `payload` on a follower; the caller holds the transaction and disables triggers."""
+
+    @abc.abstractmethod
+    def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
+        """Turn a payload into events for humans."""
+
+    def check_statement(self, stmt: StatementInfo) -> None:
+        """Raise UnsafeStatementError for statements this format cannot replicate exactly."""
+
+    def install(self, conn: apsw.Connection) -> None:
+        """Prepare a leader database for this format (capture tables, triggers)."""

@@ -1,0 +1,163 @@
+"""Compact binary framing shared by the formats: tagged chunks and SQLite values.
+
+A payload is a version byte followed by chunks, each `tag (1 byte) | length (u32 LE) | data`.
+Values are `type (1 byte) | data` with SQLite's five storage classes.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Iterator, Sequence
+
+from .base import DecodeError
+
+PAYLOAD_VERSION = 1
+
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+_F64 = struct.Struct("<d")
+
+_NULL, _INT, _FLOAT, _TEXT, _BLOB, _BIGINT = range(6)
+
+
+def pack_chunks(chunks: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """Frame `(tag, data)` pairs into one payload."""
+    parts = [bytes([PAYLOAD_VERSION])]
+    for tag, data in chunks:
+        parts.append(tag)
+        parts.append(_U32.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def iter_chunks(payload: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Yield `(tag, data)` pairs; raise DecodeError on a torn or foreign payload."""
+    view = memoryview(payload)
+    if not payload or payload[0] != PAYLOAD_VERSION:
+        raise DecodeError(f"unknown payload version {payload[:1]!r}")
+    pos, end = 1, len(payload)
+    while pos < end:
+        if pos + 5 > end:
+            raise DecodeError("truncated chunk header")
+        tag = bytes(view[pos : pos + 1])
+        (length,) = _U32.unpack_from(view, pos + 1)
+        pos += 5
+        if pos + length > end:
+            raise DecodeError("truncated chunk")
+        yield tag, bytes(view[pos : pos + length])
+        pos += length
+
+
+def _pack_value(value: Any, out: list[bytes]) -> None:
+    if value is None:
+        out.append(b"\x00")
+    elif isinstance(value, bool) or isinstance(value, int):
+        value = int(value)
+        if -(2**63) <= value < 2**63:
+            out.append(b"\x01" + _I64.pack(value))
+        else:  # SQLite refuses these anyway; keep them lossless in the log
+            text = str(value).encode()
+            out.append(b"\x05" + _U32.pack(len(text)) + text)
+    elif isinstance(value, float):
+        out.append(b"\x02" + _F64.pack(value))
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        out.append(b"\x03" + _U32.pack(len(data)) + data)
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        out.append(b"\x04" + _U32.pack(len(data)) + data)
+    else:
+        raise TypeError(f"cannot encode a value of type {type(value).__name__}")
+
+
+def pack_values(values: Sequence[Any]) -> bytes:
+    """Encode a sequence of SQLite values."""
+    out: list[bytes] = [_U32.pack(len(values))]
+    for value in values:
+        _pack_value(value, out)
+    return b"".join(out)
+
+
+def _unpack_value(data: bytes, pos: int) -> tuple[Any, int]:
+    kind = data[pos]
+    pos += 1
+    if kind == _NULL:
+        return None, pos
+    if kind == _INT:
+        return _I64.unpack_from(data, pos)[0], pos + 8
+    if kind == _FLOAT:
+        return _F64.unpack_from(data, pos)[0], pos + 8
+    if kind in (_TEXT, _BLOB, _BIGINT):
+        (length,) = _U32.unpack_from(data, pos)
+        pos += 4
+        raw = data[pos : pos + length]
+        if len(raw) != length:
+            raise DecodeError("truncated value")
+        pos += length
+        if kind == _TEXT:
+            return raw.decode("utf-8", "surrogatepass"), pos
+        if kind == _BIGINT:
+            return int(raw), pos
+        return bytes(raw), pos
+    raise DecodeError(f"unknown value type {kind}")
+
+
+def unpack_values(data: bytes, pos: int = 0) -> tuple[list[Any], int]:
+    """Decode what `pack_values` wrote; return the values and the position after them."""
+    try:
+        (count,) = _U32.unpack_from(data, pos)
+        pos += 4
+        values = []
+        for _ in range(count):
+            value, pos = _unpack_value(data, pos)
+            values.append(value)
+        return values, pos
+    except (struct.error, IndexError) as exc:
+        raise DecodeError(f"truncated values: {exc}") from None
+
+
+def pack_params(params: Any) -> bytes:
+    """Encode statement parameters: a sequence (qmark) or a mapping (named)."""
+    if params is None:
+        return b"N"
+    if isinstance(params, dict):
+        names = list(params)
+        return b"D" + pack_values(names) + pack_values([params[n] for n in names])
+    return b"L" + pack_values(list(params))
+
+
+def unpack_params(data: bytes, pos: int = 0) -> tuple[Any, int]:
+    """Decode what `pack_params` wrote."""
+    if pos >= len(data):
+        raise DecodeError("missing parameters")
+    tag = data[pos : pos + 1]
+    pos += 1
+    if tag == b"N":
+        return None, pos
+    if tag == b"L":
+        return unpack_values(data, pos)
+    if tag == b"D":
+        names, pos = unpack_values(data, pos)
+        values, pos = unpack_values(data, pos)
+        return dict(zip(names, values)), pos
+    raise DecodeError(f"unknown parameter tag {tag!r}")
+
+
+def pack_sql(sql: str, params: Any = None) -> bytes:
+    """Encode one SQL statement with its bound parameters."""
+    text = sql.encode("utf-8")
+    return _U32.pack(len(text)) + text + pack_params(params)
+
+
+def unpack_sql(data: bytes, pos: int = 0) -> tuple[str, Any, int]:
+    """Decode what `pack_sql` wrote: SQL text, parameters, next position."""
+    try:
+        (length,) = _U32.unpack_from(data, pos)
+    except struct.error:
+        raise DecodeError("truncated SQL") from None
+    pos += 4
+    raw = data[pos : pos + length]
+    if len(raw) != length:
+        raise DecodeError("truncated SQL")
+    params, pos = unpack_params(data, pos + length)
+    return raw.decode("utf-8"), params, pos

@@ -1,0 +1,62 @@
+"""replproxy: a SQL replication proxy over SQLite.
+
+`connect(DIR)` gives a PEP 249 connection to a cluster; `Cluster(DIR)` manages one.
+"""
+
+from __future__ import annotations
+
+from .cluster import Cluster, NodeStatus, create_cluster
+from .dbapi import Connection, Cursor, apilevel, connect, paramstyle, threadsafety
+from .errors import (
+    ChecksumError,
+    ClusterError,
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    ReadOnlyNodeError,
+    ReplicationError,
+    ReplicationTimeout,
+    UnsafeStatementError,
+    Warning,
+)
+from .storage import LogEntry
+from .verify import VerifyReport, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChecksumError",
+    "Cluster",
+    "ClusterError",
+    "Connection",
+    "Cursor",
+    "DataError",
+    "DatabaseError",
+    "Error",
+    "IntegrityError",
+    "InterfaceError",
+    "InternalError",
+    "LogEntry",
+    "NodeStatus",
+    "NotSupportedError",
+    "OperationalError",
+    "ProgrammingError",
+    "ReadOnlyNodeError",
+    "ReplicationError",
+    "ReplicationTimeout",
+    "UnsafeStatementError",
+    "VerifyReport",
+    "Warning",
+    "apilevel",
+    "connect",
+    "create_cluster",
+    "paramstyle",
+    "threadsafety",
+    "verify",
+]

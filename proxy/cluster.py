@@ -1,0 +1,395 @@
+"""A cluster on the embedded default: one directory, a cluster.toml and one SQLite file per node."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import apsw
+
+import logformats
+
+from . import config as cfg
+from . import storage
+from .errors import ClusterError, ReplicationTimeout
+from .logsource import LeaderFileSource, LogSource
+from .replication import Applier, Replicator
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node as `status()` reports it."""
+
+    name: str
+    role: str
+    file: str
+    applied_lsn: int
+    lag_entries: int
+    lag_seconds: float
+    state: str  # "ok", "paused", "error", "missing"
+    error: str | None = None
+    error_lsn: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_live: "weakref.WeakSet[Cluster]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    # Let background appliers finish their current transaction before the interpreter goes.
+    for cluster in list(_live):
+        cluster.close()
+
+
+class Cluster:
+    """A replproxy cluster opened from its directory.
+
+    Opening a cluster starts a background thread that moves its followers forward (pass
+    `replicate=False` to only inspect it). `pause` and `resume` act on the follower's own file, so they
+    hold a follower's position for every process that has the cluster open.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, replicate: bool = True,
+                 poll_interval: float = 0.01):
+        self.directory = Path(directory).resolve()
+        self.config = cfg.read(self.directory)
+        self.format = logformats.get(self.config.format, **self.config.format_options())
+        self._lock = threading.Lock()
+        self._check_leader()
+        self._epoch = self._read_epoch()
+        self._replicator: Replicator | None = None
+        self._poll_interval = poll_interval
+        self._closed = False
+        _live.add(self)
+        if replicate:
+            self.start_replication()
+
+    # -- creation -----------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, directory: str | os.PathLike[str], *, followers: int = 2, format: str = "row",
+             row_image: str = "full", from_db: str | os.PathLike[str] | None = None,
+             synchronous: str = "full", replicate: bool = True) -> "Cluster":
+        """Create a new cluster in `directory` and open it."""
+        create_cluster(directory, followers=followers, format=format, row_image=row_image,
+                       from_db=from_db, synchronous=synchronous)
+        return cls(directory, replicate=replicate)
+
+    # -- paths and connections ----------------------------------------------------------------
+
+    def path_of(self, node: str) -> Path:
+        return self.directory / self.config.node(node).file
+
+    @property
+    def leader(self) -> str:
+        return self.config.leader.name
+
+    @property
+    def followers(self) -> list[str]:
+        return [n.name for n in self.config.followers]
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def open_node(self, node: str) -> apsw.Connection:
+        """A new connection to a node's file, with the cluster's pragmas."""
+        return storage.open_node(self.path_of(node), name=node, synchronous=self.config.synchronous)
+
+    def _check_leader(self) -> None:
+        conn = self.open_node(self.leader)
+        try:
+            meta = storage.read_meta(conn, f"leader {self.leader} ({self.path_of(self.leader)})")
+            self.cluster_id = str(meta.get("cluster_id", ""))
+        finally:
+            conn.close()
+
+    def _read_epoch(self) -> int:
+        conn = self.open_node(self.leader)
+        try:
+            return int(storage.read_meta(conn, self.leader).get("epoch", 1))
+        finally:
+            conn.close()
+
+    def log_source(self) -> LogSource:
+        """Where followers of this cluster read entries from."""
+        return LeaderFileSource(self.path_of(self.leader), name=self.leader)
+
+    # -- background replication ---------------------------------------------------------------
+
+    def start_replication(self) -> None:
+        if self._replicator is None or not self._replicator.is_alive():
+            self._replicator = Replicator(self.log_source, self._make_appliers,
+                                          poll_interval=self._poll_interval)
+            self._replicator.start()
+
+    def _make_appliers(self, source: LogSource) -> list[Applier]:
+        appliers = []
+        for node in self.config.followers:
+            try:
+                appliers.append(Applier(node.name, str(self.directory / node.file), source,
+                                        synchronous=self.config.synchronous,
+                                        format_options=self.config.format_options()))
+            except ClusterError as exc:
+                if self._replicator is not None:
+                    self._replicator.errors[node.name] = str(exc)
+        return appliers
+
+    def notify_commit(self) -> None:
+        """Tell this process's replicator that the leader's log grew."""
+        if self._replicator is not None:
+            self._replicator.notify()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._replicator is not None:
+            self._replicator.stop()
+            self._replicator = None
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- positions ----------------------------------------------------------------------------
+
+    def leader_lsn(self) -> int:
+        conn = self.open_node(self.leader)
+        try:
+            return storage.last_lsn(conn)
+        finally:
+            conn.close()
+
+    def positions(self) -> dict[str, int]:
+        """Applied LSN of every follower that can be read (the leader's is its last LSN)."""
+        out = {self.leader: self.leader_lsn()}
+        for name in self.followers:
+            try:
+                conn = self.open_node(name)
+            except ClusterError:
+                continue
+            try:
+                out[name] = storage.read_state(conn).applied_lsn
+            finally:
+                conn.close()
+        return out
+
+    def status(self) -> list[NodeStatus]:
+        """Role, file, applied LSN, lag and state of every node."""
+        leader_conn = self.open_node(self.leader)
+        try:
+            leader_lsn = storage.last_lsn(leader_conn)
+            now = time.time()
+            result = [NodeStatus(self.leader, "leader", str(self.path_of(self.leader)), leader_lsn,
+                                 0, 0.0, "ok")]
+            for name in self.followers:
+                result.append(self._follower_status(name, leader_conn, leader_lsn, now))
+            return result
+        finally:
+            leader_conn.close()
+
+    def _follower_status(self, name: str, leader_conn: apsw.Connection, leader_lsn: int,
+                         now: float) -> NodeStatus:
+        path = str(self.path_of(name))
+        try:
+            conn = self.open_node(name)
+        except ClusterError as exc:
+            return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "missing", str(exc))
+        try:
+            state = storage.read_state(conn)
+        except apsw.Error as exc:
+            return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "error", str(exc))
+        finally:
+            conn.close()
+        lag = max(0, leader_lsn - state.applied_lsn)
+        lag_seconds = 0.0
+        if lag:
+            first_missing = storage.commit_time(leader_conn, state.applied_lsn + 1)
+            if first_missing is not None:
+                lag_seconds = max(0.0, now - first_missing)
+        if state.error:
+            node_state = "error"
+        elif state.paused:
+            node_state = "paused"
+        else:
+            node_state = "ok"
+        error = state.error
+        if error is None and self._replicator is not None:
+            error = self._replicator.errors.get(name)
+        return NodeStatus(name, "follower", path, state.applied_lsn, lag, round(lag_seconds, 3),
+                          node_state, error, state.error_lsn)
+
+    def wait_for_catchup(self, timeout: float = 10.0, nodes: Iterable[str] | None = None,
+                         lsn: int | None = None) -> int:
+        """Wait until the followers (all, or `nodes`) have applied `lsn` (default: the leader's
+        last LSN). Return that LSN; raise ReplicationTimeout naming the followers still behind."""
+        target = self.leader_lsn() if lsn is None else lsn
+        names = list(nodes) if nodes is not None else self.followers
+        deadline = time.monotonic() + timeout
+        conns = {}
+        try:
+            while True:
+                behind = {}
+                for name in names:
+                    if name not in conns:
+                        conns[name] = self.open_node(name)
+                    state = storage.read_state(conns[name])
+                    if state.applied_lsn < target:
+                        behind[name] = state
+                if not behind:
+                    return target
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    details = ", ".join(
+                        f"{name} at {s.applied_lsn}"
+                        + (" (paused)" if s.paused else "")
+                        + (f" (stopped: {s.error})" if s.error else "")
+                        for name, s in behind.items()
+                    )
+                    raise ReplicationTimeout(
+                        f"followers did not reach LSN {target} within {timeout:g}s: {details}")
+                if any(s.error for s in behind.values()) and all(s.error or s.paused for s in behind.values()):
+                    # Nothing will move these by itself; fail now instead of at the deadline.
+                    deadline = min(deadline, time.monotonic())
+                self._wait_progress(min(remaining, 0.02))
+        finally:
+            for conn in conns.values():
+                conn.close()
+
+    def _wait_progress(self, seconds: float) -> None:
+        replicator = self._replicator
+        if replicator is not None and replicator.is_alive():
+            replicator.notify()
+            with replicator.progress:
+                replicator.progress.wait(seconds)
+        else:
+            time.sleep(seconds)  # another process moves the followers; poll their positions
+
+    # -- holding a follower -------------------------------------------------------------------
+
+    def _set_state(self, node: str, **values: Any) -> None:
+        if node == self.leader:
+            raise ClusterError(f"{node} is the leader; only followers can be paused or resumed")
+        self.config.node(node)
+        conn = self.open_node(node)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            sets = ", ".join(f"{key}=?" for key in values)
+            conn.execute(f"UPDATE _replproxy_state SET {sets} WHERE id=1", tuple(values.values()))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        if self._replicator is not None:
+            self._replicator.notify()
+
+    def pause(self, node: str) -> None:
+        """Hold a follower at its current position, for every process, until `resume`."""
+        self._set_state(node, paused=1)
+
+    def resume(self, node: str) -> None:
+        """Let a paused or stopped follower apply again (an apply error is retried)."""
+        self._set_state(node, paused=0, error=None, error_lsn=None, error_at=None)
+
+    # -- log ----------------------------------------------------------------------------------
+
+    def entries(self, from_lsn: int = 1, limit: int | None = None) -> list[storage.LogEntry]:
+        """Log entries from `from_lsn` on, in order."""
+        conn = self.open_node(self.leader)
+        try:
+            return storage.read_entries(conn, from_lsn - 1, limit if limit is not None else -1)
+        finally:
+            conn.close()
+
+    def table_columns(self) -> dict[str, list[str]]:
+        """Column names of every table on the leader, for decoding row images."""
+        conn = self.open_node(self.leader)
+        try:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            return {t: [r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (t,))]
+                    for t in tables}
+        finally:
+            conn.close()
+
+
+def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, format: str = "row",
+                   row_image: str = "full", from_db: str | os.PathLike[str] | None = None,
+                   synchronous: str = "full") -> cfg.ClusterConfig:
+    """Create DIR/cluster.toml and one database file per node; refuse to touch an existing cluster."""
+    directory = Path(directory)
+    if cfg.config_path(directory).exists():
+        raise ClusterError(f"{directory} already holds a cluster ({cfg.config_path(directory)}); "
+                           "refusing to overwrite it")
+    if followers < 0:
+        raise ClusterError("the number of followers cannot be negative")
+    logformats.get(format, row_image=row_image)  # unknown format: fail before touching files
+    if row_image not in cfg.ROW_IMAGES:
+        raise ClusterError(f"row image must be one of {', '.join(cfg.ROW_IMAGES)}")
+    if synchronous not in cfg.SYNCHRONOUS_LEVELS:
+        raise ClusterError(f"synchronous must be one of {', '.join(cfg.SYNCHRONOUS_LEVELS)}")
+    nodes = tuple(
+        cfg.NodeConfig(name=f"node{i + 1}", file=f"node{i + 1}.db", role="leader" if i == 0 else "follower")
+        for i in range(followers + 1)
+    )
+    for node in nodes:
+        path = directory / node.file
+        if path.exists():
+            raise ClusterError(f"{path} already exists; refusing to overwrite it")
+    source = None
+    if from_db is not None:
+        source_path = Path(from_db)
+        if not source_path.is_file():
+            raise ClusterError(f"cannot seed from {from_db}: no such file")
+        source = _open_seed(source_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    cluster_id = storage.new_cluster_id()
+    created: list[Path] = []
+    try:
+        for node in nodes:
+            path = directory / node.file
+            created.append(path)
+            conn = storage.open_node(path, synchronous=synchronous, name=node.name, create=True)
+            try:
+                if source is not None:
+                    with conn.backup("main", source, "main") as backup:
+                        backup.step()
+                    conn.execute("PRAGMA journal_mode=wal").fetchall()
+                storage.install(conn, node_name=node.name, cluster_id=cluster_id)
+            finally:
+                conn.close()
+        config = cfg.ClusterConfig(format=format, row_image=row_image, synchronous=synchronous,
+                                   nodes=nodes)
+        cfg.write(directory, config)
+    except BaseException:
+        for path in created:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        raise
+    finally:
+        if source is not None:
+            source.close()
+    return config
+
+
+def _open_seed(path: Path) -> apsw.Connection:
+    try:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except apsw.Error as exc:
+        raise ClusterError(f"cannot seed from {path}: {exc}") from None
+    bad = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE name LIKE '\\_replproxy\\_%' ESCAPE '\\'")]
+    if bad:
+        conn.close()
+        raise ClusterError(f"cannot seed from {path}: it is already a replproxy node ({bad[0]})")
+    return conn

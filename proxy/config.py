@@ -1,0 +1,163 @@
+"""`cluster.toml`: the cluster's settings and its nodes, read with tomllib, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ClusterError
+
+CONFIG_NAME = "cluster.toml"
+SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
+ROW_IMAGES = ("full", "minimal")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node: its name, its database file (relative to the cluster directory) and its role."""
+
+    name: str
+    file: str
+    role: str  # "leader" or "follower"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Everything cluster.toml holds."""
+
+    format: str = "row"
+    row_image: str = "full"
+    synchronous: str = "full"
+    nodes: tuple[NodeConfig, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def leader(self) -> NodeConfig:
+        for node in self.nodes:
+            if node.role == "leader":
+                return node
+        raise ClusterError("cluster.toml names no leader node")
+
+    @property
+    def followers(self) -> tuple[NodeConfig, ...]:
+        return tuple(node for node in self.nodes if node.role == "follower")
+
+    def node(self, name: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise ClusterError(f"no node named {name!r} in this cluster (nodes: {known})")
+
+    def format_options(self) -> dict[str, Any]:
+        return {"row_image": self.row_image, **self.options}
+
+    def with_nodes(self, nodes: tuple[NodeConfig, ...]) -> "ClusterConfig":
+        return replace(self, nodes=nodes)
+
+
+def _quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _quote(value)
+    raise TypeError(f"cannot write {type(value).__name__} to cluster.toml")
+
+
+def dumps(config: ClusterConfig) -> str:
+    lines = [
+        "# replproxy cluster: edit with `replproxy` commands while clients may be running.",
+        "[cluster]",
+        f"format = {_quote(config.format)}",
+        f"row_image = {_quote(config.row_image)}",
+        f"synchronous = {_quote(config.synchronous)}",
+    ]
+    for key in sorted(config.options):
+        lines.append(f"{key} = {_toml_value(config.options[key])}")
+    for node in config.nodes:
+        lines += ["", "[[node]]", f"name = {_quote(node.name)}", f"file = {_quote(node.file)}",
+                  f"role = {_quote(node.role)}"]
+    return "\n".join(lines) + "\n"
+
+
+def loads(text: str, source: str = CONFIG_NAME) -> ClusterConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ClusterError(f"{source} is damaged: {exc}") from None
+    cluster = data.get("cluster")
+    if not isinstance(cluster, dict):
+        raise ClusterError(f"{source} is damaged: it has no [cluster] table")
+    nodes = []
+    for index, raw in enumerate(data.get("node", [])):
+        try:
+            nodes.append(NodeConfig(name=str(raw["name"]), file=str(raw["file"]), role=str(raw["role"])))
+        except (KeyError, TypeError):
+            raise ClusterError(f"{source} is damaged: node #{index + 1} needs name, file and role") from None
+    if not nodes:
+        raise ClusterError(f"{source} is damaged: it lists no [[node]]")
+    roles = [n.role for n in nodes]
+    if roles.count("leader") != 1 or any(r not in ("leader", "follower") for r in roles):
+        raise ClusterError(f"{source} is damaged: it needs exactly one leader, the other nodes followers")
+    if len({n.name for n in nodes}) != len(nodes):
+        raise ClusterError(f"{source} is damaged: node names must be unique")
+    known = {"format", "row_image", "synchronous"}
+    config = ClusterConfig(
+        format=str(cluster.get("format", "row")),
+        row_image=str(cluster.get("row_image", "full")),
+        synchronous=str(cluster.get("synchronous", "full")),
+        nodes=tuple(nodes),
+        options={k: v for k, v in cluster.items() if k not in known},
+    )
+    if config.row_image not in ROW_IMAGES:
+        raise ClusterError(f"{source}: row_image must be one of {', '.join(ROW_IMAGES)}")
+    if config.synchronous not in SYNCHRONOUS_LEVELS:
+        raise ClusterError(f"{source}: synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
+    return config
+
+
+def config_path(directory: str | os.PathLike[str]) -> Path:
+    return Path(directory) / CONFIG_NAME
+
+
+def read(directory: str | os.PathLike[str]) -> ClusterConfig:
+    """Read DIR/cluster.toml; a clear ClusterError names the file when it is missing or damaged."""
+    path = config_path(directory)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if not Path(directory).exists():
+            raise ClusterError(f"no cluster at {directory}: the directory does not exist "
+                               f"(create one with `replproxy init {directory}`)") from None
+        raise ClusterError(f"no cluster at {directory}: {path} is missing "
+                           f"(create one with `replproxy init {directory}`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClusterError(f"cannot read {path}: {exc}") from None
+    return loads(text, str(path))
+
+
+def write(directory: str | os.PathLike[str], config: ClusterConfig) -> None:
+    """Replace DIR/cluster.toml atomically, so readers never see half a file."""
+    path = config_path(directory)
+    fd, tmp = tempfile.mkstemp(prefix=".cluster.", suffix=".toml", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(dumps(config))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

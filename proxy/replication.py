@@ -1,0 +1,211 @@
+"""The apply path: followers replay log entries strictly in LSN order, exactly once.
+
+An `Applier` owns one follower file. Each step takes the follower's write lock (BEGIN IMMEDIATE),
+re-reads the follower's own applied position inside that transaction, applies the next entries,
+and advances the position in the same transaction. Two processes applying the same follower
+therefore serialize on SQLite's lock and can never apply an entry twice, and a crash at any point
+leaves data and position in agreement.
+
+A `Replicator` is the background thread that keeps every follower of a cluster moving in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import apsw
+
+import logformats
+
+from . import storage
+from .errors import ChecksumError, ReplicationError
+from .logsource import LogSource
+
+log = logging.getLogger("replproxy.replication")
+
+BATCH_ENTRIES = 512
+BATCH_SECONDS = 0.05
+
+
+class Applier:
+    """Applies entries from a log source to one follower database file."""
+
+    def __init__(self, name: str, path: str, source: LogSource, *, synchronous: str = "full",
+                 format_options: dict | None = None):
+        self.name = name
+        self.path = path
+        self.source = source
+        self.conn = storage.open_node(path, name=name, synchronous=synchronous)
+        self.conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)
+        self._triggers_on = False
+        self._format_options = dict(format_options or {})
+        self._formats: dict[str, logformats.LogFormat] = {}
+        self.applied_lsn = storage.read_state(self.conn).applied_lsn
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _format(self, name: str) -> logformats.LogFormat:
+        fmt = self._formats.get(name)
+        if fmt is None:
+            fmt = self._formats[name] = logformats.get(name, **self._format_options)
+        return fmt
+
+    def _set_triggers(self, on: bool) -> None:
+        # Row images already hold what the leader's triggers did; statement replay needs them.
+        if on != self._triggers_on:
+            self.conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 1 if on else 0)
+            self._triggers_on = on
+
+    def step(self, leader_lsn: int | None = None) -> int:
+        """Apply the next batch of entries; return how many were applied (0 when idle or held)."""
+        state = storage.read_state(self.conn)
+        self.applied_lsn = state.applied_lsn
+        if state.paused or state.error:
+            return 0
+        if leader_lsn is not None and leader_lsn <= state.applied_lsn:
+            return 0
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have moved this follower while we waited for its lock.
+            state = storage.read_state(conn)
+            if state.paused or state.error:
+                conn.execute("ROLLBACK")
+                self.applied_lsn = state.applied_lsn
+                return 0
+            applied, count, last = self._apply_entries(conn, state.applied_lsn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+            raise
+        self.applied_lsn = applied
+        return count
+
+    def _apply_entries(self, conn: apsw.Connection, applied: int) -> tuple[int, int, storage.LogEntry | None]:
+        entries = self.source.read(applied, BATCH_ENTRIES)
+        deadline = time.monotonic() + BATCH_SECONDS
+        count, last, failure = 0, None, None
+        for entry in entries:
+            if entry.lsn != applied + 1:
+                failure = ReplicationError(
+                    f"{self.name}: log entry {applied + 1} is no longer in the log (next held is "
+                    f"{entry.lsn}); this follower needs a new snapshot",
+                    node=self.name, lsn=applied + 1)
+                break
+            if not entry.checksum_ok:
+                failure = ChecksumError(
+                    f"{self.name}: log entry {entry.lsn} is corrupt (checksum mismatch); nothing of it "
+                    f"was applied", node=self.name, lsn=entry.lsn)
+                break
+            try:
+                fmt = self._format(entry.format)
+                self._set_triggers(getattr(fmt, "follower_triggers", False))
+                conn.execute("SAVEPOINT replproxy_entry")
+                try:
+                    fmt.apply(conn, entry.payload)
+                except BaseException:
+                    conn.execute("ROLLBACK TO replproxy_entry")
+                    conn.execute("RELEASE replproxy_entry")
+                    raise
+                conn.execute("RELEASE replproxy_entry")
+            except (logformats.ApplyError, apsw.Error, ValueError) as exc:
+                table = getattr(exc, "table", None)
+                where = f" on table {table!r}" if table else ""
+                failure = ReplicationError(
+                    f"{self.name}: cannot apply log entry {entry.lsn}{where}: {exc}",
+                    node=self.name, lsn=entry.lsn, table=table)
+                break
+            applied, last, count = entry.lsn, entry, count + 1
+            if time.monotonic() > deadline:
+                break
+        if last is not None:
+            conn.execute(
+                "UPDATE _replproxy_state SET applied_lsn=?, applied_epoch=?, applied_commit_time=?, "
+                "applied_at=? WHERE id=1",
+                (last.lsn, last.epoch, last.committed_at, time.time()),
+            )
+        if failure is not None:
+            log.error("%s", failure)
+            conn.execute(
+                "UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
+                (str(failure), failure.lsn, time.time()),
+            )
+        return applied, count, last
+
+
+class Replicator(threading.Thread):
+    """Background thread moving every follower of a cluster forward, in this process."""
+
+    def __init__(self, make_source: Callable[[], LogSource],
+                 make_appliers: Callable[[LogSource], list[Applier]], *, poll_interval: float = 0.01):
+        super().__init__(name="replproxy-replicator", daemon=True)
+        self._make_source = make_source
+        self._make_appliers = make_appliers
+        self.poll_interval = poll_interval
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        self.progress = threading.Condition()
+        self.errors: dict[str, str] = {}
+        self._reload = threading.Event()
+
+    def notify(self) -> None:
+        """A commit happened in this process: look at the log now rather than at the next poll."""
+        self._wake.set()
+
+    def reload(self) -> None:
+        """The cluster's nodes changed: reopen the followers."""
+        self._reload.set()
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._halt.set()
+        self._wake.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def run(self) -> None:
+        source: LogSource | None = None
+        appliers: list[Applier] = []
+        while not self._halt.is_set():
+            try:
+                if source is None or self._reload.is_set():
+                    self._reload.clear()
+                    for applier in appliers:
+                        applier.close()
+                    if source is not None:
+                        source.close()
+                    source = self._make_source()
+                    appliers = self._make_appliers(source)
+                progressed = False
+                leader_lsn = source.last_lsn()
+                for applier in appliers:
+                    if self._halt.is_set():
+                        break
+                    try:
+                        if applier.step(leader_lsn):
+                            progressed = True
+                        self.errors.pop(applier.name, None)
+                    except apsw.BusyError:
+                        progressed = True  # someone else holds the follower; try again soon
+                    except Exception as exc:  # keep the other followers moving
+                        self.errors[applier.name] = str(exc)
+                        log.warning("follower %s: %s", applier.name, exc)
+                with self.progress:
+                    self.progress.notify_all()
+                if not progressed:
+                    self._wake.wait(self.poll_interval)
+                    self._wake.clear()
+            except Exception as exc:
+                log.warning("replicator: %s", exc)
+                self.errors["*"] = str(exc)
+                source = None
+                self._halt.wait(0.2)
+        for applier in appliers:
+            applier.close()
+        if source is not None:
+            source.close()

@@ -1,0 +1,168 @@
+"""Node database files: replproxy's internal tables, opening a node, and appending to the log.
+
+Every node file holds the same internal tables, so any follower can later be promoted:
+`_replproxy_log` (the replication log; filled on the leader), `_replproxy_meta` (cluster id,
+epoch) and `_replproxy_state` (this node's applied position, pause flag and apply error).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from .errors import ClusterError
+
+BUSY_TIMEOUT_MS = 30_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS _replproxy_log(
+    lsn INTEGER PRIMARY KEY,          -- gapless, strictly increasing, never reused
+    epoch INTEGER NOT NULL,           -- leadership term of the leader that wrote it
+    format TEXT NOT NULL,             -- log format of the payload
+    payload BLOB NOT NULL,
+    checksum INTEGER NOT NULL,        -- crc32 of the payload
+    committed_at REAL NOT NULL        -- leader commit time, seconds since the epoch
+);
+CREATE TABLE IF NOT EXISTS _replproxy_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _replproxy_state(
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    applied_lsn INTEGER NOT NULL DEFAULT 0,
+    applied_epoch INTEGER NOT NULL DEFAULT 0,
+    applied_commit_time REAL,         -- leader commit time of the last applied entry
+    applied_at REAL,                  -- when this node applied it
+    paused INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    error_lsn INTEGER,
+    error_at REAL
+);
+INSERT OR IGNORE INTO _replproxy_state(id) VALUES (1);
+"""
+
+APPEND_SQL = (
+    "INSERT INTO _replproxy_log(lsn, epoch, format, payload, checksum, committed_at) "
+    "SELECT coalesce(max(lsn), 0) + 1, ?, ?, ?, ?, ? FROM _replproxy_log"
+)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One committed write transaction of the leader, as stored in the log."""
+
+    lsn: int
+    epoch: int
+    format: str
+    payload: bytes
+    checksum: int
+    committed_at: float
+
+    @property
+    def checksum_ok(self) -> bool:
+        return checksum(self.payload) == self.checksum
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node's own record of how far it has applied the log."""
+
+    applied_lsn: int
+    applied_epoch: int
+    applied_commit_time: float | None
+    applied_at: float | None
+    paused: bool
+    error: str | None
+    error_lsn: int | None
+
+
+def checksum(payload: bytes) -> int:
+    return zlib.crc32(payload)
+
+
+def open_node(path: str | os.PathLike[str], *, synchronous: str = "full", name: str | None = None,
+              create: bool = False) -> apsw.Connection:
+    """Open a node file; a clear ClusterError names the file when it is missing or not a database."""
+    label = f"{name} ({path})" if name else str(path)
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_URI
+    if create:
+        flags |= apsw.SQLITE_OPEN_CREATE
+    elif not Path(path).exists():
+        raise ClusterError(f"node file {label} is missing")
+    try:
+        conn = apsw.Connection(str(path), flags=flags)
+        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        if create:
+            conn.execute("PRAGMA journal_mode=wal").fetchall()
+        else:
+            conn.execute("SELECT count(*) FROM main.sqlite_master").fetchall()
+    except apsw.Error as exc:
+        raise ClusterError(f"node file {label} cannot be opened: {exc}") from None
+    return conn
+
+
+def install(conn: apsw.Connection, *, node_name: str, cluster_id: str) -> None:
+    """Create the internal tables on a node file (idempotent)."""
+    with conn:
+        for _ in conn.execute(SCHEMA):
+            pass
+        conn.execute(
+            "INSERT OR REPLACE INTO _replproxy_meta(key, value) VALUES "
+            "('node', ?), ('cluster_id', ?), ('epoch', coalesce((SELECT value FROM _replproxy_meta "
+            "WHERE key='epoch'), 1))",
+            (node_name, cluster_id),
+        )
+
+
+def new_cluster_id() -> str:
+    return uuid.uuid4().hex
+
+
+def read_meta(conn: apsw.Connection, label: str) -> dict[str, Any]:
+    try:
+        return dict(conn.execute("SELECT key, value FROM _replproxy_meta"))
+    except apsw.SQLError:
+        raise ClusterError(f"{label} is not a replproxy node (no _replproxy_meta table)") from None
+
+
+def read_state(conn: apsw.Connection) -> NodeState:
+    row = conn.execute(
+        "SELECT applied_lsn, applied_epoch, applied_commit_time, applied_at, paused, error, error_lsn "
+        "FROM _replproxy_state WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        return NodeState(0, 0, None, None, False, None, None)
+    return NodeState(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+
+
+def append(conn: apsw.Connection, *, epoch: int, format: str, payload: bytes) -> int:
+    """Append one entry inside the caller's transaction; return its LSN."""
+    conn.execute(APPEND_SQL, (epoch, format, payload, checksum(payload), time.time()))
+    return conn.last_insert_rowid()
+
+
+def last_lsn(conn: apsw.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(lsn), 0) FROM _replproxy_log").fetchone()[0]
+
+
+_ENTRY_COLUMNS = "lsn, epoch, format, payload, checksum, committed_at"
+
+
+def read_entries(conn: apsw.Connection, after: int, limit: int) -> list[LogEntry]:
+    return [
+        LogEntry(*row)
+        for row in conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM _replproxy_log WHERE lsn > ? ORDER BY lsn LIMIT ?",
+            (after, limit),
+        )
+    ]
+
+
+def commit_time(conn: apsw.Connection, lsn: int) -> float | None:
+    row = conn.execute("SELECT committed_at FROM _replproxy_log WHERE lsn = ?", (lsn,)).fetchone()
+    return row[0] if row else None
