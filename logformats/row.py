@@ -157,6 +157,10 @@ class RowCapture(Capture):
 
     def finish(self) -> bytes | None:
         self._flush()
+        # COMMIT may still be refused (deferred foreign keys) and the transaction go on: keep
+        # capturing, and leave the chunks as they were so that finish() can be called again.
+        self._session = self._new_session()
+        chunks = list(self._chunks)
         sequence = read_sequence(self.conn)
         if sequence is not None and sequence != self._sequence:
             changed = [
@@ -166,10 +170,10 @@ class RowCapture(Capture):
             ]
             if changed:
                 flat = [value for pair in changed for value in pair]
-                self._chunks.append((TAG_SEQUENCE, codec.pack_values(flat)))
-        if not self._chunks:
+                chunks.append((TAG_SEQUENCE, codec.pack_values(flat)))
+        if not chunks:
             return None
-        return codec.pack_chunks(self._chunks)
+        return codec.pack_chunks(chunks)
 
     def close(self) -> None:
         self._drop_session()

@@ -204,7 +204,8 @@ class Connection:
             if payload is not None:
                 lsn = storage.append(leader, epoch=self.cluster.epoch, format=self._format.name,
                                      payload=payload)
-            leader.execute("RELEASE replproxy_commit")
+            # The savepoint stays open through COMMIT: if COMMIT is refused (deferred foreign keys)
+            # the log entry is rolled back to it below while the transaction stays open.
             leader.execute("COMMIT")
         except apsw.Error as exc:
             if leader.get_autocommit():
