@@ -45,6 +45,9 @@ class StatementInfo:
     is_insert: bool = False
     param_count: int = 0
     param_names: tuple[str | None, ...] = ()
+    # False when the statement has no result columns (no SELECT, RETURNING or PRAGMA result):
+    # a property of its text, so it cannot change with the schema.
+    returns_rows: bool = True
 
     @property
     def writes(self) -> bool:
@@ -97,6 +100,10 @@ class ApplyError(Exception):
 
 class DecodeError(ApplyError):
     """A payload is not valid for its format (torn, truncated or from another version)."""
+
+
+class CaptureError(Exception):
+    """The leader's transaction cannot be captured exactly; it must not be committed."""
 
 
 class UnsafeStatementError(Exception):

@@ -11,6 +11,7 @@ schema changes (as SQL), replicated PRAGMAs and AUTOINCREMENT counters (sqlite_s
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import apsw
@@ -19,6 +20,7 @@ from . import codec
 from .base import (
     ApplyError,
     Capture,
+    CaptureError,
     DecodeError,
     Event,
     LogFormat,
@@ -33,6 +35,10 @@ TAG_PATCHSET = b"P"
 TAG_SEQUENCE = b"Q"
 
 _APPLY_FLAGS = apsw.SQLITE_CHANGESETAPPLY_NOSAVEPOINT | apsw.SQLITE_CHANGESETAPPLY_FKNOACTION
+# FKNOACTION only changes anything on a connection with PRAGMA foreign_keys=ON (SQLite consults
+# SQLITE_FkNoAction only inside its foreign-key processing), but setting it costs every apply a
+# schema-cookie bump that re-prepares each statement of the connection, about half the apply time.
+_APPLY_FLAGS_NO_FK = apsw.SQLITE_CHANGESETAPPLY_NOSAVEPOINT
 
 _CONFLICT_NAMES = {
     apsw.SQLITE_CHANGESET_DATA: "the row's current values differ from the leader's before image",
@@ -55,6 +61,29 @@ def read_sequence(conn: apsw.Connection) -> dict[str, int] | None:
         return None
 
 
+# Whether main.sqlite_sequence exists, per connection: (PRAGMA schema_version, exists). Only the
+# schema decides it, so the query runs again only when the schema version moves; without it every
+# transaction on a database with no AUTOINCREMENT table would prepare a failing query (and raise)
+# twice. Keyed by the connection, not the file name: a file recreated at the same path starts its
+# schema version over and must not inherit the answer.
+_SEQUENCE_TABLE: "weakref.WeakKeyDictionary[apsw.Connection, tuple[int, bool]]" = weakref.WeakKeyDictionary()
+
+
+def _schema_version(conn: apsw.Connection) -> int:
+    return conn.execute("PRAGMA main.schema_version").fetchone()[0]
+
+
+def read_sequence_at(conn: apsw.Connection, schema_version: int) -> dict[str, int] | None:
+    """`read_sequence(conn)`, where `schema_version` is conn's current PRAGMA main.schema_version
+    (read in the same transaction): no query when this connection found no sqlite_sequence at it."""
+    known = _SEQUENCE_TABLE.get(conn)
+    if known is not None and known[0] == schema_version and not known[1]:
+        return None
+    sequence = read_sequence(conn)
+    _SEQUENCE_TABLE[conn] = (schema_version, sequence is not None)
+    return sequence
+
+
 class RowCapture(Capture):
     """Collects one transaction's row images plus the schema changes between them."""
 
@@ -63,7 +92,7 @@ class RowCapture(Capture):
         self._minimal = options.get("row_image", "full") == "minimal"
         self._chunks: list[tuple[bytes, bytes]] = []
         self._marks: list[tuple[str, int]] = []
-        self._sequence = read_sequence(conn)
+        self._sequence = read_sequence_at(conn, _schema_version(conn))
         self._session: apsw.Session | None = self._new_session()
         self._schema_version = 0
 
@@ -98,6 +127,10 @@ class RowCapture(Capture):
             if _is_create_table_as(stmt):
                 # CREATE TABLE ... AS SELECT: the rows it copies are captured as images.
                 self._session = self._new_session()
+        elif self._session is None:
+            # The schema change before this statement failed (a UNIQUE index over duplicates), so
+            # executed() never started the next session: without one these rows would not be seen.
+            self._session = self._new_session()
         return sql, params
 
     def executed(self, stmt: StatementInfo, sql: str, params: Any) -> None:
@@ -108,6 +141,8 @@ class RowCapture(Capture):
                 if rows_session is not None:
                     self._session = rows_session
                     self._flush()
+                if _is_create_table_as(stmt):
+                    self._capture_created_rows(stmt.tables_created[0])
             else:
                 self._drop_session()
             self._session = self._new_session()
@@ -126,6 +161,24 @@ class RowCapture(Capture):
             if row is not None:
                 return row[0], None
         return sql, params
+
+    def _capture_created_rows(self, table: str) -> None:
+        # SQLite runs no pre-update hook for the rows CREATE TABLE ... AS SELECT copies, so the
+        # session never sees them: build their INSERT images from the new table itself.
+        quoted = '"' + table.replace('"', '""') + '"'
+        if self.conn.execute(f"SELECT 1 FROM main.{quoted} LIMIT 1").fetchone() is None:
+            return  # a plain CREATE TABLE (which may be WITHOUT ROWID): nothing was copied
+        builder = apsw.ChangesetBuilder()
+        try:
+            builder.schema(self.conn, "main")
+            count = 0
+            for row in self.conn.execute(f"SELECT rowid, * FROM main.{quoted}"):
+                builder.add_insert(table, False, row)
+                count += 1
+            if count:
+                self._chunks.append((TAG_CHANGESET, builder.output()))
+        finally:
+            builder.close()
 
     def _read_schema_version(self) -> int:
         return self.conn.execute("PRAGMA main.schema_version").fetchone()[0]
@@ -160,8 +213,10 @@ class RowCapture(Capture):
         # COMMIT may still be refused (deferred foreign keys) and the transaction go on: keep
         # capturing, and leave the chunks as they were so that finish() can be called again.
         self._session = self._new_session()
+        schema_version = _schema_version(self.conn)
+        refuse_null_keys(self.conn, schema_version)
         chunks = list(self._chunks)
-        sequence = read_sequence(self.conn)
+        sequence = read_sequence_at(self.conn, schema_version)
         if sequence is not None and sequence != self._sequence:
             changed = [
                 (name, seq)
@@ -179,8 +234,51 @@ class RowCapture(Capture):
         self._drop_session()
 
 
+# filename -> (schema_version, [(table, nullable key columns)])
+_NULLABLE_KEYS: dict[str, tuple[int, list[tuple[str, list[str]]]]] = {}
+
+
+def _nullable_key_tables(conn: apsw.Connection, schema_version: int | None = None) -> list[tuple[str, list[str]]]:
+    """Rowid tables whose PRIMARY KEY is not the rowid and may hold NULL (a SQLite legacy quirk)."""
+    version = _schema_version(conn) if schema_version is None else schema_version
+    cached = _NULLABLE_KEYS.get(conn.filename)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    found = []
+    for (name,) in conn.execute(
+        "SELECT name FROM pragma_table_list WHERE schema='main' AND type='table' AND wr=0"
+    ).fetchall():
+        if is_internal_table(name):
+            continue
+        keys = conn.execute(
+            'SELECT name, type, "notnull" FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk', (name,)
+        ).fetchall()
+        if not keys or (len(keys) == 1 and keys[0][1].upper() == "INTEGER"):
+            continue
+        nullable = [col for col, _type, notnull in keys if not notnull]
+        if nullable:
+            found.append((name, nullable))
+    _NULLABLE_KEYS[conn.filename] = (version, found)
+    return found
+
+
+def refuse_null_keys(conn: apsw.Connection, schema_version: int | None = None) -> None:
+    """The session extension skips rows whose PRIMARY KEY holds NULL: refuse rather than lose them.
+    `schema_version`: conn's current PRAGMA main.schema_version, when the caller has just read it."""
+    for table, columns in _nullable_key_tables(conn, schema_version):
+        quoted = '"' + table.replace('"', '""') + '"'
+        test = " OR ".join('"' + c.replace('"', '""') + '" IS NULL' for c in columns)
+        if conn.execute(f"SELECT 1 FROM main.{quoted} WHERE {test} LIMIT 1").fetchone():
+            raise CaptureError(
+                f"table {table!r} has rows with NULL in its PRIMARY KEY ({', '.join(columns)}); "
+                "row images cannot identify them, so the transaction was not committed. "
+                "Give those rows a key, or declare the key columns NOT NULL")
+
+
 def _is_create_table_as(stmt: StatementInfo) -> bool:
-    return bool(stmt.tables_created) and bool(stmt.tables_read)
+    # Reading no table but calling functions (random(), datetime('now')): the rows must still be
+    # images, a replay could compute other values.
+    return bool(stmt.tables_created) and (bool(stmt.tables_read) or bool(stmt.functions))
 
 
 class RowFormat(LogFormat):
@@ -228,7 +326,9 @@ def apply_changeset(conn: apsw.Connection, data: bytes) -> None:
         return apsw.SQLITE_CHANGESET_ABORT
 
     try:
-        apsw.Changeset.apply(data, conn, conflict=on_conflict, flags=_APPLY_FLAGS)
+        foreign_keys = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+        flags = _APPLY_FLAGS if foreign_keys else _APPLY_FLAGS_NO_FK
+        apsw.Changeset.apply(data, conn, conflict=on_conflict, flags=flags)
     except apsw.Error as exc:
         if conflicts:
             reason, table, key = conflicts[0]

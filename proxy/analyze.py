@@ -71,6 +71,10 @@ class Analyzer:
             traced["explain"] = cursor.is_explain
             traced["count"] = cursor.bindings_count
             traced["names"] = cursor.bindings_names
+            try:
+                traced["columns"] = len(cursor.get_description())
+            except Exception:  # unknown: returns_rows stays True, the safe answer
+                pass
             return False
 
         cursor = self.conn.cursor()
@@ -105,7 +109,8 @@ def _has_statement(conn: apsw.Connection, sql: str) -> bool:
     found: list[bool] = []
 
     def tracer(cursor: apsw.Cursor, first: str, bindings: Any) -> bool:
-        found.append(True)
+        # apsw traces comment-only text too, as a statement with no SQL in it.
+        found.append(bool(cursor.expanded_sql))
         return False
 
     cursor = conn.cursor()
@@ -118,7 +123,7 @@ def _has_statement(conn: apsw.Connection, sql: str) -> bool:
         return True
     finally:
         cursor.exec_trace = None
-    return bool(found)
+    return any(found)
 
 
 def _classify(sql: str, traced: dict[str, Any], actions: list[tuple[int, Any, Any, Any, Any]]) -> StatementInfo:
@@ -160,7 +165,7 @@ def _classify(sql: str, traced: dict[str, Any], actions: list[tuple[int, Any, An
     elif codes & _DDL:
         kind = "ddl"
     elif codes & _TEMP_DDL:
-        kind = "temp"
+        kind, operation = "temp", "DDL"
     elif apsw.SQLITE_PRAGMA in codes and not written:
         kind = "pragma"
         op = next(a for a in actions if a[0] == apsw.SQLITE_PRAGMA)
@@ -174,7 +179,12 @@ def _classify(sql: str, traced: dict[str, Any], actions: list[tuple[int, Any, An
     elif traced["explain"]:
         kind = "read"
 
-    touches_internal = any(is_internal_table(t) and not t.lower().startswith("sqlite_") for t in written)
+    # Writes done by triggers count too: a trigger must not change replproxy's tables either.
+    touches_internal = any(
+        code in _WRITE and isinstance(arg1, str) and dbname != "temp"
+        and arg1.lower().startswith("_replproxy_")
+        for code, arg1, _arg2, dbname, _trigger in actions
+    )
     if kind == "ddl":
         for code, arg1, arg2, dbname, trigger in actions:
             if code in _DDL and trigger is None:
@@ -205,4 +215,5 @@ def _classify(sql: str, traced: dict[str, Any], actions: list[tuple[int, Any, An
         is_insert=is_insert,
         param_count=int(traced["count"] or 0),
         param_names=tuple(traced["names"] or ()),
+        returns_rows=bool(traced.get("columns", 1)),
     )

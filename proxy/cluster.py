@@ -209,7 +209,7 @@ class Cluster:
             return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "missing", str(exc))
         try:
             state = storage.read_state(conn)
-        except apsw.Error as exc:
+        except (apsw.Error, ClusterError) as exc:
             return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "error", str(exc))
         finally:
             conn.close()
@@ -285,6 +285,7 @@ class Cluster:
         self.config.node(node)
         conn = self.open_node(node)
         try:
+            storage.read_state(conn)  # a file that is not a replproxy node fails here, naming it
             conn.execute("BEGIN IMMEDIATE")
             sets = ", ".join(f"{key}=?" for key in values)
             conn.execute(f"UPDATE _replproxy_state SET {sets} WHERE id=1", tuple(values.values()))

@@ -215,6 +215,9 @@ class Connection:
                 leader.execute("ROLLBACK TO replproxy_commit")
                 leader.execute("RELEASE replproxy_commit")
             raise translate(exc) from exc
+        except logformats.CaptureError as exc:
+            self._abort()
+            raise IntegrityError(f"{exc} (rolled back)") from exc
         except BaseException:
             self._abort()
             raise
@@ -442,22 +445,31 @@ class Cursor:
         else:
             self._write(stmt, sql, params)
 
-    def _execute_on(self, conn: apsw.Connection, sql: str, params: Any) -> apsw.Cursor:
+    def _execute_on(self, conn: apsw.Connection, sql: str, params: Any,
+                    returns_rows: bool = True) -> apsw.Cursor:
         cursor = conn.cursor()
         description: list[Any] = []
+        if returns_rows:
+            # The columns are known once the statement is prepared, even if it returns no row.
+            def trace(cur: apsw.Cursor, statement: str, bindings: Any) -> bool:
+                description[:] = [cur.get_description()]
+                return True
 
-        def trace(cur: apsw.Cursor, statement: str, bindings: Any) -> bool:
-            description[:] = [cur.get_description()]
-            return True
-
-        cursor.exec_trace = trace
+            cursor.exec_trace = trace
         try:
             cursor.execute(sql, params)
         except apsw.Error as exc:
             raise translate(exc) from exc
         except (TypeError, ValueError, OverflowError) as exc:
             raise translate(exc) from exc
-        desc = description[0] if description else ()
+        except KeyError as exc:
+            # apsw looks named parameters up in the mapping; a missing one is the caller's mistake.
+            raise ProgrammingError(
+                f"You did not supply a value for binding parameter :{exc.args[0]}.") from exc
+        if not description:
+            self.description = None  # what an empty description gives
+            return cursor
+        desc = description[0]
         self.description = tuple((name, None, None, None, None, None, None) for name, _ in desc) or None
         return cursor
 
@@ -492,7 +504,8 @@ class Cursor:
         cursor = self._execute_on(conn._leader, sql, params)
         rows = list(cursor)
         self.node = conn._leader_name
-        self.rowcount = conn._leader.changes() if stmt.tables_written or stmt.uses_temp else -1
+        writes_rows = not stmt.readonly and stmt.operation != "DDL"
+        self.rowcount = conn._leader.changes() if writes_rows else -1
         self._rows = iter(rows) if self.description else None
 
     def _vacuum(self, stmt: StatementInfo, sql: str) -> None:
@@ -525,7 +538,9 @@ class Cursor:
             own_txn = conn.autocommit or stmt.kind != "dml"
         try:
             run_sql, run_params = txn.capture.prepare(stmt, sql, params)
-            cursor = self._execute_on(conn._leader, run_sql, run_params)
+            # No result columns (most writes): no exec tracer needed to learn the description.
+            cursor = self._execute_on(conn._leader, run_sql, run_params,
+                                      stmt.returns_rows or run_sql is not sql)
             rows = list(cursor)
         except BaseException as exc:
             conn._sync_txn_state()

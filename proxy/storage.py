@@ -131,10 +131,14 @@ def read_meta(conn: apsw.Connection, label: str) -> dict[str, Any]:
 
 
 def read_state(conn: apsw.Connection) -> NodeState:
-    row = conn.execute(
-        "SELECT applied_lsn, applied_epoch, applied_commit_time, applied_at, paused, error, error_lsn "
-        "FROM _replproxy_state WHERE id = 1"
-    ).fetchone()
+    try:
+        row = conn.execute(
+            "SELECT applied_lsn, applied_epoch, applied_commit_time, applied_at, paused, error, error_lsn "
+            "FROM _replproxy_state WHERE id = 1"
+        ).fetchone()
+    except apsw.SQLError as exc:
+        # A plain SQLite file where a node file should be: name the file, not the missing table.
+        raise ClusterError(f"node file {conn.filename} is not a replproxy node ({exc})") from None
     if row is None:
         return NodeState(0, 0, None, None, False, None, None)
     return NodeState(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])

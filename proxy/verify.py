@@ -78,11 +78,18 @@ def _quote(name: str) -> str:
 
 def table_digest(conn: apsw.Connection, name: str, pk: list[str], by_rowid: bool) -> tuple[int, str]:
     """Row count and a digest of a table's rows in key order, with SQLite types kept."""
+    # Text is read as its bytes, its storage class beside it: SQLite can hold text that is not
+    # UTF-8 (upper(X'80'), 'a' || X'FF'), which Python would fail to decode.
+    columns = [c for (c,) in conn.execute(
+        "SELECT name FROM pragma_table_xinfo(?) WHERE hidden != 1 ORDER BY cid", (name,))]
+    values = ", ".join(
+        f"typeof({q}), CASE typeof({q}) WHEN 'text' THEN CAST({q} AS BLOB) ELSE {q} END"
+        for q in map(_quote, columns))
     if by_rowid:
-        sql = f"SELECT rowid, * FROM main.{_quote(name)} ORDER BY rowid"
+        sql = f"SELECT rowid, {values} FROM main.{_quote(name)} ORDER BY rowid"
     else:
         order = ", ".join(_quote(c) for c in pk)
-        sql = f"SELECT * FROM main.{_quote(name)} ORDER BY {order}"
+        sql = f"SELECT {values} FROM main.{_quote(name)} ORDER BY {order}"
     digest = hashlib.sha256()
     count = 0
     for row in conn.execute(sql):
