@@ -92,15 +92,26 @@ class RowCapture(Capture):
         self._minimal = options.get("row_image", "full") == "minimal"
         self._chunks: list[tuple[bytes, bytes]] = []
         self._marks: list[tuple[str, int]] = []
-        self._sequence = read_sequence_at(conn, _schema_version(conn))
+        # The schema as committed: PRAGMA schema_version names one schema only once committed (a
+        # rolled-back transaction's versions come round again with other schemas), so the caches
+        # keyed by it are used only while this transaction has not changed the schema.
+        self._start_version = _schema_version(conn)
+        self._sequence = read_sequence_at(conn, self._start_version)
+        self._touched: set[str] = set()
         self._session: apsw.Session | None = self._new_session()
         self._schema_version = 0
 
     def _new_session(self) -> apsw.Session:
         session = apsw.Session(self.conn, "main")
         session.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)
-        session.table_filter(_user_table)
+        session.table_filter(self._filter)
         return session
+
+    def _filter(self, name: str) -> bool:
+        if _user_table(name):
+            self._touched.add(name)
+            return True
+        return False
 
     def _flush(self) -> None:
         """Close the open session, keeping what it saw as one chunk."""
@@ -214,14 +225,21 @@ class RowCapture(Capture):
         # capturing, and leave the chunks as they were so that finish() can be called again.
         self._session = self._new_session()
         schema_version = _schema_version(self.conn)
-        refuse_null_keys(self.conn, schema_version)
+        if schema_version == self._start_version:
+            refuse_null_keys(self.conn, schema_version)
+            sequence = read_sequence_at(self.conn, schema_version)
+        else:
+            refuse_null_keys(self.conn, schema_version, cache=False)
+            sequence = read_sequence(self.conn)
         chunks = list(self._chunks)
-        sequence = read_sequence_at(self.conn, schema_version)
-        if sequence is not None and sequence != self._sequence:
+        if sequence is not None:
+            # Counters that moved, and those of every table whose rows changed: a follower's own
+            # counter can move while it applies (a key updated upwards arrives as an insert).
             changed = [
                 (name, seq)
                 for name, seq in sequence.items()
-                if (self._sequence or {}).get(name) != seq and not is_internal_table(name)
+                if ((self._sequence or {}).get(name) != seq or (name in self._touched and chunks))
+                and not is_internal_table(name)
             ]
             if changed:
                 flat = [value for pair in changed for value in pair]
@@ -234,14 +252,17 @@ class RowCapture(Capture):
         self._drop_session()
 
 
-# filename -> (schema_version, [(table, nullable key columns)])
-_NULLABLE_KEYS: dict[str, tuple[int, list[tuple[str, list[str]]]]] = {}
+# connection -> (schema_version, [(table, nullable key columns)]); keyed by the connection, not the
+# file name, for the reason given at _SEQUENCE_TABLE
+_NULLABLE_KEYS: "weakref.WeakKeyDictionary[apsw.Connection, tuple[int, list[tuple[str, list[str]]]]]" = (
+    weakref.WeakKeyDictionary())
 
 
-def _nullable_key_tables(conn: apsw.Connection, schema_version: int | None = None) -> list[tuple[str, list[str]]]:
+def _nullable_key_tables(conn: apsw.Connection, schema_version: int | None = None,
+                         cache: bool = True) -> list[tuple[str, list[str]]]:
     """Rowid tables whose PRIMARY KEY is not the rowid and may hold NULL (a SQLite legacy quirk)."""
     version = _schema_version(conn) if schema_version is None else schema_version
-    cached = _NULLABLE_KEYS.get(conn.filename)
+    cached = _NULLABLE_KEYS.get(conn) if cache else None
     if cached is not None and cached[0] == version:
         return cached[1]
     found = []
@@ -258,14 +279,15 @@ def _nullable_key_tables(conn: apsw.Connection, schema_version: int | None = Non
         nullable = [col for col, _type, notnull in keys if not notnull]
         if nullable:
             found.append((name, nullable))
-    _NULLABLE_KEYS[conn.filename] = (version, found)
+    if cache:
+        _NULLABLE_KEYS[conn] = (version, found)
     return found
 
 
-def refuse_null_keys(conn: apsw.Connection, schema_version: int | None = None) -> None:
+def refuse_null_keys(conn: apsw.Connection, schema_version: int | None = None, cache: bool = True) -> None:
     """The session extension skips rows whose PRIMARY KEY holds NULL: refuse rather than lose them.
     `schema_version`: conn's current PRAGMA main.schema_version, when the caller has just read it."""
-    for table, columns in _nullable_key_tables(conn, schema_version):
+    for table, columns in _nullable_key_tables(conn, schema_version, cache):
         quoted = '"' + table.replace('"', '""') + '"'
         test = " OR ".join('"' + c.replace('"', '""') + '" IS NULL' for c in columns)
         if conn.execute(f"SELECT 1 FROM main.{quoted} WHERE {test} LIMIT 1").fetchone():

@@ -198,9 +198,11 @@ class Connection:
         assert txn is not None
         leader = self._leader
         lsn = None
+        savepoint = False
         try:
             payload = txn.capture.finish()
             leader.execute("SAVEPOINT replproxy_commit")
+            savepoint = True
             if payload is not None:
                 lsn = storage.append(leader, epoch=self.cluster.epoch, format=self._format.name,
                                      payload=payload)
@@ -210,7 +212,7 @@ class Connection:
         except apsw.Error as exc:
             if leader.get_autocommit():
                 self._end_txn()
-            else:
+            elif savepoint:
                 # COMMIT refused (deferred foreign keys): the transaction stays open, without the entry.
                 leader.execute("ROLLBACK TO replproxy_commit")
                 leader.execute("RELEASE replproxy_commit")
@@ -536,6 +538,7 @@ class Cursor:
             txn = conn._begin(explicit=False)
             # sqlite3 semantics: DML opens a transaction; DDL outside one commits by itself.
             own_txn = conn.autocommit or stmt.kind != "dml"
+        cursor = None
         try:
             run_sql, run_params = txn.capture.prepare(stmt, sql, params)
             # No result columns (most writes): no exec tracer needed to learn the description.
@@ -543,10 +546,14 @@ class Cursor:
                                       stmt.returns_rows or run_sql is not sql)
             rows = list(cursor)
         except BaseException as exc:
+            if cursor is not None:
+                # Stopped half way (RETURNING a text that is not UTF-8): a statement left active
+                # would make the commit fail with "database is locked".
+                cursor.close(True)
             conn._sync_txn_state()
             if own_txn and conn._txn is not None:
                 conn._abort()
-            if isinstance(exc, apsw.Error):
+            if isinstance(exc, (apsw.Error, UnicodeDecodeError)):
                 raise translate(exc) from exc
             raise
         leader = conn._leader
