@@ -165,6 +165,12 @@ class LogFormat(abc.ABC):
     def apply(self, conn: apsw.Connection, payload: bytes) -> None:
         """Replay `payload` on a follower; the caller holds the transaction and disables triggers."""
 
+    def apply_many(self, conn: apsw.Connection, payloads: Sequence[bytes]) -> None:
+        """Replay consecutive payloads; formats may merge them as long as the end state is the
+        same as applying each in order. The caller finds the failing entry with `apply` on error."""
+        for payload in payloads:
+            self.apply(conn, payload)
+
     @abc.abstractmethod
     def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
         """Turn a payload into events for humans."""

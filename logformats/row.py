@@ -12,7 +12,7 @@ schema changes (as SQL), replicated PRAGMAs and AUTOINCREMENT counters (sqlite_s
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Sequence
 
 import apsw
 
@@ -232,6 +232,7 @@ class RowCapture(Capture):
             refuse_null_keys(self.conn, schema_version, cache=False)
             sequence = read_sequence(self.conn)
         chunks = list(self._chunks)
+        refuse_ambiguous_keys(self.conn, chunks, schema_version, schema_version == self._start_version)
         if sequence is not None:
             # Counters that moved, and those of every table whose rows changed: a follower's own
             # counter can move while it applies (a key updated upwards arrives as an insert).
@@ -252,36 +253,86 @@ class RowCapture(Capture):
         self._drop_session()
 
 
-# connection -> (schema_version, [(table, nullable key columns)]); keyed by the connection, not the
+# connection -> (schema_version, nullable keys, untyped keys); keyed by the connection, not the
 # file name, for the reason given at _SEQUENCE_TABLE
-_NULLABLE_KEYS: "weakref.WeakKeyDictionary[apsw.Connection, tuple[int, list[tuple[str, list[str]]]]]" = (
+_KEY_INFO: "weakref.WeakKeyDictionary[apsw.Connection, tuple[int, list[tuple[str, list[str]]], frozenset[str]]]" = (
     weakref.WeakKeyDictionary())
 
 
-def _nullable_key_tables(conn: apsw.Connection, schema_version: int | None = None,
-                         cache: bool = True) -> list[tuple[str, list[str]]]:
-    """Rowid tables whose PRIMARY KEY is not the rowid and may hold NULL (a SQLite legacy quirk)."""
+def _affinity(declared: str) -> str:
+    """SQLite's column affinity for a declared type (https://sqlite.org/datatype3.html)."""
+    upper = declared.upper()
+    if "INT" in upper:
+        return "INTEGER"
+    if any(word in upper for word in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if not upper or "BLOB" in upper:
+        return "BLOB"
+    if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def _key_info(conn: apsw.Connection, schema_version: int | None = None, cache: bool = True
+              ) -> tuple[list[tuple[str, list[str]]], frozenset[str]]:
+    """Tables whose keys the session extension cannot be trusted with:
+    rowid tables whose PRIMARY KEY is not the rowid and may hold NULL (a SQLite legacy quirk), and
+    tables with a key column of BLOB affinity, where 0 and 0.0 are different values but the same key."""
     version = _schema_version(conn) if schema_version is None else schema_version
-    cached = _NULLABLE_KEYS.get(conn) if cache else None
+    cached = _KEY_INFO.get(conn) if cache else None
     if cached is not None and cached[0] == version:
-        return cached[1]
-    found = []
-    for (name,) in conn.execute(
-        "SELECT name FROM pragma_table_list WHERE schema='main' AND type='table' AND wr=0"
+        return cached[1], cached[2]
+    nullable_found, untyped = [], set()
+    for name, without_rowid in conn.execute(
+        "SELECT name, wr FROM pragma_table_list WHERE schema='main' AND type='table'"
     ).fetchall():
         if is_internal_table(name):
             continue
         keys = conn.execute(
             'SELECT name, type, "notnull" FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk', (name,)
         ).fetchall()
-        if not keys or (len(keys) == 1 and keys[0][1].upper() == "INTEGER"):
+        if not keys or (len(keys) == 1 and keys[0][1].upper() == "INTEGER" and not without_rowid):
             continue
+        if any(_affinity(decl) == "BLOB" for _col, decl, _nn in keys):
+            untyped.add(name)
         nullable = [col for col, _type, notnull in keys if not notnull]
-        if nullable:
-            found.append((name, nullable))
+        if nullable and not without_rowid:
+            nullable_found.append((name, nullable))
     if cache:
-        _NULLABLE_KEYS[conn] = (version, found)
-    return found
+        _KEY_INFO[conn] = (version, nullable_found, frozenset(untyped))
+    return nullable_found, frozenset(untyped)
+
+
+def _nullable_key_tables(conn: apsw.Connection, schema_version: int | None = None,
+                         cache: bool = True) -> list[tuple[str, list[str]]]:
+    return _key_info(conn, schema_version, cache)[0]
+
+
+def refuse_ambiguous_keys(conn: apsw.Connection, chunks: list[tuple[bytes, bytes]],
+                          schema_version: int | None = None, cache: bool = True) -> None:
+    """Refuse a transaction whose images name one key twice, as happens when a row keyed 0.0 is
+    replaced by one keyed 0 in a BLOB-affinity key: equal to SQLite, two rows to the session
+    extension, and no follower could apply the result."""
+    untyped = _key_info(conn, schema_version, cache)[1]
+    if not untyped:
+        return
+    for tag, data in chunks:
+        if tag not in (TAG_CHANGESET, TAG_PATCHSET):
+            continue
+        seen: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = {}
+        for change in apsw.Changeset.iter(data):
+            if change.name not in untyped:
+                continue
+            image = change.old if change.old is not None else change.new
+            key = tuple(image[i] for i in sorted(change.pk_columns))
+            loose = (change.name, tuple(float(v) if isinstance(v, int) else v for v in key))
+            if loose in seen:
+                raise CaptureError(
+                    f"table {change.name!r}: key {key!r} appears twice in the row images (a row "
+                    "replaced by one whose key is equal but of another type, such as 0.0 and 0, in a "
+                    "key column without type affinity); followers could not apply it, so the "
+                    "transaction was not committed. Give the key column a type (INTEGER, REAL or TEXT)")
+            seen[loose] = key
 
 
 def refuse_null_keys(conn: apsw.Connection, schema_version: int | None = None, cache: bool = True) -> None:
@@ -315,6 +366,43 @@ class RowFormat(LogFormat):
 
     def apply(self, conn: apsw.Connection, payload: bytes) -> None:
         apply_chunks(conn, payload)
+
+    def apply_many(self, conn: apsw.Connection, payloads: Sequence[bytes]) -> None:
+        # Row images of consecutive entries are merged (a changegroup) and applied in one call:
+        # SQLite prepares its statements once per call, so this is several times faster. Schema
+        # changes end a group; counters are set after the images they follow.
+        group: list[tuple[bytes, bytes]] = []
+        counters: list[bytes] = []
+
+        def flush() -> None:
+            if group:
+                if len(group) == 1:
+                    apply_changeset(conn, group[0][1])
+                else:
+                    builder = apsw.ChangesetBuilder()
+                    try:
+                        for _tag, data in group:
+                            builder.add(data)
+                        apply_changeset(conn, builder.output())
+                    finally:
+                        builder.close()
+                group.clear()
+            for data in counters:
+                apply_sequence(conn, data)
+            counters.clear()
+
+        for payload in payloads:
+            for tag, data in codec.iter_chunks(payload):
+                if tag in (TAG_CHANGESET, TAG_PATCHSET):
+                    if group and group[0][0] != tag:
+                        flush()
+                    group.append((tag, data))
+                elif tag == TAG_SEQUENCE:
+                    counters.append(data)
+                else:
+                    flush()
+                    apply_chunks(conn, codec.pack_chunks([(tag, data)]))
+        flush()
 
     def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
         return decode_chunks(payload, schema)

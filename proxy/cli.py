@@ -76,13 +76,18 @@ def main() -> None:
 @click.option("--from", "from_db", type=click.Path(exists=True, dir_okay=False),
               help="Seed every node from this existing SQLite database (it is copied, not changed).")
 @click.option("--synchronous", default="full", show_default=True, type=click.Choice(cfg.SYNCHRONOUS_LEVELS),
-              help="PRAGMA synchronous for every node.")
+              help="PRAGMA synchronous on the leader (full: an acknowledged commit survives power loss).")
+@click.option("--follower-synchronous", default="normal", show_default=True,
+              type=click.Choice(cfg.SYNCHRONOUS_LEVELS),
+              help="PRAGMA synchronous on followers (after a power loss they re-apply from their own "
+                   "position).")
 def init(directory: str, followers: int, log_format: str, row_image: str, from_db: str | None,
-         synchronous: str) -> None:
+         synchronous: str, follower_synchronous: str) -> None:
     """Create a cluster in DIRECTORY: cluster.toml and one SQLite file per node (WAL mode)."""
     try:
         config = create_cluster(directory, followers=followers, format=log_format, row_image=row_image,
-                                from_db=from_db, synchronous=synchronous)
+                                from_db=from_db, synchronous=synchronous,
+                                follower_synchronous=follower_synchronous)
     except (Error, ValueError) as exc:
         _fail(str(exc))
         return

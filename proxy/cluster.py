@@ -78,10 +78,12 @@ class Cluster:
     @classmethod
     def init(cls, directory: str | os.PathLike[str], *, followers: int = 2, format: str = "row",
              row_image: str = "full", from_db: str | os.PathLike[str] | None = None,
-             synchronous: str = "full", replicate: bool = True) -> "Cluster":
+             synchronous: str = "full", follower_synchronous: str = "normal",
+             replicate: bool = True) -> "Cluster":
         """Create a new cluster in `directory` and open it."""
         create_cluster(directory, followers=followers, format=format, row_image=row_image,
-                       from_db=from_db, synchronous=synchronous)
+                       from_db=from_db, synchronous=synchronous,
+                       follower_synchronous=follower_synchronous)
         return cls(directory, replicate=replicate)
 
     # -- paths and connections ----------------------------------------------------------------
@@ -103,7 +105,8 @@ class Cluster:
 
     def open_node(self, node: str) -> apsw.Connection:
         """A new connection to a node's file, with the cluster's pragmas."""
-        return storage.open_node(self.path_of(node), name=node, synchronous=self.config.synchronous)
+        return storage.open_node(self.path_of(node), name=node,
+                                 synchronous=self.config.synchronous_of(node))
 
     def _check_leader(self) -> None:
         conn = self.open_node(self.leader)
@@ -137,7 +140,7 @@ class Cluster:
         for node in self.config.followers:
             try:
                 appliers.append(Applier(node.name, str(self.directory / node.file), source,
-                                        synchronous=self.config.synchronous,
+                                        synchronous=self.config.follower_synchronous,
                                         format_options=self.config.format_options()))
             except ClusterError as exc:
                 if self._replicator is not None:
@@ -271,7 +274,7 @@ class Cluster:
     def _wait_progress(self, seconds: float) -> None:
         replicator = self._replicator
         if replicator is not None and replicator.is_alive():
-            replicator.notify()
+            replicator.notify(urgent=True)
             with replicator.progress:
                 replicator.progress.wait(seconds)
         else:
@@ -326,7 +329,7 @@ class Cluster:
 
 def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, format: str = "row",
                    row_image: str = "full", from_db: str | os.PathLike[str] | None = None,
-                   synchronous: str = "full") -> cfg.ClusterConfig:
+                   synchronous: str = "full", follower_synchronous: str = "normal") -> cfg.ClusterConfig:
     """Create DIR/cluster.toml and one database file per node; refuse to touch an existing cluster."""
     directory = Path(directory)
     if cfg.config_path(directory).exists():
@@ -337,8 +340,9 @@ def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, for
     logformats.get(format, row_image=row_image)  # unknown format: fail before touching files
     if row_image not in cfg.ROW_IMAGES:
         raise ClusterError(f"row image must be one of {', '.join(cfg.ROW_IMAGES)}")
-    if synchronous not in cfg.SYNCHRONOUS_LEVELS:
-        raise ClusterError(f"synchronous must be one of {', '.join(cfg.SYNCHRONOUS_LEVELS)}")
+    for level in (synchronous, follower_synchronous):
+        if level not in cfg.SYNCHRONOUS_LEVELS:
+            raise ClusterError(f"synchronous must be one of {', '.join(cfg.SYNCHRONOUS_LEVELS)}")
     nodes = tuple(
         cfg.NodeConfig(name=f"node{i + 1}", file=f"node{i + 1}.db", role="leader" if i == 0 else "follower")
         for i in range(followers + 1)
@@ -370,7 +374,7 @@ def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, for
             finally:
                 conn.close()
         config = cfg.ClusterConfig(format=format, row_image=row_image, synchronous=synchronous,
-                                   nodes=nodes)
+                                   follower_synchronous=follower_synchronous, nodes=nodes)
         cfg.write(directory, config)
     except BaseException:
         for path in created:

@@ -32,6 +32,9 @@ class ClusterConfig:
     format: str = "row"
     row_image: str = "full"
     synchronous: str = "full"
+    # Followers replay from their own position after a power loss, so they need not fsync each
+    # apply; synchronous modes (acknowledged = applied on a follower) raise this to "full".
+    follower_synchronous: str = "normal"
     nodes: tuple[NodeConfig, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -52,6 +55,10 @@ class ClusterConfig:
                 return node
         known = ", ".join(n.name for n in self.nodes)
         raise ClusterError(f"no node named {name!r} in this cluster (nodes: {known})")
+
+    def synchronous_of(self, name: str) -> str:
+        """PRAGMA synchronous for a node, by its role."""
+        return self.synchronous if self.node(name).role == "leader" else self.follower_synchronous
 
     def format_options(self) -> dict[str, Any]:
         return {"row_image": self.row_image, **self.options}
@@ -82,6 +89,7 @@ def dumps(config: ClusterConfig) -> str:
         f"format = {_quote(config.format)}",
         f"row_image = {_quote(config.row_image)}",
         f"synchronous = {_quote(config.synchronous)}",
+        f"follower_synchronous = {_quote(config.follower_synchronous)}",
     ]
     for key in sorted(config.options):
         lines.append(f"{key} = {_toml_value(config.options[key])}")
@@ -112,18 +120,20 @@ def loads(text: str, source: str = CONFIG_NAME) -> ClusterConfig:
         raise ClusterError(f"{source} is damaged: it needs exactly one leader, the other nodes followers")
     if len({n.name for n in nodes}) != len(nodes):
         raise ClusterError(f"{source} is damaged: node names must be unique")
-    known = {"format", "row_image", "synchronous"}
+    known = {"format", "row_image", "synchronous", "follower_synchronous"}
     config = ClusterConfig(
         format=str(cluster.get("format", "row")),
         row_image=str(cluster.get("row_image", "full")),
         synchronous=str(cluster.get("synchronous", "full")),
+        follower_synchronous=str(cluster.get("follower_synchronous", "normal")),
         nodes=tuple(nodes),
         options={k: v for k, v in cluster.items() if k not in known},
     )
     if config.row_image not in ROW_IMAGES:
         raise ClusterError(f"{source}: row_image must be one of {', '.join(ROW_IMAGES)}")
-    if config.synchronous not in SYNCHRONOUS_LEVELS:
-        raise ClusterError(f"{source}: synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
+    for key in ("synchronous", "follower_synchronous"):
+        if getattr(config, key) not in SYNCHRONOUS_LEVELS:
+            raise ClusterError(f"{source}: {key} must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
     return config
 
 

@@ -27,7 +27,6 @@ from .logsource import LogSource
 log = logging.getLogger("replproxy.replication")
 
 BATCH_ENTRIES = 512
-BATCH_SECONDS = 0.05
 
 
 class Applier:
@@ -88,20 +87,72 @@ class Applier:
 
     def _apply_entries(self, conn: apsw.Connection, applied: int) -> tuple[int, int, storage.LogEntry | None]:
         entries = self.source.read(applied, BATCH_ENTRIES)
-        deadline = time.monotonic() + BATCH_SECONDS
-        count, last, failure = 0, None, None
+        valid, failure = self._validate(entries, applied)
+        count, last = 0, None
+        if valid and self._apply_fast(conn, valid):
+            count, last = len(valid), valid[-1]
+        elif valid:
+            count, last, apply_failure = self._apply_one_by_one(conn, valid)
+            failure = apply_failure or failure
+        if last is not None:
+            applied = last.lsn
+            conn.execute(
+                "UPDATE _replproxy_state SET applied_lsn=?, applied_epoch=?, applied_commit_time=?, "
+                "applied_at=? WHERE id=1",
+                (last.lsn, last.epoch, last.committed_at, time.time()),
+            )
+        if failure is not None:
+            log.error("%s", failure)
+            conn.execute(
+                "UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
+                (str(failure), failure.lsn, time.time()),
+            )
+        return applied, count, last
+
+    def _validate(self, entries: list[storage.LogEntry], applied: int
+                  ) -> tuple[list[storage.LogEntry], ReplicationError | None]:
+        """The entries that follow `applied` without a gap and pass their checksum."""
+        valid: list[storage.LogEntry] = []
         for entry in entries:
-            if entry.lsn != applied + 1:
-                failure = ReplicationError(
-                    f"{self.name}: log entry {applied + 1} is no longer in the log (next held is "
-                    f"{entry.lsn}); this follower needs a new snapshot",
-                    node=self.name, lsn=applied + 1)
-                break
+            expected = applied + len(valid) + 1
+            if entry.lsn != expected:
+                return valid, ReplicationError(
+                    f"{self.name}: log entry {expected} is no longer in the log (next held is "
+                    f"{entry.lsn}); this follower needs a new snapshot", node=self.name, lsn=expected)
             if not entry.checksum_ok:
-                failure = ChecksumError(
+                return valid, ChecksumError(
                     f"{self.name}: log entry {entry.lsn} is corrupt (checksum mismatch); nothing of it "
                     f"was applied", node=self.name, lsn=entry.lsn)
-                break
+            valid.append(entry)
+        return valid, None
+
+    def _apply_fast(self, conn: apsw.Connection, entries: list[storage.LogEntry]) -> bool:
+        """Apply a batch in one go (formats may merge row images); False if anything failed, with
+        nothing of the batch kept, so the slow path can find the entry at fault."""
+        conn.execute("SAVEPOINT replproxy_batch")
+        try:
+            start = 0
+            while start < len(entries):
+                name = entries[start].format
+                end = start
+                while end < len(entries) and entries[end].format == name:
+                    end += 1
+                fmt = self._format(name)
+                self._set_triggers(getattr(fmt, "follower_triggers", False))
+                fmt.apply_many(conn, [e.payload for e in entries[start:end]])
+                start = end
+        except (logformats.ApplyError, apsw.Error, ValueError):
+            conn.execute("ROLLBACK TO replproxy_batch")
+            conn.execute("RELEASE replproxy_batch")
+            return False
+        conn.execute("RELEASE replproxy_batch")
+        return True
+
+    def _apply_one_by_one(self, conn: apsw.Connection, entries: list[storage.LogEntry]
+                          ) -> tuple[int, storage.LogEntry | None, ReplicationError | None]:
+        """Apply entry by entry, each under its own savepoint, stopping at the first that fails."""
+        count, last = 0, None
+        for entry in entries:
             try:
                 fmt = self._format(entry.format)
                 self._set_triggers(getattr(fmt, "follower_triggers", False))
@@ -116,45 +167,39 @@ class Applier:
             except (logformats.ApplyError, apsw.Error, ValueError) as exc:
                 table = getattr(exc, "table", None)
                 where = f" on table {table!r}" if table else ""
-                failure = ReplicationError(
+                return count, last, ReplicationError(
                     f"{self.name}: cannot apply log entry {entry.lsn}{where}: {exc}",
                     node=self.name, lsn=entry.lsn, table=table)
-                break
-            applied, last, count = entry.lsn, entry, count + 1
-            if time.monotonic() > deadline:
-                break
-        if last is not None:
-            conn.execute(
-                "UPDATE _replproxy_state SET applied_lsn=?, applied_epoch=?, applied_commit_time=?, "
-                "applied_at=? WHERE id=1",
-                (last.lsn, last.epoch, last.committed_at, time.time()),
-            )
-        if failure is not None:
-            log.error("%s", failure)
-            conn.execute(
-                "UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
-                (str(failure), failure.lsn, time.time()),
-            )
-        return applied, count, last
+            count, last = count + 1, entry
+        return count, last, None
 
 
 class Replicator(threading.Thread):
     """Background thread moving every follower of a cluster forward, in this process."""
 
     def __init__(self, make_source: Callable[[], LogSource],
-                 make_appliers: Callable[[LogSource], list[Applier]], *, poll_interval: float = 0.01):
+                 make_appliers: Callable[[LogSource], list[Applier]], *, poll_interval: float = 0.01,
+                 linger: float = 0.002):
         super().__init__(name="replproxy-replicator", daemon=True)
         self._make_source = make_source
         self._make_appliers = make_appliers
         self.poll_interval = poll_interval
+        # After applying, wait this long before the next batch so that a busy leader's entries are
+        # applied many per follower transaction instead of one by one (group apply): it bounds the
+        # thread's share of the process at the cost of up to `linger` seconds of extra lag.
+        self.linger = linger
+        self._urgent = threading.Event()
         self._wake = threading.Event()
         self._halt = threading.Event()
         self.progress = threading.Condition()
         self.errors: dict[str, str] = {}
         self._reload = threading.Event()
 
-    def notify(self) -> None:
-        """A commit happened in this process: look at the log now rather than at the next poll."""
+    def notify(self, urgent: bool = False) -> None:
+        """A commit happened in this process: look at the log now rather than at the next poll.
+        `urgent`: someone waits for the followers; skip the linger."""
+        if urgent:
+            self._urgent.set()
         self._wake.set()
 
     def reload(self) -> None:
@@ -200,6 +245,9 @@ class Replicator(threading.Thread):
                 if not progressed:
                     self._wake.wait(self.poll_interval)
                     self._wake.clear()
+                elif self.linger and not self._urgent.is_set():
+                    self._urgent.wait(self.linger)
+                self._urgent.clear()
             except Exception as exc:
                 log.warning("replicator: %s", exc)
                 self.errors["*"] = str(exc)
