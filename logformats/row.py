@@ -221,9 +221,8 @@ class RowCapture(Capture):
 
     def finish(self) -> bytes | None:
         self._flush()
-        # COMMIT may still be refused (deferred foreign keys) and the transaction go on: keep
-        # capturing, and leave the chunks as they were so that finish() can be called again.
-        self._session = self._new_session()
+        # COMMIT may still be refused (deferred foreign keys) and the transaction go on: prepare()
+        # then opens a new session, and the chunks stay as they were so finish() can run again.
         schema_version = _schema_version(self.conn)
         if schema_version == self._start_version:
             refuse_null_keys(self.conn, schema_version)
