@@ -225,10 +225,11 @@ def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> Non
         if fmt is None:
             fmt = formats[entry.format] = logformats.get(entry.format, **cluster.config.format_options())
         try:
-            events = [e.as_dict() for e in fmt.decode(entry.payload, columns.get)] if entry.checksum_ok else []
+            decoded = fmt.decode(entry.payload, columns.get) if entry.checksum_ok else []
             problem = None if entry.checksum_ok else "checksum mismatch: payload is corrupt"
         except logformats.DecodeError as exc:
-            events, problem = [], f"cannot decode: {exc}"
+            decoded, problem = [], f"cannot decode: {exc}"
+        events = [e.as_dict() for e in decoded]
         when = _dt.datetime.fromtimestamp(entry.committed_at, _dt.timezone.utc).isoformat(timespec="milliseconds")
         if as_json:
             record = {"lsn": entry.lsn, "epoch": entry.epoch, "committed_at": when, "format": entry.format,
@@ -243,8 +244,17 @@ def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> Non
                    f"{len(entry.payload)} bytes  checksum {entry.checksum:08x} {ok}")
         if problem:
             click.echo(f"  !! {problem}")
-        for event in fmt.decode(entry.payload, columns.get) if not problem else []:
+        for event in decoded:
             click.echo(_format_event(event))
+
+
+def _hold(directory: str, node: str, action: str) -> None:
+    cluster = _open(directory, replicate=False)
+    try:
+        getattr(cluster, action)(node)
+    except Error as exc:
+        _fail(str(exc))
+    click.echo(f"{node} {action}d")
 
 
 @main.command()
@@ -252,12 +262,7 @@ def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> Non
 @click.argument("node")
 def pause(directory: str, node: str) -> None:
     """Hold follower NODE at its current LSN (for every process) to inject lag."""
-    cluster = _open(directory, replicate=False)
-    try:
-        cluster.pause(node)
-    except Error as exc:
-        _fail(str(exc))
-    click.echo(f"{node} paused")
+    _hold(directory, node, "pause")
 
 
 @main.command()
@@ -265,12 +270,7 @@ def pause(directory: str, node: str) -> None:
 @click.argument("node")
 def resume(directory: str, node: str) -> None:
     """Let follower NODE apply again (also retries a follower stopped by an apply error)."""
-    cluster = _open(directory, replicate=False)
-    try:
-        cluster.resume(node)
-    except Error as exc:
-        _fail(str(exc))
-    click.echo(f"{node} resumed")
+    _hold(directory, node, "resume")
 
 
 @main.command()
