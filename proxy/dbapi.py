@@ -534,13 +534,22 @@ class Cursor:
             raise errors.UnsafeStatementError(str(exc)) from exc
         txn = conn._txn
         own_txn = False
+        opened_here = txn is None
         if txn is None:
             txn = conn._begin(explicit=False)
             # sqlite3 semantics: DML opens a transaction; DDL outside one commits by itself.
             own_txn = conn.autocommit or stmt.kind != "dml"
-        cursor = None
         try:
             run_sql, run_params = txn.capture.prepare(stmt, sql, params)
+        except (logformats.UnsafeStatementError, logformats.CaptureError) as exc:
+            # Refused before it ran: a transaction opened for it alone is closed again.
+            if opened_here and conn._txn is not None:
+                conn._abort()
+            if isinstance(exc, logformats.UnsafeStatementError):
+                raise errors.UnsafeStatementError(str(exc)) from exc
+            raise IntegrityError(str(exc)) from exc
+        cursor = None
+        try:
             # No result columns (most writes): no exec tracer needed to learn the description.
             cursor = self._execute_on(conn._leader, run_sql, run_params,
                                       stmt.returns_rows or run_sql is not sql)
