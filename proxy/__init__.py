@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 from .cluster import Cluster, NodeStatus, create_cluster
+from .consistency import LEVELS as CONSISTENCY_LEVELS
+from .consistency import POLICIES as STALE_POLICIES
 from .dbapi import Connection, Cursor, apilevel, connect, paramstyle, threadsafety
 from .errors import (
     ChecksumError,
@@ -31,6 +33,7 @@ from .verify import VerifyReport, verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONSISTENCY_LEVELS",
     "ChecksumError",
     "Cluster",
     "ClusterError",
@@ -50,6 +53,7 @@ __all__ = [
     "ReadOnlyNodeError",
     "ReplicationError",
     "ReplicationTimeout",
+    "STALE_POLICIES",
     "UnsafeStatementError",
     "VerifyReport",
     "Warning",

@@ -126,6 +126,17 @@ def _has_statement(conn: apsw.Connection, sql: str) -> bool:
     return any(found)
 
 
+def _begin_mode(sql: str) -> str:
+    """"BEGIN", "BEGIN IMMEDIATE" or "BEGIN EXCLUSIVE" (DEFERRED is plain BEGIN). SQLite's authorizer
+    does not say which; the token after BEGIN does."""
+    import sqlglot.tokens
+
+    tokens = sqlglot.tokens.Tokenizer().tokenize(sql)
+    if len(tokens) > 1 and tokens[1].text.upper() in ("IMMEDIATE", "EXCLUSIVE"):
+        return f"BEGIN {tokens[1].text.upper()}"
+    return "BEGIN"
+
+
 def _classify(sql: str, traced: dict[str, Any], actions: list[tuple[int, Any, Any, Any, Any]]) -> StatementInfo:
     readonly = bool(traced["readonly"])
     codes = {a[0] for a in actions}
@@ -156,6 +167,8 @@ def _classify(sql: str, traced: dict[str, Any], actions: list[tuple[int, Any, An
     if apsw.SQLITE_TRANSACTION in codes:
         kind = "transaction"
         operation = next(str(a[1]).upper() for a in actions if a[0] == apsw.SQLITE_TRANSACTION)
+        if operation == "BEGIN":
+            operation = _begin_mode(sql)
     elif apsw.SQLITE_SAVEPOINT in codes:
         kind = "savepoint"
         op = next(a for a in actions if a[0] == apsw.SQLITE_SAVEPOINT)

@@ -68,6 +68,8 @@ class Cluster:
         self._epoch = self._read_epoch()
         self._replicator: Replicator | None = None
         self._poll_interval = poll_interval
+        # Bumped when this process pauses or resumes a follower, so connections re-read states.
+        self.state_generation = 0
         self._closed = False
         _live.add(self)
         if replicate:
@@ -295,6 +297,7 @@ class Cluster:
             conn.execute("COMMIT")
         finally:
             conn.close()
+        self.state_generation += 1
         if self._replicator is not None:
             self._replicator.notify()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import apsw
@@ -22,6 +24,7 @@ from logformats import StatementInfo
 from . import errors, storage
 from .analyze import Analyzer
 from .cluster import Cluster
+from .consistency import DEFAULT_LEVEL, DEFAULT_POLICY, DEFAULT_WAIT, Session, check_level, check_policy
 from .errors import (
     DatabaseError,
     DataError,
@@ -56,24 +59,54 @@ def shared_cluster(directory: str | os.PathLike[str]) -> Cluster:
 
 
 def connect(directory: str | os.PathLike[str], *, autocommit: bool = False, node: str | None = None,
-            cluster: Cluster | None = None) -> "Connection":
+            consistency: str = DEFAULT_LEVEL, max_lag: int | None = None,
+            max_staleness: float | None = None, on_stale: str = DEFAULT_POLICY,
+            wait_timeout: float = DEFAULT_WAIT, session_token: str | None = None,
+            user: str | None = None, cluster: Cluster | None = None) -> "Connection":
     """Open a DB-API connection to the cluster in `directory`.
 
     `autocommit`: commit every statement by itself (default False: DML opens a transaction that
     lasts until commit() or rollback(), as in Python's sqlite3).
     `node`: read from this node only; writes are then refused unless it is the leader.
+    `consistency`: "strong", "session" (default), "read-your-writes", "monotonic" or "eventual".
+    `max_lag` (entries) and `max_staleness` (seconds): a follower further behind the leader than
+    this does not serve reads, whatever the level.
+    `on_stale`: when no follower qualifies, "wait" up to `wait_timeout` seconds then read from the
+    leader (default), read from the "leader" at once, or raise an "error".
+    `session_token`: continue a session exported by `Connection.session_token`.
+    `user`: share read-your-writes across every connection and device of this user.
     """
-    return Connection(cluster or shared_cluster(directory), autocommit=autocommit, node=node)
+    return Connection(cluster or shared_cluster(directory), autocommit=autocommit, node=node,
+                      consistency=consistency, max_lag=max_lag, max_staleness=max_staleness,
+                      on_stale=on_stale, wait_timeout=wait_timeout, session_token=session_token,
+                      user=user)
 
 
 class _Transaction:
-    __slots__ = ("capture", "explicit", "savepoints", "by_savepoint")
+    """An open transaction: where it runs and, once it has written, its capture."""
 
-    def __init__(self, capture: logformats.Capture, explicit: bool):
+    __slots__ = ("node", "capture", "explicit", "savepoints", "by_savepoint", "snapshot_lsn")
+
+    def __init__(self, node: str | None, capture: logformats.Capture | None, explicit: bool):
+        self.node = node  # None: BEGIN seen, no statement yet
         self.capture = capture
         self.explicit = explicit
         self.savepoints: list[str] = []
         self.by_savepoint = False
+        self.snapshot_lsn: int | None = None  # for a read-only transaction on a follower
+
+
+@dataclass
+class _FollowerState:
+    applied_lsn: int
+    healthy: bool  # neither paused nor stopped by an error
+    seen_at: float
+    generation: int
+
+
+# A cached follower state older than this is read again before it decides a read (another
+# process may have paused or stopped the follower).
+STATE_MAX_AGE = 0.1
 
 
 class Connection:
@@ -90,22 +123,71 @@ class Connection:
     ProgrammingError = ProgrammingError
     NotSupportedError = NotSupportedError
 
-    def __init__(self, cluster: Cluster, *, autocommit: bool = False, node: str | None = None):
+    def __init__(self, cluster: Cluster, *, autocommit: bool = False, node: str | None = None,
+                 consistency: str = DEFAULT_LEVEL, max_lag: int | None = None,
+                 max_staleness: float | None = None, on_stale: str = DEFAULT_POLICY,
+                 wait_timeout: float = DEFAULT_WAIT, session_token: str | None = None,
+                 user: str | None = None):
         self.cluster = cluster
         self.autocommit = autocommit
         if node is not None:
             cluster.config.node(node)
         self.pinned_node = node
+        self._consistency = check_level(consistency)
+        self.max_lag = max_lag
+        self.max_staleness = max_staleness
+        self._on_stale = check_policy(on_stale)
+        self.wait_timeout = wait_timeout
+        self.user = user
+        self.session = Session(cluster.cluster_id)
+        if session_token is not None:
+            self.session.merge_token(session_token)
         self._leader = cluster.open_node(cluster.leader)
         self._leader_name = cluster.leader
         self._analyze = Analyzer(self._leader)
         self._format = cluster.format
         self._followers: dict[str, apsw.Connection] = {}
-        self._follower_lsn: dict[str, int] = {}
+        self._states: dict[str, _FollowerState] = {}
         self._txn: _Transaction | None = None
         self._closed = False
-        self.last_write_lsn = 0
+        self._turn = 0
         self.last_node: str | None = None
+
+    # -- consistency --------------------------------------------------------------------------
+
+    @property
+    def consistency(self) -> str:
+        """The read consistency level of this connection (cursors may override it)."""
+        return self._consistency
+
+    @consistency.setter
+    def consistency(self, level: str) -> None:
+        self._consistency = check_level(level)
+
+    @property
+    def on_stale(self) -> str:
+        """What a read does when no follower qualifies: "wait", "leader" or "error"."""
+        return self._on_stale
+
+    @on_stale.setter
+    def on_stale(self, policy: str) -> None:
+        self._on_stale = check_policy(policy)
+
+    @property
+    def session_token(self) -> str:
+        """An opaque string holding what this session has written and read; pass it to
+        `connect(..., session_token=...)` to continue the session elsewhere."""
+        return self.session.token()
+
+    @property
+    def last_write_lsn(self) -> int:
+        """LSN of the last write this session committed (0 if none)."""
+        return self.session.last_write_lsn
+
+    @property
+    def last_read_lsn(self) -> int:
+        """Highest log position this session has read."""
+        return self.session.last_read_lsn
 
     # -- PEP 249 ------------------------------------------------------------------------------
 
@@ -116,19 +198,19 @@ class Connection:
     def commit(self) -> None:
         self._check_open()
         if self._txn is not None:
-            self._commit()
+            self._finish_txn(commit=True)
 
     def rollback(self) -> None:
         self._check_open()
         if self._txn is not None:
-            self._rollback()
+            self._finish_txn(commit=False)
 
     def close(self) -> None:
         if self._closed:
             return
         try:
             if self._txn is not None:
-                self._rollback()
+                self._finish_txn(commit=False)
         finally:
             self._closed = True
             for conn in self._followers.values():
@@ -142,7 +224,7 @@ class Connection:
 
     @property
     def in_transaction(self) -> bool:
-        """True while a write transaction is open on the leader."""
+        """True while a transaction is open (BEGIN, or DML not yet committed)."""
         return self._txn is not None
 
     def __enter__(self) -> "Connection":
@@ -168,7 +250,7 @@ class Connection:
     def executescript(self, script: str) -> "Cursor":
         return self.cursor().executescript(script)
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- transactions -------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
@@ -181,6 +263,7 @@ class Connection:
                 f"({self._leader_name}). Connect without node= to write.")
 
     def _begin(self, explicit: bool) -> _Transaction:
+        """Open a write transaction on the leader."""
         try:
             self._leader.execute("BEGIN IMMEDIATE")
         except apsw.Error as exc:
@@ -190,12 +273,79 @@ class Connection:
         except BaseException:
             self._leader.execute("ROLLBACK")
             raise
-        self._txn = _Transaction(capture, explicit)
+        self._txn = _Transaction(self._leader_name, capture, explicit)
         return self._txn
+
+    def _writable_txn(self) -> _Transaction:
+        """The open transaction, made able to write on the leader."""
+        txn = self._txn
+        assert txn is not None
+        if txn.capture is not None:
+            return txn
+        if txn.node is None:
+            explicit, by_savepoint = txn.explicit, txn.by_savepoint
+            self._txn = None
+            txn = self._begin(explicit)
+            txn.by_savepoint = by_savepoint
+            return txn
+        if txn.node != self._leader_name:
+            self._move_to_leader(txn)
+        # A read-only transaction on the leader: its first write upgrades the lock.
+        txn.capture = self._format.capture(self._leader)
+        for name in txn.savepoints:
+            txn.capture.savepoint(name)
+        return txn
+
+    def _move_to_leader(self, txn: _Transaction) -> None:
+        """A transaction that read on a follower now writes: it may go on only if the leader has
+        not moved past the snapshot it read (SQLite's own rule for a deferred transaction)."""
+        try:
+            self._leader.execute("BEGIN IMMEDIATE")
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        leader_lsn = storage.last_lsn(self._leader)
+        if leader_lsn != txn.snapshot_lsn:
+            self._leader.execute("ROLLBACK")
+            raise OperationalError(
+                f"this transaction read {txn.node} at LSN {txn.snapshot_lsn} and the leader has "
+                f"moved on to LSN {leader_lsn}; roll back and retry (begin with BEGIN IMMEDIATE, or "
+                f"use consistency='strong', to read and write on the leader)")
+        follower = self._followers.get(txn.node or "")
+        if follower is not None and not follower.get_autocommit():
+            follower.execute("COMMIT")
+        self.session.read(leader_lsn)
+        txn.node = self._leader_name
+
+    def _finish_txn(self, commit: bool) -> None:
+        txn = self._txn
+        assert txn is not None
+        if txn.capture is not None:
+            if commit:
+                self._commit()
+            else:
+                self._rollback()
+            return
+        # Read-only: nothing to log.
+        try:
+            if txn.node == self._leader_name:
+                if not self._leader.get_autocommit():
+                    lsn = storage.last_lsn(self._leader)
+                    self._leader.execute("COMMIT" if commit else "ROLLBACK")
+                    self.session.read(lsn)
+            elif txn.node is not None:
+                follower = self._followers.get(txn.node)
+                if follower is not None and not follower.get_autocommit():
+                    follower.execute("COMMIT" if commit else "ROLLBACK")
+                if txn.snapshot_lsn is not None:
+                    self.session.read(txn.snapshot_lsn)
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        finally:
+            self._txn = None
 
     def _commit(self) -> None:
         txn = self._txn
-        assert txn is not None
+        assert txn is not None and txn.capture is not None
         leader = self._leader
         lsn = None
         savepoint = False
@@ -205,7 +355,10 @@ class Connection:
             savepoint = True
             if payload is not None:
                 lsn = storage.append(leader, epoch=self.cluster.epoch, format=self._format.name,
-                                     payload=payload)
+                                     payload=payload, origin=self.user)
+            else:
+                # Nothing to log, but what this transaction read is now part of the session.
+                lsn_read = storage.last_lsn(leader)
             # The savepoint stays open through COMMIT: if COMMIT is refused (deferred foreign keys)
             # the log entry is rolled back to it below while the transaction stays open.
             leader.execute("COMMIT")
@@ -225,12 +378,17 @@ class Connection:
             raise
         self._end_txn()
         if lsn is not None:
-            self.last_write_lsn = lsn
+            self.session.wrote(lsn)
+            self.session.read(lsn)
             self.cluster.notify_commit()
+        else:
+            self.session.read(lsn_read)
 
     def _rollback(self) -> None:
         try:
             if not self._leader.get_autocommit():
+                # What the transaction read is at most what the leader holds now.
+                self.session.read(storage.last_lsn(self._leader))
                 self._leader.execute("ROLLBACK")
         except apsw.Error as exc:
             raise translate(exc) from exc
@@ -246,13 +404,17 @@ class Connection:
 
     def _end_txn(self) -> None:
         if self._txn is not None:
-            self._txn.capture.close()
+            if self._txn.capture is not None:
+                self._txn.capture.close()
             self._txn = None
 
     def _sync_txn_state(self) -> None:
         # SQLite ends a transaction by itself on some errors (ON CONFLICT ROLLBACK, disk full).
-        if self._txn is not None and self._leader.get_autocommit():
+        txn = self._txn
+        if txn is not None and txn.node == self._leader_name and self._leader.get_autocommit():
             self._end_txn()
+
+    # -- read routing -------------------------------------------------------------------------
 
     def _follower(self, name: str) -> apsw.Connection:
         conn = self._followers.get(name)
@@ -262,39 +424,154 @@ class Connection:
             self._followers[name] = conn
         return conn
 
-    def _follower_applied(self, name: str, needed: int) -> int:
-        known = self._follower_lsn.get(name, -1)
-        if known >= needed:
-            return known  # positions only move forward
-        state = storage.read_state(self._follower(name))
-        self._follower_lsn[name] = state.applied_lsn
-        return state.applied_lsn
+    def _refresh(self, name: str) -> _FollowerState | None:
+        """Read a follower's own position and health; None when it cannot be read."""
+        try:
+            state = storage.read_state(self._follower(name))
+        except (apsw.Error, errors.ClusterError):
+            self._drop_follower(name)
+            return None
+        known = self._states.get(name)
+        applied = max(state.applied_lsn, known.applied_lsn if known else 0)
+        fresh = _FollowerState(applied, not state.paused and not state.error, time.monotonic(),
+                               self.cluster.state_generation)
+        self._states[name] = fresh
+        return fresh
 
-    def _read_node(self, stmt: StatementInfo) -> str:
-        """Where a read goes: the pinned node, else a follower that has our writes, else the leader."""
+    def _state(self, name: str, needed: int) -> _FollowerState | None:
+        known = self._states.get(name)
+        if (known is None or known.applied_lsn < needed
+                or known.generation != self.cluster.state_generation
+                or time.monotonic() - known.seen_at > STATE_MAX_AGE):
+            return self._refresh(name)
+        return known
+
+    def _needed(self, level: str) -> int:
+        user_lsn = 0
+        if self.user is not None and level in ("session", "read-your-writes"):
+            user_lsn = storage.user_write_lsn(self._leader, self.user)
+        needed = self.session.needed(level, user_lsn)
+        if self.max_lag is not None or self.max_staleness is not None:
+            needed = max(needed, self._freshness_floor())
+        return needed
+
+    def _freshness_floor(self) -> int:
+        """The lowest applied LSN within `max_lag` entries and `max_staleness` seconds of the leader."""
+        leader_lsn = storage.last_lsn(self._leader)
+        floor = 0
+        if self.max_lag is not None:
+            floor = max(floor, leader_lsn - self.max_lag)
+        if self.max_staleness is not None:
+            # Entries committed longer ago than that must all be applied.
+            row = self._leader.execute(
+                "SELECT lsn FROM _replproxy_log WHERE committed_at <= ? ORDER BY lsn DESC LIMIT 1",
+                (time.time() - self.max_staleness,)).fetchone()
+            floor = max(floor, row[0] if row else 0)
+        return floor
+
+    def _pick_follower(self, needed: int) -> str | None:
+        """The follower to read from: the one used last while it qualifies and is healthy, else the
+        healthy one with the least lag (round-robin among equals), else a paused one that qualifies."""
+        last = self.last_node
+        if last is not None and last in self.cluster.followers:
+            state = self._state(last, needed)
+            if state is not None and state.healthy and state.applied_lsn >= needed:
+                return last
+        best: list[tuple[bool, int, str]] = []
+        for name in self.cluster.followers:
+            state = self._state(name, needed)
+            if state is not None and state.applied_lsn >= needed:
+                best.append((state.healthy, state.applied_lsn, name))
+        if not best:
+            return None
+        top = max((healthy, applied) for healthy, applied, _ in best)
+        equals = [name for healthy, applied, name in best if (healthy, applied) == top]
+        self._turn += 1
+        return equals[self._turn % len(equals)]
+
+    def _route_read(self, stmt: StatementInfo, level: str) -> str:
+        """Where a read outside a transaction goes."""
         if self.pinned_node is not None:
             return self.pinned_node
-        if self._txn is not None or stmt.uses_temp or stmt.kind != "read":
+        if level == "strong" or stmt.uses_temp or stmt.kind != "read" or not self.cluster.followers:
             return self._leader_name
         if any(t.lower().startswith(logformats.INTERNAL_PREFIX) for t in stmt.tables_read):
             return self._leader_name
-        needed = self.last_write_lsn
-        candidates = self.cluster.followers
-        if self.last_node in candidates:
-            candidates = [self.last_node] + [n for n in candidates if n != self.last_node]
-        for name in candidates:
-            try:
-                if self._follower_applied(name, needed) >= needed:
+        needed = self._needed(level)
+        node = self._pick_follower(needed)
+        if node is not None:
+            return node
+        if self._on_stale == "leader":
+            return self._leader_name
+        if self._on_stale == "error":
+            raise OperationalError(self._behind_message(needed, level))
+        return self._wait_for_follower(needed) or self._leader_name
+
+    def _wait_for_follower(self, needed: int) -> str | None:
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            for name in self.cluster.followers:
+                state = self._refresh(name)
+                if state is not None and state.healthy and state.applied_lsn >= needed:
                     return name
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.cluster._wait_progress(min(remaining, 0.005))
+
+    def _behind_message(self, needed: int, level: str) -> str:
+        parts = []
+        for name in self.cluster.followers:
+            state = self._refresh(name)
+            if state is None:
+                parts.append(f"{name} unreachable")
+            else:
+                parts.append(f"{name} at LSN {state.applied_lsn} ({needed - state.applied_lsn} behind"
+                             f"{'' if state.healthy else ', paused or stopped'})")
+        return (f"no follower can serve a {level} read: it needs LSN {needed}; "
+                + "; ".join(parts))
+
+    def _observed(self, node: str, conn: apsw.Connection) -> int:
+        """The log position a read on `node` just saw. Read while the statement is still active it
+        is the statement's own snapshot; read after it, an upper bound (safe for monotonic reads)."""
+        if node == self._leader_name:
+            lsn = storage.last_lsn(conn)
+        else:
+            try:
+                state = storage.read_state(conn)
             except (apsw.Error, errors.ClusterError):
-                self._drop_follower(name)
-        return self._leader_name
+                return self._states[node].applied_lsn if node in self._states else 0
+            lsn = state.applied_lsn
+            known = self._states.get(node)
+            generation = known.generation if known else self.cluster.state_generation
+            self._states[node] = _FollowerState(lsn, not state.paused and not state.error,
+                                                time.monotonic(), generation)
+        self.session.read(lsn)
+        return lsn
+
+    def _bind_read_txn(self, txn: _Transaction, level: str, stmt: StatementInfo) -> None:
+        """The first statement of BEGIN ... is a read: run the transaction on one snapshot, on a
+        follower when the level allows it."""
+        node = self._route_read(stmt, level)
+        conn = self._connection_for(node)
+        try:
+            conn.execute("BEGIN")
+            if node != self._leader_name:
+                txn.snapshot_lsn = storage.read_state(conn).applied_lsn
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        txn.node = node
+        if node != self._leader_name:
+            self.last_node = node
 
     def _drop_follower(self, name: str) -> None:
         conn = self._followers.pop(name, None)
-        self._follower_lsn.pop(name, None)
+        self._states.pop(name, None)
         if conn is not None:
-            conn.close()
+            try:
+                conn.close()
+            except apsw.Error:
+                pass
 
     def _connection_for(self, name: str) -> apsw.Connection:
         return self._leader if name == self._leader_name else self._follower(name)
@@ -311,6 +588,8 @@ class Cursor:
         self.lastrowid: int | None = None
         self.node: str | None = None
         self.lsn: int | None = None
+        # Read consistency for this cursor's statements; None: the connection's.
+        self.consistency: str | None = None
         self._rows: Iterator[tuple[Any, ...]] | None = None
         self._closed = False
 
@@ -326,12 +605,17 @@ class Cursor:
     def setoutputsize(self, size: Any, column: Any = None) -> None:
         self._check_open()
 
-    def execute(self, operation: str, parameters: Any = ()) -> "Cursor":
+    def execute(self, operation: str, parameters: Any = (), *, consistency: str | None = None
+                ) -> "Cursor":
+        """Run one statement. `consistency` overrides the cursor's and connection's level for it."""
         self._check_open()
         conn = self.connection
         stmt = conn._analyze(operation)
         self._reset()
-        self._run(stmt, operation, _params(parameters))
+        level = consistency or self.consistency or conn._consistency
+        if consistency is not None or self.consistency is not None:
+            check_level(level)
+        self._run(stmt, operation, _params(parameters), level=level)
         return self
 
     def executemany(self, operation: str, seq_of_parameters: Iterable[Any]) -> "Cursor":
@@ -430,7 +714,8 @@ class Cursor:
         self.description = None
         self.rowcount = -1
 
-    def _run(self, stmt: StatementInfo, sql: str, params: Any, many: bool = False) -> None:
+    def _run(self, stmt: StatementInfo, sql: str, params: Any, many: bool = False,
+             level: str | None = None) -> None:
         kind = stmt.kind
         if kind == "empty":
             return
@@ -439,7 +724,7 @@ class Cursor:
         elif kind == "savepoint":
             self._savepoint(stmt, sql)
         elif kind == "read" or (kind == "pragma" and not stmt.replicated_pragma):
-            self._read(stmt, sql, params)
+            self._read(stmt, sql, params, level or self.connection._consistency)
         elif kind == "temp":
             self._local(stmt, sql, params)
         elif kind == "vacuum":
@@ -475,23 +760,30 @@ class Cursor:
         self.description = tuple((name, None, None, None, None, None, None) for name, _ in desc) or None
         return cursor
 
-    def _read(self, stmt: StatementInfo, sql: str, params: Any) -> None:
+    def _read(self, stmt: StatementInfo, sql: str, params: Any, level: str) -> None:
         conn = self.connection
-        node = conn._read_node(stmt)
-        target = conn._connection_for(node)
-        try:
-            cursor = self._execute_on(target, sql, params)
-        except OperationalError:
-            if node == conn._leader_name:
-                raise
-            # The follower may not have the schema this statement needs yet: the leader has it.
-            node = conn._leader_name
-            cursor = self._execute_on(conn._leader, sql, params)
-        if node != conn._leader_name:
-            conn.last_node = node
-            self.lsn = conn._follower_lsn.get(node)
+        txn = conn._txn
+        if txn is not None:
+            # Inside a transaction every read runs on the transaction's own snapshot.
+            if txn.node is None:
+                conn._bind_read_txn(txn, level, stmt)
+            node = txn.node or conn._leader_name
+            cursor = self._execute_on(conn._connection_for(node), sql, params)
+            self.lsn = txn.snapshot_lsn if node != conn._leader_name else None
         else:
-            self.lsn = None
+            node = conn._route_read(stmt, level)
+            target = conn._connection_for(node)
+            try:
+                cursor = self._execute_on(target, sql, params)
+            except OperationalError:
+                if node == conn._leader_name or node == conn.pinned_node:
+                    raise
+                # The follower may not have the schema this statement needs yet: the leader has it.
+                node, target = conn._leader_name, conn._leader
+                cursor = self._execute_on(target, sql, params)
+            self.lsn = conn._observed(node, target)
+            if node != conn._leader_name:
+                conn.last_node = node
         self.node = node
         self.rowcount = -1
         self._rows = iter(cursor) if self.description else None
@@ -539,6 +831,9 @@ class Cursor:
             txn = conn._begin(explicit=False)
             # sqlite3 semantics: DML opens a transaction; DDL outside one commits by itself.
             own_txn = conn.autocommit or stmt.kind != "dml"
+        else:
+            txn = conn._writable_txn()
+        assert txn.capture is not None
         try:
             run_sql, run_params = txn.capture.prepare(stmt, sql, params)
         except (logformats.UnsafeStatementError, logformats.CaptureError) as exc:
@@ -585,22 +880,29 @@ class Cursor:
 
     def _transaction(self, stmt: StatementInfo) -> None:
         conn = self.connection
-        op = stmt.operation
-        self.node = conn._leader_name
-        if op == "BEGIN":
+        op = stmt.operation or ""
+        if op.startswith("BEGIN"):
             if conn._txn is not None:
                 raise OperationalError("cannot start a transaction within a transaction")
-            conn._check_writable(stmt)
-            conn._begin(explicit=True)
-        elif op == "COMMIT":
-            if conn._txn is None:
+            if op == "BEGIN":
+                # Deferred: the first statement decides where the transaction runs.
+                conn._txn = _Transaction(None, None, explicit=True)
+            else:
+                conn._check_writable(stmt)
+                conn._begin(explicit=True)
+            self.node = conn._txn.node if conn._txn else None
+            return
+        txn = conn._txn
+        self.node = txn.node if txn is not None else conn._leader_name
+        if op == "COMMIT":
+            if txn is None:
                 raise OperationalError("cannot commit - no transaction is active")
-            conn._commit()
+            conn._finish_txn(commit=True)
             self.lsn = conn.last_write_lsn
         else:
-            if conn._txn is None:
+            if txn is None:
                 raise OperationalError("cannot rollback - no transaction is active")
-            conn._rollback()
+            conn._finish_txn(commit=False)
 
     def _savepoint(self, stmt: StatementInfo, sql: str) -> None:
         conn = self.connection
@@ -608,10 +910,13 @@ class Cursor:
         self.node = conn._leader_name
         if op == "BEGIN":
             txn = conn._txn
+            conn._check_writable(stmt)
             if txn is None:
-                conn._check_writable(stmt)
                 txn = conn._begin(explicit=True)
                 txn.by_savepoint = True
+            else:
+                txn = conn._writable_txn()
+            assert txn.capture is not None
             self._execute_on(conn._leader, sql, None)
             txn.savepoints.append(name.lower())
             txn.capture.savepoint(name)

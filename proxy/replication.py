@@ -101,6 +101,10 @@ class Applier:
                 "applied_at=? WHERE id=1",
                 (last.lsn, last.epoch, last.committed_at, time.time()),
             )
+            # Users' last-write positions travel with the entries they wrote.
+            for entry in valid[:count]:
+                if entry.origin is not None:
+                    conn.execute(storage.USER_SQL, (entry.origin, entry.lsn))
         if failure is not None:
             log.error("%s", failure)
             conn.execute(

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS _replproxy_log(
     format TEXT NOT NULL,             -- log format of the payload
     payload BLOB NOT NULL,
     checksum INTEGER NOT NULL,        -- crc32 of the payload
-    committed_at REAL NOT NULL        -- leader commit time, seconds since the epoch
+    committed_at REAL NOT NULL,       -- leader commit time, seconds since the epoch
+    origin TEXT                       -- the user (connect(user=...)) whose session wrote it
 );
 CREATE TABLE IF NOT EXISTS _replproxy_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _replproxy_state(
@@ -43,11 +44,21 @@ CREATE TABLE IF NOT EXISTS _replproxy_state(
     error_at REAL
 );
 INSERT OR IGNORE INTO _replproxy_state(id) VALUES (1);
+-- Last write position of each named user (cross-device read-your-writes); kept on every node:
+-- the leader writes it with the entry, followers when they apply the entry.
+CREATE TABLE IF NOT EXISTS _replproxy_users(
+    user TEXT PRIMARY KEY,
+    last_write_lsn INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 APPEND_SQL = (
-    "INSERT INTO _replproxy_log(lsn, epoch, format, payload, checksum, committed_at) "
-    "SELECT coalesce(max(lsn), 0) + 1, ?, ?, ?, ?, ? FROM _replproxy_log"
+    "INSERT INTO _replproxy_log(lsn, epoch, format, payload, checksum, committed_at, origin) "
+    "SELECT coalesce(max(lsn), 0) + 1, ?, ?, ?, ?, ?, ? FROM _replproxy_log"
+)
+USER_SQL = (
+    "INSERT INTO _replproxy_users(user, last_write_lsn) VALUES (?, ?) "
+    "ON CONFLICT(user) DO UPDATE SET last_write_lsn = max(last_write_lsn, excluded.last_write_lsn)"
 )
 
 
@@ -61,6 +72,7 @@ class LogEntry:
     payload: bytes
     checksum: int
     committed_at: float
+    origin: str | None = None
 
     @property
     def checksum_ok(self) -> bool:
@@ -144,17 +156,27 @@ def read_state(conn: apsw.Connection) -> NodeState:
     return NodeState(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
 
 
-def append(conn: apsw.Connection, *, epoch: int, format: str, payload: bytes) -> int:
+def append(conn: apsw.Connection, *, epoch: int, format: str, payload: bytes,
+           origin: str | None = None) -> int:
     """Append one entry inside the caller's transaction; return its LSN."""
-    conn.execute(APPEND_SQL, (epoch, format, payload, checksum(payload), time.time()))
-    return conn.last_insert_rowid()
+    conn.execute(APPEND_SQL, (epoch, format, payload, checksum(payload), time.time(), origin))
+    lsn = conn.last_insert_rowid()
+    if origin is not None:
+        conn.execute(USER_SQL, (origin, lsn))
+    return lsn
+
+
+def user_write_lsn(conn: apsw.Connection, user: str) -> int:
+    """The LSN of the last write any session of `user` committed (0 if none)."""
+    row = conn.execute("SELECT last_write_lsn FROM _replproxy_users WHERE user = ?", (user,)).fetchone()
+    return row[0] if row else 0
 
 
 def last_lsn(conn: apsw.Connection) -> int:
     return conn.execute("SELECT coalesce(max(lsn), 0) FROM _replproxy_log").fetchone()[0]
 
 
-_ENTRY_COLUMNS = "lsn, epoch, format, payload, checksum, committed_at"
+_ENTRY_COLUMNS = "lsn, epoch, format, payload, checksum, committed_at, origin"
 
 
 def read_entries(conn: apsw.Connection, after: int, limit: int) -> list[LogEntry]:

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import sqlite3
+
+import apsw
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +51,8 @@ def init(directory: Path, *options: Any) -> Path:
 
 
 def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read a database file directly with sqlite3, bypassing the proxy."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    """Read a database file directly, bypassing the proxy (apsw: see tests/test_dbapi.py node_rows)."""
+    db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
     try:
         return db.execute(sql, params).fetchall()
     finally:
@@ -370,9 +372,8 @@ def test_verify_detects_direct_change_to_follower(cdir: Path) -> None:
     run("exec", cdir, "--settle", "0", "CREATE TABLE other(id INTEGER PRIMARY KEY, x)")
     run("exec", cdir, "INSERT INTO t(a, b) VALUES (1, 'same'), (2, 'same')")
     catch_up(cdir)
-    db = sqlite3.connect(cdir / "node2.db")
+    db = apsw.Connection(str(cdir / "node2.db"))
     db.execute("UPDATE t SET b = 'tampered' WHERE id = 2")
-    db.commit()
     db.close()
     result = run("verify", cdir, ok=False)
     assert result.exit_code == 1
@@ -383,9 +384,8 @@ def test_verify_detects_direct_change_to_follower(cdir: Path) -> None:
     assert report["identical"] is False
     assert [(d["node"], d["object"]) for d in report["differences"]] == [("node2", "t")]
     # a row count difference is reported too
-    db = sqlite3.connect(cdir / "node3.db")
+    db = apsw.Connection(str(cdir / "node3.db"))
     db.execute("DELETE FROM t WHERE id = 1")
-    db.commit()
     db.close()
     result = run("verify", cdir, ok=False)
     assert "node3: t: 1 rows (leader 2)" in result.stdout

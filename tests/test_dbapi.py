@@ -4,6 +4,8 @@ and the routing of statements to nodes."""
 from __future__ import annotations
 
 import sqlite3
+
+import apsw
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,9 @@ def plain(tmp_path: Path):
 
 
 def node_rows(cluster: proxy.Cluster, node: str, sql: str) -> list[tuple[Any, ...]]:
-    """Read a node's file directly with sqlite3, bypassing the proxy."""
-    db = sqlite3.connect(f"file:{cluster.path_of(node)}?mode=ro", uri=True)
+    """Read a node's file directly, bypassing the proxy. With apsw, not the sqlite3 module: two
+    SQLite libraries in one process do not see each other's locks on the same file."""
+    db = apsw.Connection(str(cluster.path_of(node)), flags=apsw.SQLITE_OPEN_READONLY)
     try:
         return db.execute(sql).fetchall()
     finally:

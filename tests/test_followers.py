@@ -440,10 +440,18 @@ def test_followers_are_never_writable_through_the_proxy(cluster, conn):
                     "CREATE TABLE sneaky(x)",
                     "DROP TABLE accounts",
                     "PRAGMA user_version = 5",
-                    "BEGIN"]:
+                    "BEGIN IMMEDIATE",
+                    "SAVEPOINT s"]:
             with pytest.raises(proxy.ReadOnlyNodeError):
                 pinned.execute(sql)
             assert not pinned.in_transaction
+        # A deferred BEGIN is a read-only transaction on the follower: reads work, writes do not.
+        pinned.execute("BEGIN")
+        assert pinned.execute("SELECT count(*) FROM accounts").fetchone() == (20,)
+        with pytest.raises(proxy.ReadOnlyNodeError):
+            pinned.execute("DELETE FROM accounts")
+        pinned.execute("ROLLBACK")
+        assert not pinned.in_transaction
         with pytest.raises(proxy.ReadOnlyNodeError):
             pinned.executemany("INSERT INTO accounts VALUES (?, ?, ?)", [(98, "y", 1)])
         assert isinstance(proxy.ReadOnlyNodeError("x"), proxy.OperationalError)
