@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import signal
 import sys
@@ -18,7 +17,8 @@ from . import config as cfg
 from .cluster import Cluster, create_cluster
 from .dbapi import connect
 from .errors import Error, ReplicationTimeout
-from .render import jsonable, render, show
+from .logview import decode_entries
+from .render import render
 from .verify import verify as verify_cluster
 
 
@@ -115,7 +115,7 @@ def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, m
         conn = connect(directory, cluster=cluster, autocommit=True, node=node)
         cursor = conn.cursor()
         cursor.execute(sql, [_parse_param(p) for p in params])
-        rows = cursor.fetchall()
+        rows = cursor.fetchall() if cursor.description else []
         if cursor.description:
             headers = [d[0] for d in cursor.description]
             click.echo(render(headers, rows, mode), nl=False)
@@ -186,24 +186,6 @@ def verify(directory: str, timeout: float, as_json: bool) -> None:
     sys.exit(0 if report.identical else 1)
 
 
-def _format_event(event: logformats.Event) -> str:
-    def values(image: dict[str, Any] | None) -> str:
-        return " ".join(f"{k}={show(v) if not isinstance(v, str) else repr(v)}" for k, v in (image or {}).items())
-
-    if event.kind == "SQL":
-        params = f"  -- params {event.params!r}" if event.params else ""
-        return f"  SQL {event.sql}{params}"
-    if event.kind == "SEQUENCE":
-        return f"  SEQUENCE {event.table} seq={event.new['seq'] if event.new else ''}"
-    if event.kind == "INSERT":
-        return f"  INSERT {event.table}: {values(event.new)}"
-    if event.kind == "DELETE":
-        return f"  DELETE {event.table}: {values(event.old)}"
-    if event.kind == "UPDATE":
-        return f"  UPDATE {event.table}: {values(event.old)} -> {values(event.new)}"
-    return f"  {event.kind} {event.table or ''} {values(event.new)}"
-
-
 @main.command("log")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--from", "from_lsn", default=1, show_default=True, type=click.IntRange(1),
@@ -214,38 +196,15 @@ def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> Non
     """Decode log entries for humans, like mysqlbinlog: LSN, epoch, time, and the changes."""
     cluster = _open(directory, replicate=False)
     try:
-        entries = cluster.entries(from_lsn, limit)
-        columns = cluster.table_columns()
+        decoded = decode_entries(cluster, cluster.entries(from_lsn, limit))
     except Error as exc:
         _fail(str(exc))
         return
-    formats: dict[str, logformats.LogFormat] = {}
-    for entry in entries:
-        fmt = formats.get(entry.format)
-        if fmt is None:
-            fmt = formats[entry.format] = logformats.get(entry.format, **cluster.config.format_options())
-        try:
-            decoded = fmt.decode(entry.payload, columns.get) if entry.checksum_ok else []
-            problem = None if entry.checksum_ok else "checksum mismatch: payload is corrupt"
-        except logformats.DecodeError as exc:
-            decoded, problem = [], f"cannot decode: {exc}"
-        events = [e.as_dict() for e in decoded]
-        when = _dt.datetime.fromtimestamp(entry.committed_at, _dt.timezone.utc).isoformat(timespec="milliseconds")
+    for item in decoded:
         if as_json:
-            record = {"lsn": entry.lsn, "epoch": entry.epoch, "committed_at": when, "format": entry.format,
-                      "bytes": len(entry.payload), "checksum": entry.checksum, "checksum_ok": entry.checksum_ok,
-                      "events": jsonable(events)}
-            if problem:
-                record["error"] = problem
-            click.echo(json.dumps(record, ensure_ascii=False))
-            continue
-        ok = "ok" if entry.checksum_ok else "MISMATCH"
-        click.echo(f"# LSN {entry.lsn}  epoch {entry.epoch}  {when}  format {entry.format}  "
-                   f"{len(entry.payload)} bytes  checksum {entry.checksum:08x} {ok}")
-        if problem:
-            click.echo(f"  !! {problem}")
-        for event in decoded:
-            click.echo(_format_event(event))
+            click.echo(json.dumps(item.as_dict(), ensure_ascii=False))
+        else:
+            click.echo("\n".join(item.lines()))
 
 
 def _hold(directory: str, node: str, action: str) -> None:
@@ -303,6 +262,23 @@ def demo(directory: str) -> None:
     from .demo import run_demo
 
     sys.exit(run_demo(directory))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--create", is_flag=True,
+              help="If DIRECTORY holds no cluster, create one (a leader and two followers) without asking.")
+@click.option("--history", "history_file", type=click.Path(dir_okay=False), envvar="REPLPROXY_HISTORY",
+              help="History file [default: ~/.local/share/replproxy/shell_history; env REPLPROXY_HISTORY].")
+@click.option("--mode", type=click.Choice(["table", "box", "csv", "json", "line"]), default="table",
+              show_default=True, help="Output format for rows (the shell's .mode changes it).")
+def shell(directory: str, create: bool, history_file: str | None, mode: str) -> None:
+    """Interactive SQL shell on the cluster in DIRECTORY; each result says which node served it and at
+    which LSN. With stdin not a terminal it runs the script it reads. `.help` lists dot-commands."""
+    from .shell import run_shell
+
+    sys.exit(run_shell(directory, create=create, history=Path(history_file) if history_file else None,
+                       mode=mode))
 
 
 @main.command()

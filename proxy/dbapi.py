@@ -24,6 +24,7 @@ from logformats import StatementInfo
 from . import errors, storage
 from .analyze import Analyzer
 from .cluster import Cluster
+from .types import adapt_params
 from .consistency import DEFAULT_LEVEL, DEFAULT_POLICY, DEFAULT_WAIT, Session, check_level, check_policy
 from .errors import (
     DatabaseError,
@@ -207,7 +208,7 @@ class Connection:
 
     def close(self) -> None:
         if self._closed:
-            return
+            raise ProgrammingError("Cannot close a closed connection.")
         try:
             if self._txn is not None:
                 self._finish_txn(commit=False)
@@ -653,6 +654,7 @@ class Cursor:
 
     def fetchone(self) -> tuple[Any, ...] | None:
         self._check_open()
+        self._check_result()
         if self._rows is None:
             return None
         try:
@@ -666,6 +668,7 @@ class Cursor:
 
     def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
         self._check_open()
+        self._check_result()
         count = self.arraysize if size is None else size
         rows = []
         for _ in range(max(count, 0)):
@@ -677,6 +680,7 @@ class Cursor:
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         self._check_open()
+        self._check_result()
         if self._rows is None:
             return []
         try:
@@ -708,6 +712,12 @@ class Cursor:
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed cursor.")
         self.connection._check_open()
+
+    def _check_result(self) -> None:
+        # PEP 249: fetching is an error when the last statement produced no result set.
+        if self.description is None:
+            raise ProgrammingError("no result set to fetch from: execute a statement that returns "
+                                   "rows (a SELECT, or a write with RETURNING) first")
 
     def _reset(self) -> None:
         self._rows = None
@@ -757,7 +767,7 @@ class Cursor:
             self.description = None  # what an empty description gives
             return cursor
         desc = description[0]
-        self.description = tuple((name, None, None, None, None, None, None) for name, _ in desc) or None
+        self.description = tuple((name, decl, None, None, None, None, None) for name, decl in desc) or None
         return cursor
 
     def _read(self, stmt: StatementInfo, sql: str, params: Any, level: str) -> None:
@@ -947,7 +957,7 @@ def _params(parameters: Any) -> Any:
         return ()
     if isinstance(parameters, (str, bytes)):
         raise ProgrammingError("parameters must be a sequence or a mapping, not a string")
-    return parameters
+    return adapt_params(parameters)
 
 
 def _rowid_keyed_tables(conn: apsw.Connection) -> list[str]:

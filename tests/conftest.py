@@ -41,4 +41,5 @@ def conn(cluster: proxy.Cluster) -> Iterator[proxy.Connection]:
     """A DB-API connection to `cluster`."""
     connection = proxy.connect(cluster.directory, cluster=cluster)
     yield connection
-    connection.close()
+    if not connection.closed:
+        connection.close()

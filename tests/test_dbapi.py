@@ -53,7 +53,9 @@ def outcome(connection: Any, sql: str, params: Any = ()) -> tuple[Any, ...]:
         return ("error", type(exc).__name__, str(exc), getattr(exc, "sqlite_errorcode", None),
                 getattr(exc, "sqlite_errorname", None))
     names = None if cur.description is None else [d[0] for d in cur.description]
-    rows = cur.fetchall()
+    # PEP 249 (and the compliance suite) make fetching without a result set an error, where
+    # sqlite3 returns nothing: compare the rows only where there is a result set.
+    rows = cur.fetchall() if cur.description is not None else []
     # read after fetching: sqlite3 counts the rows of INSERT ... RETURNING as they are fetched
     return ("ok", names, cur.rowcount, rows)
 
@@ -300,7 +302,8 @@ def test_fetch_methods_and_iteration(conn: proxy.Connection) -> None:
     conn.commit()
     cur = conn.cursor()
     assert cur.arraysize == 1
-    assert cur.fetchone() is None  # nothing executed yet, like sqlite3
+    with pytest.raises(proxy.ProgrammingError, match="no result set"):
+        cur.fetchone()  # nothing executed yet: PEP 249 makes it an error (sqlite3 returns None)
     cur.execute("SELECT i FROM n ORDER BY i")
     assert cur.fetchone() == (0,)
     assert cur.fetchmany() == [(1,)]
@@ -317,7 +320,9 @@ def test_fetch_methods_and_iteration(conn: proxy.Connection) -> None:
     assert next(cur) == (9,)
     assert list(cur) == [(8,)]
     cur.execute("UPDATE n SET i = i")
-    assert cur.fetchall() == []
+    assert cur.description is None
+    with pytest.raises(proxy.ProgrammingError, match="no result set"):
+        cur.fetchall()
     cur.setinputsizes([None])
     cur.setoutputsize(10)
     conn.rollback()
@@ -454,7 +459,8 @@ def test_close_rolls_back_pending_transaction(cluster: proxy.Cluster) -> None:
     conn.execute("INSERT INTO c VALUES (1)")
     conn.close()
     assert conn.closed
-    conn.close()  # twice is fine
+    with pytest.raises(proxy.ProgrammingError):
+        conn.close()  # PEP 249 compliance suite: a second close is an error (sqlite3 allows it)
     assert cluster.leader_lsn() == lsn
     assert node_rows(cluster, cluster.leader, "SELECT count(*) FROM c") == [(0,)]
 

@@ -214,7 +214,9 @@ class ProxyMachine(RuleBasedStateMachine):
             if many:
                 self.conn.executemany(sql, params)
             else:
-                self.conn.execute(sql, params).fetchall()
+                cur = self.conn.execute(sql, params)
+                if cur.description is not None:
+                    cur.fetchall()
             ok = True
         except proxy.Error as exc:
             # SQLITE_FULL: AUTOINCREMENT found no rowid left above 2**63-1 ("database or disk is full").
