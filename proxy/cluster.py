@@ -62,6 +62,7 @@ class Cluster:
                  poll_interval: float = 0.01):
         self.directory = Path(directory).resolve()
         self.config = cfg.read(self.directory)
+        self._follower_names: tuple[cfg.ClusterConfig, list[str]] | None = None
         self.format = logformats.get(self.config.format, **self.config.format_options())
         self._lock = threading.Lock()
         self._check_leader()
@@ -99,7 +100,10 @@ class Cluster:
 
     @property
     def followers(self) -> list[str]:
-        return [n.name for n in self.config.followers]
+        names = self._follower_names
+        if names is None or names[0] is not self.config:
+            names = self._follower_names = (self.config, [n.name for n in self.config.followers])
+        return names[1]
 
     @property
     def epoch(self) -> int:

@@ -105,6 +105,8 @@ class _FollowerState:
     generation: int
 
 
+_STATE_SQL = "SELECT applied_lsn, paused OR error IS NOT NULL FROM _replproxy_state WHERE id = 1"
+
 # A cached follower state older than this is read again before it decides a read (another
 # process may have paused or stopped the follower).
 STATE_MAX_AGE = 0.1
@@ -149,9 +151,11 @@ class Connection:
         self._format = cluster.format
         self._followers: dict[str, apsw.Connection] = {}
         self._states: dict[str, _FollowerState] = {}
+        self._leader_only: dict[str, bool] = {}
         self._txn: _Transaction | None = None
         self._closed = False
         self._turn = 0
+        self._unsettled: str | None = None  # follower read since the session's read LSN was exact
         self.last_node: str | None = None
 
     # -- consistency --------------------------------------------------------------------------
@@ -178,6 +182,7 @@ class Connection:
     def session_token(self) -> str:
         """An opaque string holding what this session has written and read; pass it to
         `connect(..., session_token=...)` to continue the session elsewhere."""
+        self._settle()
         return self.session.token()
 
     @property
@@ -187,7 +192,8 @@ class Connection:
 
     @property
     def last_read_lsn(self) -> int:
-        """Highest log position this session has read."""
+        """Highest log position this session has read (an upper bound once it has read followers)."""
+        self._settle()
         return self.session.last_read_lsn
 
     # -- PEP 249 ------------------------------------------------------------------------------
@@ -471,13 +477,8 @@ class Connection:
         return floor
 
     def _pick_follower(self, needed: int) -> str | None:
-        """The follower to read from: the one used last while it qualifies and is healthy, else the
-        healthy one with the least lag (round-robin among equals), else a paused one that qualifies."""
-        last = self.last_node
-        if last is not None and last in self.cluster.followers:
-            state = self._state(last, needed)
-            if state is not None and state.healthy and state.applied_lsn >= needed:
-                return last
+        """The healthy follower with the least lag that qualifies (round-robin among equals), else
+        a paused or stopped one that still qualifies."""
         best: list[tuple[bool, int, str]] = []
         for name in self.cluster.followers:
             state = self._state(name, needed)
@@ -490,15 +491,45 @@ class Connection:
         self._turn += 1
         return equals[self._turn % len(equals)]
 
+    def _settle(self) -> None:
+        """Record exactly how far the session has read. Reads that stay on one follower need no
+        bookkeeping (a follower only moves forward); before the session reads elsewhere, the
+        follower's current position is an upper bound of everything it showed."""
+        node, self._unsettled = self._unsettled, None
+        if node is None:
+            return
+        try:
+            lsn = self._follower(node).execute(_STATE_SQL).fetchone()[0]
+        except (apsw.Error, errors.ClusterError):
+            lsn = storage.last_lsn(self._leader)  # no follower can have shown more than the leader
+        self.session.read(lsn)
+
     def _route_read(self, stmt: StatementInfo, level: str) -> str:
         """Where a read outside a transaction goes."""
         if self.pinned_node is not None:
             return self.pinned_node
-        if level == "strong" or stmt.uses_temp or stmt.kind != "read" or not self.cluster.followers:
+        if level == "strong":
             return self._leader_name
-        if any(t.lower().startswith(logformats.INTERNAL_PREFIX) for t in stmt.tables_read):
+        leader_only = self._leader_only.get(stmt.sql)
+        if leader_only is None:
+            # TEMP objects and replproxy's own tables live on the leader connection or file only.
+            if len(self._leader_only) > 4096:
+                self._leader_only.clear()
+            leader_only = self._leader_only[stmt.sql] = (
+                stmt.uses_temp or stmt.kind != "read"
+                or any(t.lower().startswith(logformats.INTERNAL_PREFIX) for t in stmt.tables_read))
+        if leader_only or not self.cluster.followers:
             return self._leader_name
         needed = self._needed(level)
+        last = self.last_node
+        if last is not None:
+            # Stay on the follower used last while it is healthy and qualifies.
+            state = self._state(last, needed)
+            if state is not None and state.healthy and state.applied_lsn >= needed:
+                return last
+        if self._unsettled is not None:
+            self._settle()
+            needed = self._needed(level)
         node = self._pick_follower(needed)
         if node is not None:
             return node
@@ -539,15 +570,20 @@ class Connection:
             lsn = storage.last_lsn(conn)
         else:
             try:
-                state = storage.read_state(conn)
-            except (apsw.Error, errors.ClusterError):
-                return self._states[node].applied_lsn if node in self._states else 0
-            lsn = state.applied_lsn
+                row = conn.execute(_STATE_SQL).fetchone()
+            except apsw.Error:
+                known = self._states.get(node)
+                return known.applied_lsn if known else 0
+            lsn = row[0]
             known = self._states.get(node)
-            generation = known.generation if known else self.cluster.state_generation
-            self._states[node] = _FollowerState(lsn, not state.paused and not state.error,
-                                                time.monotonic(), generation)
-        self.session.read(lsn)
+            if known is None:
+                self._states[node] = _FollowerState(lsn, not row[1], time.monotonic(),
+                                                    self.cluster.state_generation)
+            else:
+                known.applied_lsn, known.healthy, known.seen_at = lsn, not row[1], time.monotonic()
+        session = self.session
+        if lsn > session.last_read_lsn:
+            session.last_read_lsn = lsn
         return lsn
 
     def _bind_read_txn(self, txn: _Transaction, level: str, stmt: StatementInfo) -> None:
@@ -745,14 +781,6 @@ class Cursor:
     def _execute_on(self, conn: apsw.Connection, sql: str, params: Any,
                     returns_rows: bool = True) -> apsw.Cursor:
         cursor = conn.cursor()
-        description: list[Any] = []
-        if returns_rows:
-            # The columns are known once the statement is prepared, even if it returns no row.
-            def trace(cur: apsw.Cursor, statement: str, bindings: Any) -> bool:
-                description[:] = [cur.get_description()]
-                return True
-
-            cursor.exec_trace = trace
         try:
             cursor.execute(sql, params)
         except apsw.Error as exc:
@@ -763,11 +791,14 @@ class Cursor:
             # apsw looks named parameters up in the mapping; a missing one is the caller's mistake.
             raise ProgrammingError(
                 f"You did not supply a value for binding parameter :{exc.args[0]}.") from exc
-        if not description:
-            self.description = None  # what an empty description gives
+        if not returns_rows:
+            self.description = None
             return cursor
-        desc = description[0]
-        self.description = tuple((name, decl, None, None, None, None, None) for name, decl in desc) or None
+        try:
+            desc = cursor.get_description()  # while the statement has a row to give
+        except apsw.ExecutionCompleteError:
+            desc = _prepared_description(conn, sql)  # no row: ask the prepared statement
+        self.description = _describe(desc)
         return cursor
 
     def _read(self, stmt: StatementInfo, sql: str, params: Any, level: str) -> None:
@@ -791,9 +822,17 @@ class Cursor:
                 # The follower may not have the schema this statement needs yet: the leader has it.
                 node, target = conn._leader_name, conn._leader
                 cursor = self._execute_on(target, sql, params)
-            self.lsn = conn._observed(node, target)
-            if node != conn._leader_name:
+            if node == conn._leader_name:
+                # The leader is ahead of every follower: its position covers what they showed.
+                self.lsn = conn._observed(node, target)
+                conn._unsettled = None
+            else:
+                if conn._unsettled not in (None, node):
+                    conn._settle()
+                conn._unsettled = node
                 conn.last_node = node
+                state = conn._states.get(node)
+                self.lsn = state.applied_lsn if state is not None else None
         self.node = node
         self.rowcount = -1
         self._rows = iter(cursor) if self.description else None
@@ -950,6 +989,39 @@ class Cursor:
             index = len(txn.savepoints) - 1 - txn.savepoints[::-1].index(name.lower())
             del txn.savepoints[index + 1:]
             txn.capture.rollback_to(name)
+
+
+_DESCRIPTIONS: dict[tuple[tuple[str, str | None], ...], tuple[tuple[Any, ...], ...] | None] = {}
+
+
+def _describe(desc: tuple[tuple[str, str | None], ...]) -> tuple[tuple[Any, ...], ...] | None:
+    """PEP 249 7-item column descriptions (name, declared type, ...), shared between cursors."""
+    out = _DESCRIPTIONS.get(desc)
+    if out is None and desc not in _DESCRIPTIONS:
+        out = tuple((name, decl, None, None, None, None, None) for name, decl in desc) or None
+        if len(_DESCRIPTIONS) > 4096:
+            _DESCRIPTIONS.clear()
+        _DESCRIPTIONS[desc] = out
+    return out
+
+
+def _prepared_description(conn: apsw.Connection, sql: str) -> tuple[tuple[str, str | None], ...]:
+    """The result columns of `sql`, from preparing it without running it."""
+    found: list[Any] = []
+
+    def trace(cur: apsw.Cursor, statement: str, bindings: Any) -> bool:
+        found.append(cur.get_description())
+        return False
+
+    cursor = conn.cursor()
+    cursor.exec_trace = trace
+    try:
+        cursor.execute(sql, getattr(apsw, "_null_bindings", None))
+    except apsw.ExecTraceAbort:
+        pass
+    except apsw.Error:
+        return ()
+    return found[0] if found else ()
 
 
 def _params(parameters: Any) -> Any:

@@ -91,6 +91,7 @@ def Binary(data: Any) -> bytes:  # noqa: N802
 
 
 _NATIVE = (int, float, str, bytes, type(None))
+_NATIVE_SET = frozenset(_NATIVE)
 
 
 def adapt(value: Any) -> Any:
@@ -107,10 +108,12 @@ def adapt(value: Any) -> Any:
 
 def adapt_params(params: Any) -> Any:
     """Parameters with every value SQLite cannot bind as is adapted; unchanged when all are native."""
-    if isinstance(params, dict):
-        if all(type(v) in _NATIVE for v in params.values()):
-            return params
-        return {k: adapt(v) for k, v in params.items()}
-    if all(type(v) in _NATIVE for v in params):
+    values = params.values() if isinstance(params, dict) else params
+    for value in values:
+        if type(value) not in _NATIVE_SET:
+            break
+    else:
         return params
+    if isinstance(params, dict):
+        return {k: adapt(v) for k, v in params.items()}
     return [adapt(v) for v in params]
