@@ -525,5 +525,10 @@ def run_bench(transactions: int = 2000, sync_levels: tuple[str, ...] = ("full", 
     if failure is not None:
         say("\nERROR: the benchmark stopped early; the table holds what was measured before:")
         say(failure.rstrip())
+    progress("[bench] reads")
+    from .bench_reads import report as read_report
+
+    for line in read_report(base_parent):
+        say(line)
     say(f"\n(total {time.perf_counter() - started:.0f} s)")
     return 0

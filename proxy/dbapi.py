@@ -477,19 +477,19 @@ class Connection:
         return floor
 
     def _pick_follower(self, needed: int) -> str | None:
-        """The healthy follower with the least lag that qualifies (round-robin among equals), else
-        a paused or stopped one that still qualifies."""
-        best: list[tuple[bool, int, str]] = []
+        """A follower that qualifies, round-robin: among the healthy ones if any, else among those
+        paused or stopped (still correct to read, just not moving)."""
+        healthy: list[str] = []
+        held: list[str] = []
         for name in self.cluster.followers:
             state = self._state(name, needed)
             if state is not None and state.applied_lsn >= needed:
-                best.append((state.healthy, state.applied_lsn, name))
-        if not best:
+                (healthy if state.healthy else held).append(name)
+        choices = healthy or held
+        if not choices:
             return None
-        top = max((healthy, applied) for healthy, applied, _ in best)
-        equals = [name for healthy, applied, name in best if (healthy, applied) == top]
         self._turn += 1
-        return equals[self._turn % len(equals)]
+        return choices[self._turn % len(choices)]
 
     def _settle(self) -> None:
         """Record exactly how far the session has read. Reads that stay on one follower need no
