@@ -1,0 +1,113 @@
+"""The real `replproxy shell` in a pseudo-terminal: typing SQL and dot-commands and reading the screen.
+
+prompt_toolkit redraws with escape sequences, so the test waits for lines the shell itself prints
+(results, the node/LSN line, messages), each with a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect")
+
+TIMEOUT = 10
+UP = "\x1b[A"
+ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c;"
+
+
+def spawn(directory: Path, history: Path) -> "pexpect.spawn":
+    exe = shutil.which("replproxy")
+    command, args = (exe, []) if exe else (sys.executable, ["-m", "proxy.cli"])
+    env = dict(os.environ, TERM="xterm", HOME=str(history.parent), REPLPROXY_HISTORY=str(history),
+               PROMPT_TOOLKIT_NO_CPR="1")  # a pty that never answers cursor-position requests
+    return pexpect.spawn(command, [*args, "shell", str(directory)], env=env, dimensions=(30, 120),
+                         encoding="utf-8", timeout=TIMEOUT)
+
+
+def test_shell_in_a_terminal(tmp_path: Path) -> None:
+    directory, history = tmp_path / "demo", tmp_path / "history"
+    child = spawn(directory, history)
+    try:
+        # A directory without a cluster: the shell offers to create one.
+        child.expect_exact("Create a demo cluster there (a leader and two followers)? [Y/n]")
+        child.sendline("y")
+        child.expect_exact("Created a cluster in")
+        child.expect_exact("replproxy>")
+
+        # Enter before the `;` continues the statement on a new line.
+        child.sendline("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
+        child.expect_exact("...>")
+        child.sendline(";")
+        child.expect_exact("-- node1 (leader) at LSN 1")
+
+        # Syntax highlighting: the keyword is echoed in a colour of its own.
+        child.send("SELECT")
+        child.expect(r"\x1b\[[0-9;]*38;5;\d+[0-9;]*mSELECT")
+        # Tab completes the table name: `no` alone would fail with "no such table".
+        child.send(" body FROM no")
+        child.send("\t")
+        child.sendline(";")
+        child.expect(r"-- 0 rows · node\d \((leader|follower)\)")
+
+        child.sendline("INSERT INTO notes(body) VALUES ('hello');")
+        child.expect_exact("-- 1 row changed · node1 (leader) at LSN 2")
+        child.sendline(".wait")
+        child.expect_exact("node2, node3 at LSN 2")
+        child.sendline("SELECT body FROM notes;")
+        child.expect(r"\| hello \|")
+        child.expect(r"-- 1 row · node[23] \(follower\) at LSN 2")
+
+        # Dot-commands complete too.
+        child.send(".pau")
+        child.send("\t")
+        child.sendline(" node3")
+        child.expect_exact("node3 paused")
+        child.sendline(".nodes")
+        child.expect(r"\| node3 \| follower \| 2 +\| 0 +\| 0\.0 +\| paused \|")
+
+        # Ctrl-C drops the input being typed; the shell carries on.
+        child.send("SELECT nonsense")
+        child.expect_exact("nonsense")  # echoed: the prompt has the terminal in raw mode
+        child.sendcontrol("c")
+        child.sendline("SELECT 'after' || ' ctrl-c';")
+        index = child.expect(["no such column: nonsense", r"\| after ctrl-c +\|"])
+        assert index == 1, "Ctrl-C did not drop the typed input"
+
+        # Ctrl-C also stops a statement that is running.
+        child.sendline(ENDLESS)
+        with pytest.raises(pexpect.TIMEOUT):
+            child.expect_exact("Error: interrupted", timeout=0.5)  # it really runs
+        child.sendcontrol("c")
+        child.expect_exact("Error: interrupted")
+
+        child.sendline(".resume node3")
+        child.expect_exact("node3 resumed")
+        # Ctrl-D leaves. (Sent before the prompt is back, the terminal itself would swallow it.)
+        child.expect_exact("replproxy>")
+        child.sendcontrol("d")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+    # History is kept across sessions: Up recalls the last input.
+    saved = history.read_text()
+    assert "+CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)\n+;" in saved
+    assert "+.resume node3" in saved
+    child = spawn(directory, history)
+    try:
+        child.expect_exact("replproxy>")
+        child.send(UP)
+        child.expect_exact(".resume node3")
+        child.sendline("")
+        child.expect_exact("node3 resumed")
+        child.sendline(".quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
