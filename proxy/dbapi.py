@@ -10,6 +10,7 @@ every statement.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -105,6 +106,7 @@ class _FollowerState:
     generation: int
 
 
+_TURNS = itertools.count()
 _STATE_SQL = "SELECT applied_lsn, paused OR error IS NOT NULL FROM _replproxy_state WHERE id = 1"
 
 # A cached follower state older than this is read again before it decides a read (another
@@ -154,7 +156,6 @@ class Connection:
         self._leader_only: dict[str, bool] = {}
         self._txn: _Transaction | None = None
         self._closed = False
-        self._turn = 0
         self._unsettled: str | None = None  # follower read since the session's read LSN was exact
         self.last_node: str | None = None
 
@@ -434,6 +435,9 @@ class Connection:
     def _refresh(self, name: str) -> _FollowerState | None:
         """Read a follower's own position and health; None when it cannot be read."""
         try:
+            if name in self._followers and not os.path.exists(self.cluster.path_of(name)):
+                # Removed under an open connection the old file still reads: stale, never moving.
+                raise errors.ClusterError(f"node file of {name} is missing")
             state = storage.read_state(self._follower(name))
         except (apsw.Error, errors.ClusterError):
             self._drop_follower(name)
@@ -488,8 +492,8 @@ class Connection:
         choices = healthy or held
         if not choices:
             return None
-        self._turn += 1
-        return choices[self._turn % len(choices)]
+        # One turn counter for the process, so that new sessions spread over the followers.
+        return choices[next(_TURNS) % len(choices)]
 
     def _settle(self) -> None:
         """Record exactly how far the session has read. Reads that stay on one follower need no
@@ -835,7 +839,7 @@ class Cursor:
                 self.lsn = state.applied_lsn if state is not None else None
         self.node = node
         self.rowcount = -1
-        self._rows = iter(cursor) if self.description else None
+        self._rows = _rows_ahead(cursor) if self.description else None
         if self._rows is None:
             # Statements that return nothing still run to completion now.
             for _ in cursor:
@@ -1022,6 +1026,20 @@ def _prepared_description(conn: apsw.Connection, sql: str) -> tuple[tuple[str, s
     except apsw.Error:
         return ()
     return found[0] if found else ()
+
+
+def _rows_ahead(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """A read's rows, stepped one ahead as Python's sqlite3 steps: once the last row is handed out
+    the statement is done and releases its read snapshot. Held, that snapshot made the connection's
+    next write fail with "database is locked" (SQLITE_BUSY_SNAPSHOT) and its follower's position
+    look older than it is (a session then refused a follower that had its writes)."""
+    row = next(rows, None)
+    if row is None:
+        return
+    for following in rows:
+        yield row
+        row = following
+    yield row
 
 
 def _params(parameters: Any) -> Any:
