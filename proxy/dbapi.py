@@ -248,6 +248,13 @@ class Connection:
         else:
             self.rollback()
 
+    def interrupt(self) -> None:
+        """Stop the statements running on this connection, on any node (sqlite3_interrupt); they
+        fail with OperationalError "interrupted". Safe to call from another thread."""
+        self._leader.interrupt()
+        for follower in list(self._followers.values()):
+            follower.interrupt()
+
     # sqlite3-style shortcuts
     def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
         return self.cursor().execute(sql, parameters)
@@ -820,8 +827,9 @@ class Cursor:
             target = conn._connection_for(node)
             try:
                 cursor = self._execute_on(target, sql, params)
-            except OperationalError:
-                if node == conn._leader_name or node == conn.pinned_node:
+            except OperationalError as exc:
+                if (node == conn._leader_name or node == conn.pinned_node
+                        or exc.sqlite_errorcode == apsw.SQLITE_INTERRUPT):
                     raise
                 # The follower may not have the schema this statement needs yet: the leader has it.
                 node, target = conn._leader_name, conn._leader
