@@ -45,9 +45,15 @@ def names() -> list[str]:
 
 
 def _register_builtin() -> None:
+    from .mixed import MixedFormat
     from .row import RowFormat
+    from .statement import StatementFormat
+    from .trigger import TriggerFormat
 
     register("row", RowFormat)
+    register("statement", StatementFormat)
+    register("mixed", MixedFormat)
+    register("trigger", TriggerFormat)
 
 
 _register_builtin()

@@ -161,3 +161,124 @@ def unpack_sql(data: bytes, pos: int = 0) -> tuple[str, Any, int]:
         raise DecodeError("truncated SQL")
     params, pos = unpack_params(data, pos + length)
     return raw.decode("utf-8"), params, pos
+
+
+# -- compact encoding (statement records): varints instead of fixed-width integers and lengths ----
+
+_C_NULL, _C_INT, _C_FLOAT, _C_TEXT, _C_BLOB, _C_BIGINT = range(6)
+
+
+def pack_varint(value: int, out: bytearray) -> None:
+    """Append an unsigned LEB128 integer."""
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def unpack_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """Read an unsigned LEB128 integer; return it and the position after it."""
+    result = shift = 0
+    try:
+        while True:
+            byte = data[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return result, pos
+            shift += 7
+            if shift > 70:
+                raise DecodeError("varint too long")
+    except IndexError:
+        raise DecodeError("truncated varint") from None
+
+
+def _pack_compact(value: Any, out: bytearray) -> None:
+    if value is None:
+        out.append(_C_NULL)
+    elif isinstance(value, (bool, int)):
+        value = int(value)
+        if -(2**63) <= value < 2**63:
+            out.append(_C_INT)
+            pack_varint((value << 1) ^ (value >> 63), out)  # zigzag: small negatives stay short
+        else:
+            text = str(value).encode()
+            out.append(_C_BIGINT)
+            pack_varint(len(text), out)
+            out += text
+    elif isinstance(value, float):
+        out.append(_C_FLOAT)
+        out += _F64.pack(value)
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        out.append(_C_TEXT)
+        pack_varint(len(data), out)
+        out += data
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        out.append(_C_BLOB)
+        pack_varint(len(data), out)
+        out += data
+    else:
+        raise TypeError(f"cannot encode a value of type {type(value).__name__}")
+
+
+def pack_compact_values(values: Sequence[Any], out: bytearray) -> None:
+    """Append a count and SQLite values in the compact encoding."""
+    pack_varint(len(values), out)
+    for value in values:
+        # Fast paths for the common short values (this runs for every logged statement).
+        kind = type(value)
+        if kind is int and -(2**62) <= value < 2**62:
+            zigzag = (value << 1) ^ (value >> 63)
+            if zigzag < 0x80:
+                out += bytes((_C_INT, zigzag))
+                continue
+            out.append(_C_INT)
+            pack_varint(zigzag, out)
+        elif kind is str:
+            data = value.encode("utf-8", "surrogatepass")
+            if len(data) < 0x80:
+                out += bytes((_C_TEXT, len(data)))
+                out += data
+                continue
+            out.append(_C_TEXT)
+            pack_varint(len(data), out)
+            out += data
+        else:
+            _pack_compact(value, out)
+
+
+def unpack_compact_values(data: bytes, pos: int = 0) -> tuple[list[Any], int]:
+    """Decode what `pack_compact_values` wrote; return the values and the next position."""
+    count, pos = unpack_varint(data, pos)
+    values: list[Any] = []
+    try:
+        for _ in range(count):
+            kind = data[pos]
+            pos += 1
+            if kind == _C_NULL:
+                values.append(None)
+            elif kind == _C_INT:
+                raw, pos = unpack_varint(data, pos)
+                values.append((raw >> 1) ^ -(raw & 1))
+            elif kind == _C_FLOAT:
+                values.append(_F64.unpack_from(data, pos)[0])
+                pos += 8
+            elif kind in (_C_TEXT, _C_BLOB, _C_BIGINT):
+                length, pos = unpack_varint(data, pos)
+                raw = data[pos:pos + length]
+                if len(raw) != length:
+                    raise DecodeError("truncated value")
+                pos += length
+                if kind == _C_TEXT:
+                    values.append(raw.decode("utf-8", "surrogatepass"))
+                elif kind == _C_BLOB:
+                    values.append(bytes(raw))
+                else:
+                    values.append(int(raw))
+            else:
+                raise DecodeError(f"unknown value type {kind}")
+    except (IndexError, struct.error):
+        raise DecodeError("truncated values") from None
+    return values, pos

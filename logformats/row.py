@@ -87,8 +87,11 @@ def read_sequence_at(conn: apsw.Connection, schema_version: int) -> dict[str, in
 class RowCapture(Capture):
     """Collects one transaction's row images plus the schema changes between them."""
 
-    def __init__(self, conn: apsw.Connection, options: dict[str, Any]):
+    def __init__(self, conn: apsw.Connection, options: dict[str, Any], *, only_touched: bool = False):
         super().__init__(conn, options)
+        # The mixed format captures single statements: it checks only the tables they changed for
+        # rows that images cannot identify (NULL keys that statements elsewhere may have left).
+        self._only_touched = only_touched
         self._minimal = options.get("row_image", "full") == "minimal"
         self._chunks: list[tuple[bytes, bytes]] = []
         self._marks: list[tuple[str, int]] = []
@@ -225,10 +228,10 @@ class RowCapture(Capture):
         # then opens a new session, and the chunks stay as they were so finish() can run again.
         schema_version = _schema_version(self.conn)
         if schema_version == self._start_version:
-            refuse_null_keys(self.conn, schema_version)
+            refuse_null_keys(self.conn, schema_version, tables=self._checked_tables())
             sequence = read_sequence_at(self.conn, schema_version)
         else:
-            refuse_null_keys(self.conn, schema_version, cache=False)
+            refuse_null_keys(self.conn, schema_version, cache=False, tables=self._checked_tables())
             sequence = read_sequence(self.conn)
         chunks = list(self._chunks)
         refuse_ambiguous_keys(self.conn, chunks, schema_version, schema_version == self._start_version)
@@ -247,6 +250,9 @@ class RowCapture(Capture):
         if not chunks:
             return None
         return codec.pack_chunks(chunks)
+
+    def _checked_tables(self) -> set[str] | None:
+        return self._touched if self._only_touched else None
 
     def close(self) -> None:
         self._drop_session()
@@ -334,10 +340,14 @@ def refuse_ambiguous_keys(conn: apsw.Connection, chunks: list[tuple[bytes, bytes
             seen[loose] = key
 
 
-def refuse_null_keys(conn: apsw.Connection, schema_version: int | None = None, cache: bool = True) -> None:
+def refuse_null_keys(conn: apsw.Connection, schema_version: int | None = None, cache: bool = True,
+                     tables: set[str] | None = None) -> None:
     """The session extension skips rows whose PRIMARY KEY holds NULL: refuse rather than lose them.
-    `schema_version`: conn's current PRAGMA main.schema_version, when the caller has just read it."""
+    `schema_version`: conn's current PRAGMA main.schema_version, when the caller has just read it.
+    `tables`: check only these tables (default: every table)."""
     for table, columns in _nullable_key_tables(conn, schema_version, cache):
+        if tables is not None and table not in tables:
+            continue
         quoted = '"' + table.replace('"', '""') + '"'
         test = " OR ".join('"' + c.replace('"', '""') + '" IS NULL' for c in columns)
         if conn.execute(f"SELECT 1 FROM main.{quoted} WHERE {test} LIMIT 1").fetchone():

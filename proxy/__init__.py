@@ -24,6 +24,7 @@ from .errors import (
     ReadOnlyNodeError,
     ReplicationError,
     ReplicationTimeout,
+    SyncReplicationTimeout,
     UnsafeStatementError,
     Warning,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "ReplicationTimeout",
     "STALE_POLICIES",
     "STRING",
+    "SyncReplicationTimeout",
     "Time",
     "TimeFromTicks",
     "Timestamp",

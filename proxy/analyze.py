@@ -193,13 +193,20 @@ def _classify(sql: str, traced: dict[str, Any], actions: list[tuple[int, Any, An
         kind = "read"
 
     # Writes done by triggers count too: a trigger must not change replproxy's tables either.
+    # The trigger format's own capture triggers (named _replproxy_*) are the exception.
     touches_internal = any(
         code in _WRITE and isinstance(arg1, str) and dbname != "temp"
         and arg1.lower().startswith("_replproxy_")
-        for code, arg1, _arg2, dbname, _trigger in actions
+        and not (isinstance(trigger, str) and trigger.lower().startswith("_replproxy_"))
+        for code, arg1, _arg2, dbname, trigger in actions
     )
     if kind == "ddl":
+        # DROP TABLE drops the table's capture triggers with it.
+        dropped = {str(a[1]).lower() for a in actions if a[0] == apsw.SQLITE_DROP_TABLE}
         for code, arg1, arg2, dbname, trigger in actions:
+            if (code == apsw.SQLITE_DROP_TRIGGER and isinstance(arg2, str) and arg2.lower() in dropped
+                    and not arg2.lower().startswith("_replproxy_")):
+                continue
             if code in _DDL and trigger is None:
                 for name in (arg1, arg2):
                     if isinstance(name, str) and name.lower().startswith("_replproxy_"):

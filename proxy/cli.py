@@ -81,17 +81,33 @@ def main() -> None:
               type=click.Choice(cfg.SYNCHRONOUS_LEVELS),
               help="PRAGMA synchronous on followers (after a power loss they re-apply from their own "
                    "position).")
+@click.option("--no-rewrite", is_flag=True,
+              help="Statement format: log statements as written, without making them deterministic or "
+                   "refusing unsafe ones (naive mode for demonstrations: followers may diverge).")
+@click.option("--mixed-policy", type=click.Choice(["statement", "smallest"]),
+              help="Mixed format: log safe statements as statements (default), or as whichever of "
+                   "statement and row images is smaller.")
 def init(directory: str, followers: int, log_format: str, row_image: str, from_db: str | None,
-         synchronous: str, follower_synchronous: str) -> None:
+         synchronous: str, follower_synchronous: str, no_rewrite: bool, mixed_policy: str | None) -> None:
     """Create a cluster in DIRECTORY: cluster.toml and one SQLite file per node (WAL mode)."""
+    options: dict[str, Any] = {}
+    if no_rewrite:
+        if log_format != "statement":
+            _fail("--no-rewrite applies to --format statement only")
+        options["no_rewrite"] = True
+    if mixed_policy is not None:
+        if log_format != "mixed":
+            _fail("--mixed-policy applies to --format mixed only")
+        options["mixed_policy"] = mixed_policy
     try:
         config = create_cluster(directory, followers=followers, format=log_format, row_image=row_image,
                                 from_db=from_db, synchronous=synchronous,
-                                follower_synchronous=follower_synchronous)
+                                follower_synchronous=follower_synchronous, options=options)
     except (Error, ValueError) as exc:
         _fail(str(exc))
         return
-    click.echo(f"Created cluster in {directory} (format {config.format}, row image {config.row_image})")
+    extra = "".join(f", {key.replace('_', ' ')} {value}" for key, value in sorted(options.items()))
+    click.echo(f"Created cluster in {directory} (format {config.format}, row image {config.row_image}{extra})")
     for node in config.nodes:
         click.echo(f"  {node.name:8} {node.role:8} {Path(directory) / node.file}")
 
@@ -148,15 +164,129 @@ def status(directory: str, as_json: bool) -> None:
     except Error as exc:
         _fail(str(exc))
         return
+    try:
+        replication = cluster.replication_status()
+    except Error as exc:
+        _fail(str(exc))
+        return
     if as_json:
         click.echo(json.dumps({"format": cluster.config.format, "row_image": cluster.config.row_image,
-                               "epoch": cluster.epoch, "nodes": [n.as_dict() for n in nodes]}, indent=2))
+                               "epoch": cluster.epoch, "replication": replication,
+                               "nodes": [n.as_dict() for n in nodes]}, indent=2))
         return
-    headers = ["node", "role", "applied LSN", "lag", "lag (s)", "state", "file", "error"]
-    rows = [[n.name, n.role, n.applied_lsn, n.lag_entries, n.lag_seconds, n.state, n.file, n.error or ""]
-            for n in nodes]
+    headers = ["node", "role", "sync", "applied LSN", "lag", "lag (s)", "state", "file", "error"]
+    rows = [[n.name, n.role, n.replication, n.applied_lsn, n.lag_entries, n.lag_seconds, n.state, n.file,
+             n.error or ""] for n in nodes]
     click.echo(f"format {cluster.config.format} (row image {cluster.config.row_image}), epoch {cluster.epoch}")
+    click.echo(_mode_line(replication))
     click.echo(render(headers, rows), nl=False)
+
+
+def _mode_line(r: dict[str, Any]) -> str:
+    mode = r["mode"]
+    if mode == "sync":
+        mode += f" (waits for {', '.join(r['sync_followers'])}; timeout {r['sync_timeout']:g}s)"
+    elif mode == "semi-sync":
+        mode += f" (k={r['semi_sync_k']}; timeout {r['sync_timeout']:g}s)"
+        if r["degraded"]:
+            mode += f" DEGRADED to async since {time.strftime('%H:%M:%S', time.localtime(r['degraded_since']))}: " \
+                    f"{r['degraded_reason']}"
+    span = (f"LSN {r['retained_from_lsn']}..{r['retained_to_lsn']}" if r["retained_entries"] else "empty")
+    limit = f"keep last {r['retain_min_entries']}, max "
+    limit += f"{r['retain_max_bytes']} bytes" if r["retain_max_bytes"] else "no size limit"
+    if r["retain_max_age"]:
+        limit += f", {r['retain_max_age']:g} s"
+    holds = "".join(f", hold {name} at {lsn}" for name, lsn in r["retention_holds"].items())
+    return (f"mode {mode}\nlog retained: {r['retained_entries']} entries, {r['retained_bytes']} bytes "
+            f"({span}; limit {limit}{holds})")
+
+
+@main.command("config")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--mode", type=click.Choice(cfg.MODES), help="Replication mode.")
+@click.option("--sync-followers", help="Comma-separated followers whose role becomes sync (others: async).")
+@click.option("--semi-sync-k", type=click.IntRange(1), help="semi-sync: followers that must apply a commit.")
+@click.option("--timeout", "sync_timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a commit waits for acknowledgements (sync: then fails; semi-sync: then degrades).")
+@click.option("--retain-min-entries", type=click.IntRange(0),
+              help="Keep at least the last N log entries even when every follower applied them.")
+@click.option("--retain-max-bytes", type=click.IntRange(0), help="Log retention size limit (0: none).")
+@click.option("--retain-max-age", type=click.FloatRange(0), help="Log retention age limit in seconds (0: none).")
+def config_(directory: str, mode: str | None, sync_followers: str | None, semi_sync_k: int | None,
+            sync_timeout: float | None, retain_min_entries: int | None, retain_max_bytes: int | None,
+            retain_max_age: float | None) -> None:
+    """Show or change replication settings; running clients pick them up at their next commit."""
+    cluster = _open(directory, replicate=False)
+    try:
+        names = None
+        if sync_followers is not None:
+            names = [n.strip() for n in sync_followers.split(",") if n.strip()]
+        cluster.configure(mode=mode, sync_followers=names, semi_sync_k=semi_sync_k,
+                          sync_timeout=sync_timeout, retain_min_entries=retain_min_entries,
+                          retain_max_bytes=retain_max_bytes,
+                          retain_max_age=retain_max_age)
+        click.echo(_mode_line(cluster.replication_status()))
+    except Error as exc:
+        _fail(str(exc))
+    finally:
+        cluster.close()
+
+
+@main.command("add-follower")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("name")
+@click.option("--file", "file_name", help="Database file in DIRECTORY (default NAME.db).")
+@click.option("--sync", "sync_role", is_flag=True, help="Give the new follower the sync role.")
+@click.option("--wait", default=30.0, show_default=True, type=float,
+              help="Seconds to wait for it to catch up (0: return after the snapshot).")
+def add_follower(directory: str, name: str, file_name: str | None, sync_role: bool, wait: float) -> None:
+    """Add follower NAME online: a snapshot of the leader (backup API) at an exact LSN, then catch-up."""
+    cluster = _open(directory)
+    try:
+        lsn = cluster.add_follower(name, file=file_name, replication="sync" if sync_role else "async")
+        click.echo(f"{name}: snapshot at LSN {lsn} ({cluster.path_of(name)})")
+        if wait > 0:
+            target = cluster.wait_for_catchup(wait, nodes=[name])
+            click.echo(f"{name}: caught up with LSN {target}")
+    except Error as exc:
+        _fail(str(exc))
+    finally:
+        cluster.close()
+
+
+@main.command("remove-follower")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("name")
+@click.option("--delete-file", is_flag=True, help="Also delete its database file.")
+def remove_follower(directory: str, name: str, delete_file: bool) -> None:
+    """Unregister follower NAME (its log retention slot goes with it)."""
+    cluster = _open(directory, replicate=False)
+    try:
+        cluster.remove_follower(name, delete_file=delete_file)
+        click.echo(f"{name} removed")
+    except Error as exc:
+        _fail(str(exc))
+    finally:
+        cluster.close()
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+@click.option("--wait", default=30.0, show_default=True, type=float,
+              help="Seconds to wait for it to catch up (0: return after the snapshot).")
+def resync(directory: str, node: str, wait: float) -> None:
+    """Re-seed follower NODE from a new snapshot of the leader (after it fell behind retention)."""
+    cluster = _open(directory)
+    try:
+        lsn = cluster.resync(node)
+        click.echo(f"{node}: re-seeded from a snapshot at LSN {lsn}")
+        if wait > 0:
+            click.echo(f"{node}: caught up with LSN {cluster.wait_for_catchup(wait, nodes=[node])}")
+    except Error as exc:
+        _fail(str(exc))
+    finally:
+        cluster.close()
 
 
 @main.command()
@@ -288,12 +418,15 @@ def shell(directory: str, create: bool, history_file: str | None, mode: str) -> 
               help="PRAGMA synchronous levels to measure (default: full and normal).")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False),
               help="Where to create the benchmark databases (default: a temporary directory).")
-def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None) -> None:
+@click.option("--format", "log_format", default="row", show_default=True,
+              type=click.Choice(logformats.names()),
+              help="Log format of the proxy's clusters (trigger adds where a commit's time goes).")
+def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None, log_format: str) -> None:
     """Measure the leader's cost against plain apsw, and the follower apply rate."""
     from .bench import run_bench
 
     sys.exit(run_bench(transactions=transactions, sync_levels=sync_levels or ("full", "normal"),
-                       workdir=workdir))
+                       workdir=workdir, log_format=log_format))
 
 
 if __name__ == "__main__":

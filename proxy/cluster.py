@@ -16,7 +16,7 @@ import apsw
 import logformats
 
 from . import config as cfg
-from . import storage
+from . import modes, outside, storage
 from .errors import ClusterError, ReplicationTimeout
 from .logsource import LeaderFileSource, LogSource
 from .replication import Applier, Replicator
@@ -35,6 +35,8 @@ class NodeStatus:
     state: str  # "ok", "paused", "error", "missing"
     error: str | None = None
     error_lsn: int | None = None
+    # A follower's replication role ("sync" or "async"); empty for the leader.
+    replication: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,12 +63,17 @@ class Cluster:
     def __init__(self, directory: str | os.PathLike[str], *, replicate: bool = True,
                  poll_interval: float = 0.01):
         self.directory = Path(directory).resolve()
+        self._config_key = self._stat_config()
         self.config = cfg.read(self.directory)
+        self._maintenance: Any = None  # lifecycle.Maintenance, for the replicator thread
         self._follower_names: tuple[cfg.ClusterConfig, list[str]] | None = None
         self.format = logformats.get(self.config.format, **self.config.format_options())
         self._lock = threading.Lock()
         self._check_leader()
         self._epoch = self._read_epoch()
+        if outside.captures_outside_writers(self):
+            # Transactions committed on the leader outside the proxy become entries of their own.
+            self.format.bind_outside_log(self._append_outside)  # type: ignore[attr-defined]
         self._replicator: Replicator | None = None
         self._poll_interval = poll_interval
         # Bumped when this process pauses or resumes a follower, so connections re-read states.
@@ -82,11 +89,12 @@ class Cluster:
     def init(cls, directory: str | os.PathLike[str], *, followers: int = 2, format: str = "row",
              row_image: str = "full", from_db: str | os.PathLike[str] | None = None,
              synchronous: str = "full", follower_synchronous: str = "normal",
-             replicate: bool = True) -> "Cluster":
-        """Create a new cluster in `directory` and open it."""
+             replicate: bool = True, options: dict[str, Any] | None = None) -> "Cluster":
+        """Create a new cluster in `directory` and open it. `options`: format options kept in
+        cluster.toml's [cluster] table (e.g. no_rewrite=True for the statement format)."""
         create_cluster(directory, followers=followers, format=format, row_image=row_image,
                        from_db=from_db, synchronous=synchronous,
-                       follower_synchronous=follower_synchronous)
+                       follower_synchronous=follower_synchronous, options=options)
         return cls(directory, replicate=replicate)
 
     # -- paths and connections ----------------------------------------------------------------
@@ -137,8 +145,10 @@ class Cluster:
 
     def start_replication(self) -> None:
         if self._replicator is None or not self._replicator.is_alive():
+            watcher = outside.OutsideWatcher(self) if outside.captures_outside_writers(self) else None
             self._replicator = Replicator(self.log_source, self._make_appliers,
-                                          poll_interval=self._poll_interval)
+                                          poll_interval=self._poll_interval, watcher=watcher,
+                                          after_round=self._after_round)
             self._replicator.start()
 
     def _make_appliers(self, source: LogSource) -> list[Applier]:
@@ -146,12 +156,95 @@ class Cluster:
         for node in self.config.followers:
             try:
                 appliers.append(Applier(node.name, str(self.directory / node.file), source,
-                                        synchronous=self.config.follower_synchronous,
+                                        synchronous=self.config.applier_synchronous(node.name),
                                         format_options=self.config.format_options()))
             except ClusterError as exc:
                 if self._replicator is not None:
                     self._replicator.errors[node.name] = str(exc)
         return appliers
+
+    # -- writers outside the proxy (trigger format) ---------------------------------------------
+
+    def _append_outside(self, conn: apsw.Connection, payload: bytes) -> int:
+        return storage.append(conn, epoch=self.epoch, format=self.format.name, payload=payload)
+
+    def log_outside_writes(self) -> int:
+        """Log now what programs outside the proxy committed on the leader (trigger format; the
+        background watcher does it every poll interval); return the number of entries added."""
+        return outside.log_outside_writes(self)
+
+    # -- replication modes and settings (modes.py, lifecycle.py) --------------------------------
+
+    def _stat_config(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(cfg.config_path(self.directory))
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def refresh_config(self) -> bool:
+        """Re-read cluster.toml if another process changed it (one stat when it did not); reopen
+        the followers when their list or their apply settings changed. True when it changed."""
+        key = self._stat_config()
+        if key is None or key == self._config_key:
+            return False
+        old = self.config
+        try:
+            config = cfg.read(self.directory)
+        except ClusterError:
+            return False  # keep the settings we have; a damaged file is reported by `status`
+        self._config_key = key
+        self.config = config
+        appliers = lambda c: [(n, c.applier_synchronous(n.name)) for n in c.followers]  # noqa: E731
+        if appliers(old) != appliers(config) and self._replicator is not None:
+            self._replicator.reload()
+        return True
+
+    def await_acks(self, lsn: int, leader: apsw.Connection) -> None:
+        """After COMMIT of entry `lsn`: wait for what the replication mode requires."""
+        modes.await_acks(self, lsn, leader)
+
+    def _after_round(self, leader_lsn: int, positions: dict[str, int]) -> None:
+        if self._maintenance is None:
+            from .lifecycle import Maintenance
+
+            self._maintenance = Maintenance(self)
+        self._maintenance.after_round(leader_lsn, positions)
+
+    def replication_status(self) -> dict[str, Any]:
+        """Mode, semi-sync degraded state, sync followers, retained log (see lifecycle.py)."""
+        from .lifecycle import replication_status
+
+        return replication_status(self)
+
+    def add_follower(self, name: str, file: str | None = None, replication: str = "async") -> int:
+        """Add follower `name` online from a snapshot of the leader; return the snapshot's LSN."""
+        from .lifecycle import add_follower
+
+        return add_follower(self, name, file=file, replication=replication)
+
+    def remove_follower(self, name: str, delete_file: bool = False) -> None:
+        from .lifecycle import remove_follower
+
+        remove_follower(self, name, delete_file=delete_file)
+
+    def resync(self, name: str) -> int:
+        """Re-seed follower `name` from a new snapshot of the leader; return its LSN."""
+        from .lifecycle import resync
+
+        return resync(self, name)
+
+    def truncate_log(self) -> int:
+        """Apply the retention policy now; return the number of entries removed."""
+        from .lifecycle import truncate_log
+
+        return truncate_log(self)
+
+    def configure(self, **settings: Any) -> cfg.ClusterConfig:
+        """Change replication settings in cluster.toml (every process picks them up)."""
+        from .lifecycle import configure
+
+        return configure(self, **settings)
 
     def notify_commit(self) -> None:
         """Tell this process's replicator that the leader's log grew."""
@@ -165,6 +258,9 @@ class Cluster:
         if self._replicator is not None:
             self._replicator.stop()
             self._replicator = None
+        if self._maintenance is not None:
+            self._maintenance.close()
+            self._maintenance = None
 
     def __enter__(self) -> "Cluster":
         return self
@@ -237,8 +333,14 @@ class Cluster:
         error = state.error
         if error is None and self._replicator is not None:
             error = self._replicator.errors.get(name)
+        if state.error and "needs a new snapshot" in state.error:
+            node_state = "needs-snapshot"
+        elif lag and first_missing_gone(leader_conn, state.applied_lsn):
+            node_state = "needs-snapshot"
+            error = error or (f"{name}: log entry {state.applied_lsn + 1} is no longer retained; "
+                              f"re-seed it with `replproxy resync DIR {name}`")
         return NodeStatus(name, "follower", path, state.applied_lsn, lag, round(lag_seconds, 3),
-                          node_state, error, state.error_lsn)
+                          node_state, error, state.error_lsn, self.config.node(name).replication)
 
     def wait_for_catchup(self, timeout: float = 10.0, nodes: Iterable[str] | None = None,
                          lsn: int | None = None) -> int:
@@ -334,9 +436,16 @@ class Cluster:
             conn.close()
 
 
+def first_missing_gone(leader_conn: apsw.Connection, applied_lsn: int) -> bool:
+    """Whether the entry after `applied_lsn` was removed from the leader's log (retention)."""
+    row = leader_conn.execute("SELECT min(lsn) FROM _replproxy_log").fetchone()
+    return row[0] is not None and row[0] > applied_lsn + 1
+
+
 def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, format: str = "row",
                    row_image: str = "full", from_db: str | os.PathLike[str] | None = None,
-                   synchronous: str = "full", follower_synchronous: str = "normal") -> cfg.ClusterConfig:
+                   synchronous: str = "full", follower_synchronous: str = "normal",
+                   options: dict[str, Any] | None = None) -> cfg.ClusterConfig:
     """Create DIR/cluster.toml and one database file per node; refuse to touch an existing cluster."""
     directory = Path(directory)
     if cfg.config_path(directory).exists():
@@ -344,7 +453,14 @@ def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, for
                            "refusing to overwrite it")
     if followers < 0:
         raise ClusterError("the number of followers cannot be negative")
-    logformats.get(format, row_image=row_image)  # unknown format: fail before touching files
+    options = dict(options or {})
+    reserved = {"format", "row_image", "synchronous", "follower_synchronous"} & set(options)
+    if reserved:
+        raise ClusterError(f"{', '.join(sorted(reserved))} cannot be given as a format option")
+    try:  # unknown format or option values: fail before touching files
+        log_format = logformats.get(format, row_image=row_image, **options)
+    except ValueError as exc:
+        raise ClusterError(str(exc)) from None
     if row_image not in cfg.ROW_IMAGES:
         raise ClusterError(f"row image must be one of {', '.join(cfg.ROW_IMAGES)}")
     for level in (synchronous, follower_synchronous):
@@ -378,10 +494,13 @@ def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, for
                         backup.step()
                     conn.execute("PRAGMA journal_mode=wal").fetchall()
                 storage.install(conn, node_name=node.name, cluster_id=cluster_id)
+                if node.role == "leader":
+                    log_format.install(conn)  # capture tables and triggers (trigger format)
             finally:
                 conn.close()
         config = cfg.ClusterConfig(format=format, row_image=row_image, synchronous=synchronous,
-                                   follower_synchronous=follower_synchronous, nodes=nodes)
+                                   follower_synchronous=follower_synchronous, nodes=nodes,
+                                   options=options)
         cfg.write(directory, config)
     except BaseException:
         for path in created:

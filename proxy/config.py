@@ -14,6 +14,11 @@ from .errors import ClusterError
 CONFIG_NAME = "cluster.toml"
 SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
 ROW_IMAGES = ("full", "minimal")
+MODES = ("async", "sync", "semi-sync")
+FOLLOWER_ROLES = ("async", "sync")
+# Replication settings kept in [cluster] beside the format's own options (see docs/replication.md).
+REPLICATION_KEYS = ("mode", "semi_sync_k", "sync_timeout", "retain_min_entries", "retain_max_bytes",
+                    "retain_max_age")
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,8 @@ class NodeConfig:
     name: str
     file: str
     role: str  # "leader" or "follower"
+    # A follower's replication role: "sync" followers are waited for in `sync` mode.
+    replication: str = "async"
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,18 @@ class ClusterConfig:
     follower_synchronous: str = "normal"
     nodes: tuple[NodeConfig, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    # Replication mode: "async" (commit returns once the leader committed), "sync" (once every
+    # sync follower applied it) or "semi-sync" (once `semi_sync_k` followers applied it).
+    mode: str = "async"
+    semi_sync_k: int = 1
+    sync_timeout: float = 10.0  # seconds a commit waits for acknowledgements
+    # Log retention: entries are kept until every follower applied them, and the last
+    # `retain_min_entries` are kept anyway (history for `replproxy log`, a follower briefly away),
+    # but the log never holds more than `retain_max_bytes` payload bytes nor entries older than
+    # `retain_max_age` seconds (0: no limit). The last entry always stays: LSNs are never reused.
+    retain_min_entries: int = 100_000
+    retain_max_bytes: int = 64 * 1024 * 1024
+    retain_max_age: float = 0.0
 
     @property
     def leader(self) -> NodeConfig:
@@ -59,6 +78,23 @@ class ClusterConfig:
     def synchronous_of(self, name: str) -> str:
         """PRAGMA synchronous for a node, by its role."""
         return self.synchronous if self.node(name).role == "leader" else self.follower_synchronous
+
+    @property
+    def sync_followers(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.followers if n.replication == "sync")
+
+    def acknowledging(self, name: str) -> bool:
+        """Whether a follower's applies can acknowledge commits in the current mode: then it
+        applies with synchronous=full, since an acknowledgement must survive a power loss."""
+        if self.mode == "semi-sync":
+            return True
+        return self.mode == "sync" and self.node(name).replication == "sync"
+
+    def applier_synchronous(self, name: str) -> str:
+        """PRAGMA synchronous of the applier of follower `name`."""
+        if self.acknowledging(name) and SYNCHRONOUS_LEVELS.index(self.follower_synchronous) < 2:
+            return "full"
+        return self.follower_synchronous
 
     def format_options(self) -> dict[str, Any]:
         return {"row_image": self.row_image, **self.options}
@@ -91,11 +127,15 @@ def dumps(config: ClusterConfig) -> str:
         f"synchronous = {_quote(config.synchronous)}",
         f"follower_synchronous = {_quote(config.follower_synchronous)}",
     ]
+    for key in REPLICATION_KEYS:
+        lines.append(f"{key} = {_toml_value(getattr(config, key))}")
     for key in sorted(config.options):
         lines.append(f"{key} = {_toml_value(config.options[key])}")
     for node in config.nodes:
         lines += ["", "[[node]]", f"name = {_quote(node.name)}", f"file = {_quote(node.file)}",
                   f"role = {_quote(node.role)}"]
+        if node.role == "follower":
+            lines.append(f"replication = {_quote(node.replication)}")
     return "\n".join(lines) + "\n"
 
 
@@ -110,8 +150,9 @@ def loads(text: str, source: str = CONFIG_NAME) -> ClusterConfig:
     nodes = []
     for index, raw in enumerate(data.get("node", [])):
         try:
-            nodes.append(NodeConfig(name=str(raw["name"]), file=str(raw["file"]), role=str(raw["role"])))
-        except (KeyError, TypeError):
+            nodes.append(NodeConfig(name=str(raw["name"]), file=str(raw["file"]), role=str(raw["role"]),
+                                    replication=str(raw.get("replication", "async"))))
+        except (KeyError, TypeError, AttributeError):
             raise ClusterError(f"{source} is damaged: node #{index + 1} needs name, file and role") from None
     if not nodes:
         raise ClusterError(f"{source} is damaged: it lists no [[node]]")
@@ -120,7 +161,21 @@ def loads(text: str, source: str = CONFIG_NAME) -> ClusterConfig:
         raise ClusterError(f"{source} is damaged: it needs exactly one leader, the other nodes followers")
     if len({n.name for n in nodes}) != len(nodes):
         raise ClusterError(f"{source} is damaged: node names must be unique")
-    known = {"format", "row_image", "synchronous", "follower_synchronous"}
+    if any(n.replication not in FOLLOWER_ROLES for n in nodes):
+        raise ClusterError(f"{source} is damaged: a node's replication must be one of "
+                           f"{', '.join(FOLLOWER_ROLES)}")
+    known = {"format", "row_image", "synchronous", "follower_synchronous", *REPLICATION_KEYS}
+    try:
+        replication = dict(
+            mode=str(cluster.get("mode", "async")),
+            semi_sync_k=int(cluster.get("semi_sync_k", 1)),
+            sync_timeout=float(cluster.get("sync_timeout", 10.0)),
+            retain_min_entries=int(cluster.get("retain_min_entries", 100_000)),
+            retain_max_bytes=int(cluster.get("retain_max_bytes", 64 * 1024 * 1024)),
+            retain_max_age=float(cluster.get("retain_max_age", 0.0)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ClusterError(f"{source} is damaged: {exc}") from None
     config = ClusterConfig(
         format=str(cluster.get("format", "row")),
         row_image=str(cluster.get("row_image", "full")),
@@ -128,13 +183,28 @@ def loads(text: str, source: str = CONFIG_NAME) -> ClusterConfig:
         follower_synchronous=str(cluster.get("follower_synchronous", "normal")),
         nodes=tuple(nodes),
         options={k: v for k, v in cluster.items() if k not in known},
+        **replication,  # type: ignore[arg-type]
     )
+    check_replication(config, source)
     if config.row_image not in ROW_IMAGES:
         raise ClusterError(f"{source}: row_image must be one of {', '.join(ROW_IMAGES)}")
     for key in ("synchronous", "follower_synchronous"):
         if getattr(config, key) not in SYNCHRONOUS_LEVELS:
             raise ClusterError(f"{source}: {key} must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
     return config
+
+
+def check_replication(config: ClusterConfig, source: str = CONFIG_NAME) -> None:
+    """Refuse replication settings that cannot work, naming the setting."""
+    if config.mode not in MODES:
+        raise ClusterError(f"{source}: mode must be one of {', '.join(MODES)}")
+    if config.semi_sync_k < 1:
+        raise ClusterError(f"{source}: semi_sync_k must be at least 1")
+    if config.sync_timeout <= 0:
+        raise ClusterError(f"{source}: sync_timeout must be positive")
+    if config.retain_max_bytes < 0 or config.retain_max_age < 0 or config.retain_min_entries < 0:
+        raise ClusterError(f"{source}: retain_min_entries, retain_max_bytes and retain_max_age cannot "
+                           "be negative")
 
 
 def config_path(directory: str | os.PathLike[str]) -> Path:

@@ -396,6 +396,9 @@ class Connection:
             self.session.wrote(lsn)
             self.session.read(lsn)
             self.cluster.notify_commit()
+            # sync / semi-sync: wait, after COMMIT, for the followers' acknowledgements (modes.py);
+            # a SyncReplicationTimeout leaves the transaction committed on the leader.
+            self.cluster.await_acks(lsn, leader)
         else:
             self.session.read(lsn_read)
 

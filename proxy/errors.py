@@ -81,6 +81,15 @@ class ReplicationTimeout(OperationalError):
     """Followers did not reach the wanted position in time."""
 
 
+class SyncReplicationTimeout(ReplicationTimeout):
+    """A commit is durable on the leader but synchronous followers did not apply it in time."""
+
+    def __init__(self, message: str, *, lsn: int | None = None, nodes: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.lsn = lsn
+        self.nodes = nodes
+
+
 class UnsafeStatementError(ProgrammingError):
     """The cluster's log format cannot replicate this statement exactly, so it was not run."""
 

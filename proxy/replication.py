@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import apsw
 
@@ -183,10 +183,19 @@ class Replicator(threading.Thread):
 
     def __init__(self, make_source: Callable[[], LogSource],
                  make_appliers: Callable[[LogSource], list[Applier]], *, poll_interval: float = 0.01,
-                 linger: float = 0.002):
+                 linger: float = 0.002, watcher: "Watcher | None" = None,
+                 after_round: "Callable[[int, dict[str, int]], None] | None" = None):
         super().__init__(name="replproxy-replicator", daemon=True)
+        # Called after every round with the leader's LSN and the followers' positions (modes.py:
+        # semi-sync recovery, config changes, log retention); its errors never stop the thread.
+        self._after_round = after_round
+        # Applied LSN of every follower as of its last step (a lower bound), under `progress`:
+        # committers waiting in sync modes watch it.
+        self.applied: dict[str, int] = {}
         self._make_source = make_source
         self._make_appliers = make_appliers
+        # Logs changes committed on the leader outside the proxy (trigger format); see outside.py.
+        self._watcher = watcher
         self.poll_interval = poll_interval
         # After applying, wait this long before the next batch so that a busy leader's entries are
         # applied many per follower transaction instead of one by one (group apply): it bounds the
@@ -230,6 +239,12 @@ class Replicator(threading.Thread):
                         source.close()
                     source = self._make_source()
                     appliers = self._make_appliers(source)
+                    with self.progress:
+                        self.applied = {a.name: a.applied_lsn for a in appliers}
+                    if self._watcher is not None:
+                        self._watcher.close()
+                if self._watcher is not None:
+                    self._poll_watcher()
                 progressed = False
                 leader_lsn = source.last_lsn()
                 for applier in appliers:
@@ -238,6 +253,12 @@ class Replicator(threading.Thread):
                     try:
                         if applier.step(leader_lsn):
                             progressed = True
+                            with self.progress:
+                                self.applied[applier.name] = applier.applied_lsn
+                                self.progress.notify_all()
+                        elif self.applied.get(applier.name) != applier.applied_lsn:
+                            with self.progress:  # moved by another process
+                                self.applied[applier.name] = applier.applied_lsn
                         self.errors.pop(applier.name, None)
                     except apsw.BusyError:
                         progressed = True  # someone else holds the follower; try again soon
@@ -246,6 +267,13 @@ class Replicator(threading.Thread):
                         log.warning("follower %s: %s", applier.name, exc)
                 with self.progress:
                     self.progress.notify_all()
+                if self._after_round is not None:
+                    try:
+                        self._after_round(leader_lsn, dict(self.applied))
+                        self.errors.pop("maintenance", None)
+                    except Exception as exc:  # keep the followers moving
+                        self.errors["maintenance"] = str(exc)
+                        log.warning("replicator maintenance: %s", exc)
                 if not progressed:
                     self._wake.wait(self.poll_interval)
                     self._wake.clear()
@@ -261,3 +289,22 @@ class Replicator(threading.Thread):
             applier.close()
         if source is not None:
             source.close()
+        if self._watcher is not None:
+            self._watcher.close()
+
+    def _poll_watcher(self) -> None:
+        assert self._watcher is not None
+        try:
+            self._watcher.poll()
+            self.errors.pop("outside", None)
+        except Exception as exc:  # keep the followers moving
+            self.errors["outside"] = str(exc)
+            log.warning("outside writers: %s", exc)
+
+
+class Watcher(Protocol):
+    """Something the replicator thread polls on every round (outside.OutsideWatcher)."""
+
+    def poll(self) -> int: ...
+
+    def close(self) -> None: ...

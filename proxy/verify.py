@@ -10,9 +10,9 @@ from typing import Any
 
 import apsw
 
-from logformats import codec, is_internal_table
+from logformats import INTERNAL_PREFIX, codec, is_internal_table
 
-from . import storage
+from . import outside, storage
 from .cluster import Cluster
 from .errors import ClusterError, ReplicationTimeout
 
@@ -111,7 +111,8 @@ def fingerprint(conn: apsw.Connection) -> _Fingerprint:
     schema = sorted(
         (t, n, tb, sql)
         for t, n, tb, sql in conn.execute("SELECT type, name, tbl_name, sql FROM main.sqlite_master")
-        if not is_internal_table(tb) or tb.lower() == "sqlite_sequence"
+        if (not is_internal_table(tb) or tb.lower() == "sqlite_sequence")
+        and not n.lower().startswith(INTERNAL_PREFIX)  # the trigger format's capture triggers
     )
     pragmas = {
         name: conn.execute(f"PRAGMA main.{name}").fetchone()[0] for name in ("user_version", "application_id")
@@ -168,9 +169,15 @@ def verify(cluster: Cluster, timeout: float = 10.0) -> VerifyReport:
             leader_conn.execute("BEGIN")
             lsn = storage.last_lsn(leader_conn)
             ref = fingerprint(leader_conn)
+            # Trigger format: changes committed outside the proxy and not logged yet are in the
+            # leader's content but not at this LSN; log them, then compare.
+            unlogged = outside.pending(cluster, leader_conn)
             leader_conn.execute("COMMIT")
         finally:
             leader_conn.close()
+        if unlogged and time.monotonic() < deadline:
+            cluster.log_outside_writes()
+            continue
         try:
             cluster.wait_for_catchup(max(0.0, deadline - time.monotonic()), lsn=lsn)
         except ReplicationTimeout:

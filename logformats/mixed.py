@@ -1,0 +1,126 @@
+"""Mixed log: statements by default, row images for what statements cannot replay exactly.
+
+Like MySQL's MIXED binlog format. Each write statement is planned as in the statement format
+(statement.py); a statement that format would refuse runs unchanged on the leader under a session
+of the row format (row.py's RowCapture, one per such statement) and is logged as its row images,
+AUTOINCREMENT counters included. Every statement is therefore accepted and replicates exactly.
+One entry may hold both kinds, in execution order: followers replay statements with their
+triggers firing and apply row images with triggers off (the images already hold what the leader's
+triggers did), and put the trigger setting back as they found it.
+
+Policies (`mixed_policy` in cluster.toml):
+- "statement" (default): statements unless unsafe;
+- "smallest": a safe statement is captured both ways and the smaller representation is logged
+  (a statement touching many rows stays a statement; a single-row INSERT with a long text may
+  become its row image). It costs a session per statement; docs/performance.md has the figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import apsw
+
+from .base import Capture, CaptureError, Event, LogFormat, SchemaLookup, StatementInfo, UnsafeStatementError
+from .row import RowCapture
+from .statement import StatementCapture, _ConnState, apply_payload, decode_payload, encode_item_size
+
+POLICIES = ("statement", "smallest")
+
+
+class MixedCapture(StatementCapture):
+    """Statements, and row images for the statements that are unsafe."""
+
+    def __init__(self, conn: apsw.Connection, options: dict[str, Any]):
+        super().__init__(conn, {k: v for k, v in options.items() if k != "no_rewrite"})
+        self._row_options = {"row_image": options.get("row_image", "full")}
+        self._smallest = options.get("mixed_policy", "statement") == "smallest"
+        self._rows: RowCapture | None = None
+        self._both = False  # the statement runs as a statement, images are kept for comparison
+        self._texts: set[str] = set()
+
+    def _drop_rows(self) -> None:
+        rows, self._rows = self._rows, None
+        if rows is not None:
+            rows.close()
+
+    def prepare(self, stmt: StatementInfo, sql: str, params: Any) -> tuple[str, Any]:
+        self._drop_rows()  # a statement that failed left its capture behind
+        self._both = False
+        try:
+            run = super().prepare(stmt, sql, params)
+        except UnsafeStatementError:
+            self._pending = None
+            self._rows = RowCapture(self.conn, self._row_options, only_touched=True)
+            return self._rows.prepare(stmt, sql, params)
+        if self._smallest and stmt.kind == "dml":
+            self._rows = RowCapture(self.conn, self._row_options, only_touched=True)
+            self._rows.prepare(stmt, *run)
+            self._both = True
+        return run
+
+    def executed(self, stmt: StatementInfo, sql: str, params: Any) -> None:
+        rows, self._rows = self._rows, None
+        if rows is None:
+            super().executed(stmt, sql, params)
+            return
+        try:
+            rows.executed(stmt, sql, params)
+            try:
+                payload = rows.finish()
+            except CaptureError as exc:
+                if self._both:  # the statement itself is exact: keep it
+                    super().executed(stmt, sql, params)
+                    return
+                self._errors.append((len(self._items), str(exc)))
+                return
+        finally:
+            rows.close()
+        if self._both:
+            pending = self._pending
+            super().executed(stmt, sql, params)
+            if pending is None or payload is None or not self._items:
+                return
+            statement = self._items[-1]
+            cost = encode_item_size(statement, statement[1] in self._texts)
+            if len(payload) < cost:
+                self._items[-1] = ("rows", payload)
+            else:
+                self._texts.add(statement[1])
+            return
+        if payload is not None:
+            self._items.append(("rows", payload))
+        if stmt.kind == "ddl" or stmt.replicated_pragma:
+            self._local = _ConnState(self.conn, -1)
+
+    def rollback_to(self, name: str) -> None:
+        super().rollback_to(name)
+        self._texts = {item[1] for item in self._items if item[0] == "stmt"}
+
+    def close(self) -> None:
+        self._drop_rows()
+        super().close()
+
+
+class MixedFormat(LogFormat):
+    """Statement-based by default, row-based for unsafe statements."""
+
+    follower_triggers = True
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        super().__init__(options=dict(options or {}))
+        self.name = "mixed"
+        policy = self.options.get("mixed_policy", "statement")
+        if policy not in POLICIES:
+            raise ValueError(f"mixed_policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        if self.options.get("no_rewrite"):
+            raise ValueError("no_rewrite is for the statement format; the mixed format always rewrites")
+
+    def capture(self, conn: apsw.Connection) -> Capture:
+        return MixedCapture(conn, self.options)
+
+    def apply(self, conn: apsw.Connection, payload: bytes) -> None:
+        apply_payload(conn, payload)
+
+    def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
+        return decode_payload(payload, schema)

@@ -1,0 +1,178 @@
+"""A new follower from a snapshot while writes continue; removing a follower; resync."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import apsw
+import pytest
+from click.testing import CliRunner
+
+import proxy
+from proxy import config as cfg
+from proxy.cli import main
+from proxy.verify import verify
+
+WRITER = r'''
+import sys, time
+import proxy
+conn = proxy.connect(sys.argv[1], autocommit=True)
+started = time.monotonic()
+i = 0
+while time.monotonic() - started < float(sys.argv[2]):
+    conn.execute("INSERT INTO t(v) VALUES (?)", (i,))
+    conn.execute("UPDATE c SET n = n + 1")
+    i += 1
+print(i)
+'''
+
+
+def _content(path) -> list:
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return conn.execute("SELECT id, v FROM t ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def _setup(make_cluster, **options):
+    cluster = make_cluster(**options)
+    conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    conn.execute("CREATE TABLE c(n)")
+    conn.execute("INSERT INTO c VALUES (0)")
+    return cluster, conn
+
+
+def test_add_follower_while_a_thread_writes_loses_and_repeats_nothing(make_cluster):
+    cluster, conn = _setup(make_cluster, followers=1)
+    stop = threading.Event()
+    written = []
+
+    def write() -> None:
+        writer = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
+        i = 0
+        while not stop.is_set():
+            writer.execute("INSERT INTO t(v) VALUES (?)", (i,))
+            writer.execute("UPDATE c SET n = n + 1")
+            written.append(i)
+            i += 1
+        writer.close()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        while len(written) < 50:
+            time.sleep(0.005)
+        lsn = cluster.add_follower("node9")
+        before = len(written)
+        while len(written) < before + 50:
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert lsn > 1
+    assert "node9" in cluster.followers
+    assert cfg.read(cluster.directory).node("node9").role == "follower"
+    cluster.wait_for_catchup(20)
+    report = verify(cluster, timeout=20)
+    assert report.identical, report.differences
+    rows = _content(cluster.path_of("node9"))
+    assert len(rows) == len(written) and [v for _, v in rows] == list(range(len(written)))
+    # The counter was incremented once per write: nothing applied twice.
+    follower = apsw.Connection(str(cluster.path_of("node9")), flags=apsw.SQLITE_OPEN_READONLY)
+    assert follower.execute("SELECT n FROM c").fetchone()[0] == len(written)
+    assert follower.execute("SELECT count(*) FROM _replproxy_log").fetchone()[0] == 0
+    assert follower.execute("SELECT value FROM _replproxy_meta WHERE key='node'").fetchone()[0] == "node9"
+    follower.close()
+
+
+def test_add_follower_cli_while_another_process_writes(make_cluster):
+    cluster, conn = _setup(make_cluster, followers=1)
+    cluster.close()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(cluster.directory), "3"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while cluster.leader_lsn() < 100:  # a backlog written while the snapshot is taken
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        result = CliRunner().invoke(main, ["add-follower", str(cluster.directory), "late"])
+        assert result.exit_code == 0, result.output
+        assert "snapshot at LSN" in result.output and "caught up" in result.output
+    finally:
+        out, _ = writer.communicate(timeout=60)
+    count = int(out.strip())
+    reopened = proxy.Cluster(cluster.directory)
+    try:
+        reopened.wait_for_catchup(30)
+        assert verify(reopened, timeout=30).identical
+        assert len(_content(reopened.path_of("late"))) == count
+    finally:
+        reopened.close()
+
+
+def test_running_processes_pick_up_a_new_follower(make_cluster):
+    cluster, conn = _setup(make_cluster, followers=1)
+    # Another process adds the follower; this process's replicator must start moving it.
+    result = subprocess.run([sys.executable, "-m", "proxy.cli", "add-follower", str(cluster.directory),
+                             "extra", "--wait", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    conn.execute("INSERT INTO t(v) VALUES ('after')")
+    deadline = time.monotonic() + 10
+    while "extra" not in cluster.followers:
+        cluster.refresh_config()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    cluster.wait_for_catchup(10, nodes=["extra"])
+    assert _content(cluster.path_of("extra"))[-1][1] == "after"
+
+
+def test_add_follower_refuses_existing_names_and_files(make_cluster):
+    cluster, _ = _setup(make_cluster, followers=1)
+    with pytest.raises(proxy.ClusterError, match="already has a node"):
+        cluster.add_follower("node2")
+    (cluster.directory / "busy.db").write_bytes(b"")
+    with pytest.raises(proxy.ClusterError, match="already exists"):
+        cluster.add_follower("busy")
+
+
+def test_remove_follower(make_cluster):
+    cluster, conn = _setup(make_cluster, followers=2)
+    result = CliRunner().invoke(main, ["remove-follower", str(cluster.directory), "node3"])
+    assert result.exit_code == 0, result.output
+    assert [n.name for n in cfg.read(cluster.directory).followers] == ["node2"]
+    cluster.refresh_config()
+    assert cluster.followers == ["node2"]
+    assert cluster.path_of("node2").exists() and (cluster.directory / "node3.db").exists()
+    conn.execute("INSERT INTO t(v) VALUES (1)")
+    cluster.wait_for_catchup(10)
+    bad = CliRunner().invoke(main, ["remove-follower", str(cluster.directory), "node1"])
+    assert bad.exit_code == 1 and "leader" in bad.output
+
+
+def test_sync_follower_added_with_sync_role(make_cluster):
+    cluster, conn = _setup(make_cluster, followers=1)
+    cluster.add_follower("s1", replication="sync")
+    cluster.configure(mode="sync", sync_timeout=5)
+    conn.execute("INSERT INTO t(v) VALUES (1)")
+    state = apsw.Connection(str(cluster.path_of("s1")), flags=apsw.SQLITE_OPEN_READONLY)
+    assert state.execute("SELECT applied_lsn FROM _replproxy_state").fetchone()[0] == conn.last_write_lsn
+    state.close()
+
+
+def test_trigger_format_snapshot_leaves_capture_machinery_on_the_leader(make_cluster):
+    cluster, conn = _setup(make_cluster, followers=1, format="trigger")
+    conn.execute("INSERT INTO t(v) VALUES (1)")
+    cluster.add_follower("node9")
+    conn.execute("INSERT INTO t(v) VALUES (2)")
+    cluster.wait_for_catchup(10)
+    follower = apsw.Connection(str(cluster.path_of("node9")), flags=apsw.SQLITE_OPEN_READONLY)
+    leftovers = follower.execute("SELECT name FROM sqlite_master WHERE name LIKE '_replproxy_capture%' "
+                                 "OR type = 'trigger'").fetchall()
+    follower.close()
+    assert leftovers == []
+    assert verify(cluster, timeout=10).identical
