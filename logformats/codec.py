@@ -178,6 +178,8 @@ def pack_varint(value: int, out: bytearray) -> None:
 
 def unpack_varint(data: bytes, pos: int) -> tuple[int, int]:
     """Read an unsigned LEB128 integer; return it and the position after it."""
+    if pos < len(data) and data[pos] < 0x80:
+        return data[pos], pos + 1
     result = shift = 0
     try:
         while True:
@@ -219,6 +221,10 @@ def _pack_compact(value: Any, out: bytearray) -> None:
         out.append(_C_BLOB)
         pack_varint(len(data), out)
         out += data
+    elif type(value).__name__ == "zeroblob" and hasattr(value, "length"):
+        out.append(_C_BLOB)  # apsw.zeroblob(n): a blob of n zero bytes
+        pack_varint(value.length(), out)
+        out += bytes(value.length())
     else:
         raise TypeError(f"cannot encode a value of type {type(value).__name__}")
 
@@ -253,30 +259,42 @@ def unpack_compact_values(data: bytes, pos: int = 0) -> tuple[list[Any], int]:
     """Decode what `pack_compact_values` wrote; return the values and the next position."""
     count, pos = unpack_varint(data, pos)
     values: list[Any] = []
+    append = values.append
+    size = len(data)
     try:
         for _ in range(count):
             kind = data[pos]
-            pos += 1
-            if kind == _C_NULL:
-                values.append(None)
-            elif kind == _C_INT:
-                raw, pos = unpack_varint(data, pos)
-                values.append((raw >> 1) ^ -(raw & 1))
-            elif kind == _C_FLOAT:
-                values.append(_F64.unpack_from(data, pos)[0])
-                pos += 8
+            if kind == _C_INT:
+                first = data[pos + 1]
+                if first < 0x80:  # most integers of a statement fit one byte
+                    append((first >> 1) ^ -(first & 1))
+                    pos += 2
+                    continue
+                raw, pos = unpack_varint(data, pos + 1)
+                append((raw >> 1) ^ -(raw & 1))
             elif kind in (_C_TEXT, _C_BLOB, _C_BIGINT):
-                length, pos = unpack_varint(data, pos)
-                raw = data[pos:pos + length]
-                if len(raw) != length:
-                    raise DecodeError("truncated value")
-                pos += length
-                if kind == _C_TEXT:
-                    values.append(raw.decode("utf-8", "surrogatepass"))
-                elif kind == _C_BLOB:
-                    values.append(bytes(raw))
+                length = data[pos + 1]
+                if length < 0x80:
+                    pos += 2
                 else:
-                    values.append(int(raw))
+                    length, pos = unpack_varint(data, pos + 1)
+                end = pos + length
+                if end > size:
+                    raise DecodeError("truncated value")
+                chunk = data[pos:end]
+                pos = end
+                if kind == _C_TEXT:
+                    append(chunk.decode("utf-8", "surrogatepass"))
+                elif kind == _C_BLOB:
+                    append(bytes(chunk))
+                else:
+                    append(int(chunk))
+            elif kind == _C_NULL:
+                append(None)
+                pos += 1
+            elif kind == _C_FLOAT:
+                append(_F64.unpack_from(data, pos + 1)[0])
+                pos += 9
             else:
                 raise DecodeError(f"unknown value type {kind}")
     except (IndexError, struct.error):

@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import sqlglot
 from sqlglot import exp
@@ -73,6 +73,14 @@ _CLAUSE_STOP = frozenset({
 })
 _SET_OPS = frozenset({TokenType.UNION, TokenType.INTERSECT, TokenType.EXCEPT})
 _LITERAL_TOKENS = frozenset({TokenType.STRING, TokenType.NUMBER})
+
+
+# sqlglot renamed these over versions (Union became a SetOperation; "from" became "from_").
+_SET_OPERATION = getattr(exp, "SetOperation", exp.Union)
+
+
+def _from(select: exp.Expr) -> exp.Expr | None:
+    return select.args.get("from_", select.args.get("from"))
 
 
 class Unsafe(Exception):
@@ -282,15 +290,15 @@ def _call_args(tokens: list[Token], name_index: int) -> tuple[list[tuple[int, in
 # -- the tree -------------------------------------------------------------------------------------
 
 
-def _columns(node: exp.Expression) -> list[exp.Column]:
+def _columns(node: exp.Expr) -> list[exp.Column]:
     return list(node.find_all(exp.Column))
 
 
-def _has_query(node: exp.Expression) -> bool:
+def _has_query(node: exp.Expr) -> bool:
     return any(True for _ in node.find_all(exp.Select, exp.Subquery, exp.Exists))
 
 
-def _is_constant(node: exp.Expression) -> bool:
+def _is_constant(node: exp.Expr) -> bool:
     """No column, subquery, aggregate or window anywhere below: the same value on every row."""
     for sub in node.walk():
         if isinstance(sub, (exp.Column, exp.Select, exp.Subquery, exp.Exists, exp.Star, exp.Window)):
@@ -300,7 +308,7 @@ def _is_constant(node: exp.Expression) -> bool:
     return True
 
 
-def _conjuncts(node: exp.Expression | None) -> Iterator[exp.Expression]:
+def _conjuncts(node: exp.Expr | None) -> Iterator[exp.Expr]:
     if node is None:
         return
     if isinstance(node, exp.Where):
@@ -318,7 +326,7 @@ def _ref(col: exp.Column) -> ColumnRef:
     return ColumnRef(col.table or None, col.name)
 
 
-def _equalities(where: exp.Expression | None) -> tuple[tuple[ColumnRef, tuple[ColumnRef, ...]], ...]:
+def _equalities(where: exp.Expr | None) -> tuple[tuple[ColumnRef, tuple[ColumnRef, ...]], ...]:
     """WHERE conjuncts `column = expression`, with the columns the expression reads."""
     out = []
     for term in _conjuncts(where):
@@ -330,7 +338,7 @@ def _equalities(where: exp.Expression | None) -> tuple[tuple[ColumnRef, tuple[Co
     return tuple(out)
 
 
-def _order_refs(order: exp.Expression | None) -> tuple[ColumnRef, ...] | None:
+def _order_refs(order: exp.Expr | None) -> tuple[ColumnRef, ...] | None:
     if order is None:
         return None
     refs = []
@@ -342,11 +350,11 @@ def _order_refs(order: exp.Expression | None) -> tuple[ColumnRef, ...] | None:
     return tuple(refs)
 
 
-def _is_aggregate(node: exp.Expression) -> bool:
+def _is_aggregate(node: exp.Expr) -> bool:
     return isinstance(node, exp.AggFunc) and not isinstance(node, (exp.Greatest, exp.Least))
 
 
-def _enclosing(node: exp.Expression, kinds: tuple[type, ...]) -> exp.Expression | None:
+def _enclosing(node: exp.Expr, kinds: tuple[type, ...]) -> exp.Expr | None:
     parent = node.parent
     while parent is not None and not isinstance(parent, kinds):
         parent = parent.parent
@@ -377,7 +385,7 @@ class _Analysis:
         if isinstance(self.root, exp.Command):
             raise Unsafe("sqlglot does not understand this statement (it read it as an opaque command)")
         self.by_start = {t.start: i for i, t in enumerate(self.tokens)}
-        self.funcs: dict[int, exp.Expression] = {}
+        self.funcs: dict[int, exp.Expr] = {}
         self.idents: set[int] = set()
         for node in self.root.walk():
             start = node.meta.get("start") if node._meta else None
@@ -387,7 +395,7 @@ class _Analysis:
                 self.funcs.setdefault(start, node)
             elif isinstance(node, exp.Identifier):
                 self.idents.add(start)
-        self.ctes: dict[str, exp.Expression] = {}
+        self.ctes: dict[str, exp.Expr] = {}
         for cte in self.root.find_all(exp.CTE):
             self.ctes[cte.alias_or_name.lower()] = cte.this
         self._table_free_memo: dict[str, bool] = {}
@@ -420,13 +428,13 @@ class _Analysis:
 
     # -- row sources ------------------------------------------------------------------------
 
-    def table_free(self, query: exp.Expression | None, seen: frozenset[str] = frozenset()) -> bool:
+    def table_free(self, query: exp.Expr | None, seen: frozenset[str] = frozenset()) -> bool:
         """True when the query's rows come from no table, so their order is fixed by the text."""
         if query is None:
             return True
         if isinstance(query, exp.Subquery):
             return self.table_free(query.this, seen)
-        if isinstance(query, exp.SetOperation):
+        if isinstance(query, _SET_OPERATION):
             return self.table_free(query.this, seen) and self.table_free(query.expression, seen)
         if isinstance(query, exp.Values):
             return True
@@ -437,16 +445,16 @@ class _Analysis:
                 return False
         return True
 
-    def _sources(self, select: exp.Select) -> list[exp.Expression]:
+    def _sources(self, select: exp.Select) -> list[exp.Expr]:
         out = []
-        from_ = select.args.get("from_")
+        from_ = _from(select)
         if from_ is not None:
             out.append(from_.this)
         for join in select.args.get("joins") or []:
             out.append(join.this)
         return out
 
-    def _source_table_free(self, source: exp.Expression, seen: frozenset[str]) -> bool:
+    def _source_table_free(self, source: exp.Expr, seen: frozenset[str]) -> bool:
         if isinstance(source, (exp.Subquery, exp.Values)):
             return self.table_free(source, seen)
         if isinstance(source, exp.Table):
@@ -474,8 +482,8 @@ class _Analysis:
             out.append((name, source.alias or None))
         return tuple(out)
 
-    def facts(self, query: exp.Expression, pin_ok: bool = False,
-              order: exp.Expression | None = None) -> QueryFacts:
+    def facts(self, query: exp.Expr, pin_ok: bool = False,
+              order: exp.Expr | None = None) -> QueryFacts:
         if isinstance(query, exp.Subquery):
             query = query.this
         free = self.table_free(query)
@@ -496,7 +504,7 @@ class _Analysis:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def _func_name(self, node: exp.Expression) -> str:
+    def _func_name(self, node: exp.Expr) -> str:
         start = node.meta.get("start") if node._meta else None
         if start is not None and start in self.by_start:
             return self.tokens[self.by_start[start]].text.lower()
@@ -523,15 +531,15 @@ class _Analysis:
 # -- contexts -------------------------------------------------------------------------------------
 
 
-def _insert_arm(select: exp.Expression, root: exp.Expression) -> bool:
+def _insert_arm(select: exp.Expr, root: exp.Expr) -> bool:
     """True when `select` is (an arm of) the row source of the root INSERT or CREATE ... AS."""
     node = select
-    while isinstance(node.parent, exp.SetOperation):
+    while isinstance(node.parent, _SET_OPERATION):
         node = node.parent
     return node.parent is root and node.arg_key == "expression"
 
 
-def _context(node: exp.Expression, root: exp.Expression, single_values_row: bool) -> str:
+def _context(node: exp.Expr, root: exp.Expr, single_values_row: bool) -> str:
     """How often a call runs: "once" per statement, "pinned" (once per row of an UPDATE's SET),
     "per-row", or "returning" (only shapes the result, and is not logged)."""
     child, parent = node, node.parent
@@ -544,7 +552,7 @@ def _context(node: exp.Expression, root: exp.Expression, single_values_row: bool
         if isinstance(parent, exp.Values) and parent.parent is root and parent.arg_key == "expression":
             return "once"  # each VALUES row is evaluated once
         if isinstance(parent, exp.Select):
-            if parent.args.get("from_") is None and _insert_arm(parent, root):
+            if _from(parent) is None and _insert_arm(parent, root):
                 return "once"
             return "per-row"
         if isinstance(parent, exp.OnConflict):
@@ -560,7 +568,7 @@ def _context(node: exp.Expression, root: exp.Expression, single_values_row: bool
 # -- the analysis ---------------------------------------------------------------------------------
 
 
-def _target(table: exp.Expression) -> tuple[str, str | None]:
+def _target(table: exp.Expr) -> tuple[str, str | None]:
     if isinstance(table, exp.Schema):
         table = table.this
     if not isinstance(table, exp.Table) or isinstance(table.this, exp.Func):
@@ -653,13 +661,13 @@ def _values_rows(a: _Analysis, start_index: int, expected: int) -> tuple[int, ..
     return tuple(ends)
 
 
-def _arms(query: exp.Expression) -> list[exp.Expression]:
-    if isinstance(query, exp.SetOperation):
+def _arms(query: exp.Expr) -> list[exp.Expr]:
+    if isinstance(query, _SET_OPERATION):
         return _arms(query.this) + _arms(query.expression)
     return [query]
 
 
-def _arm_ends(a: _Analysis, start_index: int, source: exp.Expression) -> tuple[int, ...] | None:
+def _arm_ends(a: _Analysis, start_index: int, source: exp.Expr) -> tuple[int, ...] | None:
     """Where each SELECT arm's result columns end (None when they cannot be located)."""
     tokens = a.tokens
     arms = _arms(source)
@@ -694,9 +702,10 @@ def _arm_ends(a: _Analysis, start_index: int, source: exp.Expression) -> tuple[i
 def _analyze(sql: str) -> TextPlan:
     a = _Analysis(sql)
     root = a.root
-    kind = {exp.Insert: "insert", exp.Update: "update", exp.Delete: "delete"}.get(type(root))
+    kinds: dict[type, str] = {exp.Insert: "insert", exp.Update: "update", exp.Delete: "delete"}
+    kind = kinds.get(type(root))
     if kind is None:
-        if isinstance(root, exp.Create) and isinstance(root.expression, (exp.Select, exp.SetOperation)):
+        if isinstance(root, exp.Create) and isinstance(root.expression, (exp.Select, _SET_OPERATION)):
             kind = "ctas"
         else:
             raise Unsafe("it is not a plain INSERT, UPDATE, DELETE or CREATE TABLE ... AS SELECT")
@@ -730,7 +739,7 @@ def _analyze(sql: str) -> TextPlan:
             needs.append(OrderNeed(fields["source_facts"], "insert_select", "INSERT ... SELECT"))
     elif isinstance(root, (exp.Update, exp.Delete)):
         fields["target"], fields["target_alias"] = _target(root.this)
-        if root.args.get("from_") is not None:
+        if _from(root) is not None:
             raise Unsafe("UPDATE ... FROM uses one arbitrary row of the join when several match a row "
                          "to update")
         fields["pin_eq"] = _equalities(root.args.get("where"))
@@ -749,7 +758,7 @@ def _analyze(sql: str) -> TextPlan:
             for call in node.walk():
                 if isinstance(call, exp.Func) and a._func_name(call) in RANDOM_FUNCS:
                     raise Unsafe(f"ORDER BY {a._func_name(call)}() orders rows differently on every node")
-        if isinstance(node, (exp.Select, exp.SetOperation)) and node is not root:
+        if isinstance(node, (exp.Select, _SET_OPERATION)) and node is not root:
             if node.args.get("limit") is not None or node.args.get("offset") is not None:
                 needs.append(OrderNeed(a.facts(node), "limit", "LIMIT in a query of a write"))
         if isinstance(node, exp.Subquery) and isinstance(node.this, exp.Select):
@@ -795,11 +804,12 @@ def _analyze(sql: str) -> TextPlan:
             continue
         if in_returning(tok.start) or inside(tok.start):
             continue
-        node = a.funcs.get(tok.start)
-        if node is None:
+        found = a.funcs.get(tok.start)
+        if found is None:
             if tok.start in a.idents:
                 continue  # a table or column named like a function, e.g. INSERT INTO date(x)
             raise Unsafe(f"the call to {name}() cannot be analyzed")
+        node = found
         args, close = _call_args(tokens, i)
         call_span = (tok.start, tokens[close].end + 1)
         if name in RANDOM_FUNCS:
@@ -851,7 +861,7 @@ def _analyze(sql: str) -> TextPlan:
     return TextPlan(sql=sql, **fields)
 
 
-def _first_pos(node: exp.Expression) -> int:
+def _first_pos(node: exp.Expr) -> int:
     for sub in node.walk():
         if sub._meta and "start" in sub.meta:
             return sub.meta["start"]
@@ -955,15 +965,6 @@ def table_tokens(sql: str) -> list[tuple[str, str]]:
         return [(t.token_type.name, t.text.upper()) for t in _tokens(sql)]
     except Unsafe:
         return []
-
-
-def iter_calls(sql: str) -> Iterable[str]:
-    """Lowercase names of the functions a text calls (token based)."""
-    try:
-        tokens = _tokens(sql)
-    except Unsafe:
-        return []
-    return [t.text.lower() for i, t in enumerate(tokens[:-1]) if tokens[i + 1].token_type == TokenType.L_PAREN]
 
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

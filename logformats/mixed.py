@@ -17,13 +17,20 @@ Policies (`mixed_policy` in cluster.toml):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import apsw
 
+from . import codec
 from .base import Capture, CaptureError, Event, LogFormat, SchemaLookup, StatementInfo, UnsafeStatementError
 from .row import RowCapture
-from .statement import StatementCapture, _ConnState, apply_payload, decode_payload, encode_item_size
+from .statement import (
+    StatementCapture,
+    apply_payload,
+    apply_payloads,
+    decode_payload,
+    encode_item_size,
+)
 
 POLICIES = ("statement", "smallest")
 
@@ -39,13 +46,29 @@ class MixedCapture(StatementCapture):
         self._both = False  # the statement runs as a statement, images are kept for comparison
         self._texts: set[str] = set()
 
-    def _drop_rows(self) -> None:
+    def _settle(self) -> None:
+        """A statement that failed left its session behind. Most failures undo the statement and
+        the session then holds nothing; OR FAIL and RAISE(FAIL) keep the rows changed before the
+        error, and those must reach followers: keep what the session saw."""
         rows, self._rows = self._rows, None
-        if rows is not None:
+        if rows is None:
+            return
+        try:
+            payload = rows.finish()
+        except CaptureError as exc:
+            self._errors.append((len(self._items), str(exc)))
+            payload = None
+        finally:
             rows.close()
+        self._keep(payload)
+
+    def _keep(self, payload: bytes | None) -> None:
+        if payload is not None and any(data for _tag, data in codec.iter_chunks(payload)):
+            # (an UPDATE that rewrote values with themselves leaves an empty changeset)
+            self._items.append(("rows", payload))
 
     def prepare(self, stmt: StatementInfo, sql: str, params: Any) -> tuple[str, Any]:
-        self._drop_rows()  # a statement that failed left its capture behind
+        self._settle()
         self._both = False
         try:
             run = super().prepare(stmt, sql, params)
@@ -88,17 +111,31 @@ class MixedCapture(StatementCapture):
             else:
                 self._texts.add(statement[1])
             return
-        if payload is not None:
-            self._items.append(("rows", payload))
+        self._keep(payload)
         if stmt.kind == "ddl" or stmt.replicated_pragma:
-            self._local = _ConnState(self.conn, -1)
+            self._schema_changed()
+
+    def savepoint(self, name: str) -> None:
+        self._settle()
+        super().savepoint(name)
+
+    def release(self, name: str) -> None:
+        self._settle()
+        super().release(name)
 
     def rollback_to(self, name: str) -> None:
+        self._settle()
         super().rollback_to(name)
         self._texts = {item[1] for item in self._items if item[0] == "stmt"}
 
+    def finish(self) -> bytes | None:
+        self._settle()
+        return super().finish()
+
     def close(self) -> None:
-        self._drop_rows()
+        rows, self._rows = self._rows, None
+        if rows is not None:
+            rows.close()
         super().close()
 
 
@@ -121,6 +158,9 @@ class MixedFormat(LogFormat):
 
     def apply(self, conn: apsw.Connection, payload: bytes) -> None:
         apply_payload(conn, payload)
+
+    def apply_many(self, conn: apsw.Connection, payloads: Sequence[bytes]) -> None:
+        apply_payloads(conn, payloads)
 
     def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
         return decode_payload(payload, schema)

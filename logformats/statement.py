@@ -27,10 +27,11 @@ snapshot, for a transport that ships entries one by one, and for `replproxy log 
 
 from __future__ import annotations
 
+import struct
 import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import apsw
 
@@ -83,6 +84,15 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _rows(conn: apsw.Connection, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in conn.execute(sql, params)]
+
+
+def _scalar(conn: apsw.Connection, sql: str, params: Any = ()) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    return None if row is None else row[0]
+
+
 # -- what the schema says -------------------------------------------------------------------------
 
 
@@ -118,6 +128,7 @@ class Schema:
         self._tables: dict[str, TableInfo | None] = {}
         self._triggers: dict[str, str] | None = None
         self._fk_parents: frozenset[str] | None = None
+        self._raises_fail: dict[str, bool] = {}
 
     def table(self, name: str) -> TableInfo | None:
         key = name.lower()
@@ -125,12 +136,23 @@ class Schema:
             self._tables[key] = self._read_table(name)
         return self._tables[key]
 
+    def raises_fail(self, trigger: str) -> bool:
+        """True when a trigger's body has RAISE(FAIL, ...), which ends the statement with an error
+        but keeps the rows it changed before."""
+        key = trigger.lower()
+        if key not in self._raises_fail:
+            sql = _scalar(self.conn, "SELECT sql FROM main.sqlite_master WHERE type='trigger' AND name=? "
+                          "COLLATE NOCASE", (trigger,))
+            words = [w for _t, w in determinism.table_tokens(sql or "")]
+            self._raises_fail[key] = any(words[i:i + 3] == ["RAISE", "(", "FAIL"] for i in range(len(words)))
+        return self._raises_fail[key]
+
     def triggers(self) -> dict[str, str]:
         """Trigger name -> table name (lowercase) of the main schema."""
         if self._triggers is None:
             self._triggers = {
-                n.lower(): t.lower() for n, t in self.conn.execute(
-                    "SELECT name, tbl_name FROM main.sqlite_master WHERE type='trigger'")}
+                str(n).lower(): str(t).lower() for n, t in _rows(
+                    self.conn, "SELECT name, tbl_name FROM main.sqlite_master WHERE type='trigger'")}
         return self._triggers
 
     def fk_parents(self) -> frozenset[str]:
@@ -138,10 +160,9 @@ class Schema:
         change other tables when foreign_keys is on."""
         if self._fk_parents is None:
             found = set()
-            for (name,) in self.conn.execute(
-                    "SELECT name FROM main.sqlite_master WHERE type='table'").fetchall():
-                for parent, on_update, on_delete in self.conn.execute(
-                        'SELECT "table", on_update, on_delete FROM pragma_foreign_key_list(?)', (name,)):
+            for (name,) in _rows(self.conn, "SELECT name FROM main.sqlite_master WHERE type='table'"):
+                for parent, on_update, on_delete in _rows(
+                        self.conn, 'SELECT "table", on_update, on_delete FROM pragma_foreign_key_list(?)', (name,)):
                     if {on_update.upper(), on_delete.upper()} & {"CASCADE", "SET NULL", "SET DEFAULT"}:
                         found.add(parent.lower())
             self._fk_parents = frozenset(found)
@@ -149,17 +170,16 @@ class Schema:
 
     def _read_table(self, name: str) -> TableInfo | None:
         conn = self.conn
-        listed = conn.execute(
-            "SELECT name, type, wr FROM pragma_table_list WHERE schema='main' AND name=? COLLATE NOCASE",
-            (name,)).fetchone()
-        if listed is None:
+        listed = _rows(
+            conn, "SELECT name, type, wr FROM pragma_table_list WHERE schema='main' AND name=? COLLATE NOCASE",
+            (name,))
+        if not listed:
             return None
-        real, kind, without_rowid = listed
+        real, kind, without_rowid = listed[0]
         if kind != "table":
             return TableInfo(real, kind)
-        info = conn.execute(
-            'SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?)', (real,)
-        ).fetchall()
+        info = _rows(conn, 'SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?)',
+                     (real,))
         columns = tuple(c[0] for c in info if c[5] in (0, 1))
         lowered = {c.lower() for c in columns}
         pk = sorted((c for c in info if c[4]), key=lambda c: c[4])
@@ -179,12 +199,11 @@ class Schema:
             if ipk is not None:
                 keys.append(frozenset({ipk.lower()}))
                 order_keys.append(frozenset({ipk.lower()}))
-        for index, unique, partial in conn.execute(
-                "SELECT name, \"unique\", partial FROM pragma_index_list(?)", (real,)).fetchall():
+        for index, unique, partial in _rows(conn, 'SELECT name, "unique", partial FROM pragma_index_list(?)',
+                                            (real,)):
             if not unique or partial:
                 continue
-            cols = conn.execute(
-                "SELECT cid, name, coll FROM pragma_index_xinfo(?) WHERE key=1", (index,)).fetchall()
+            cols = _rows(conn, "SELECT cid, name, coll FROM pragma_index_xinfo(?) WHERE key=1", (index,))
             if not cols or any(cid < 0 for cid, _n, _c in cols):
                 continue  # an index on expressions
             if any(not self._same_collation(real, col, coll) for _cid, col, coll in cols):
@@ -200,9 +219,8 @@ class Schema:
             kind_of = determinism.classify_default(dflt)
             if kind_of.kind is not None or (kind_of.functions - builtin_function_names()):
                 defaults.append((col, dflt, kind_of))
-        sql = conn.execute("SELECT sql FROM main.sqlite_master WHERE type='table' AND name=?",
-                           (real,)).fetchone()
-        words = determinism.table_tokens(sql[0] if sql and sql[0] else "")
+        sql = _scalar(conn, "SELECT sql FROM main.sqlite_master WHERE type='table' AND name=?", (real,))
+        words = determinism.table_tokens(sql or "")
         texts = [w for _t, w in words]
         has_check = "CHECK" in texts
         conflict_fail = any(texts[i:i + 3] == ["ON", "CONFLICT", "FAIL"] for i in range(len(texts)))
@@ -314,6 +332,7 @@ class _Actions:
     written: set[str] = field(default_factory=set)
     trigger_inserts: set[str] = field(default_factory=set)
     trigger_writers: set[str] = field(default_factory=set)
+    owners: set[str] = field(default_factory=set)  # triggers and views the statement runs
     reads: list[tuple[str, str, str | None]] = field(default_factory=list)  # (table, column, db)
     bindings: int = 0
 
@@ -326,6 +345,8 @@ def _authorize(conn: apsw.Connection, sql: str) -> _Actions:
     traced: dict[str, int] = {}
 
     def authorizer(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
+        if trigger is not None:
+            found.owners.add(str(trigger).lower())
         if code == apsw.SQLITE_FUNCTION and isinstance(arg2, str):
             found.functions.append((arg2.lower(), trigger))
         elif code in _WRITE_CODES and isinstance(arg1, str):
@@ -644,6 +665,10 @@ def _check_actions(actions: _Actions, schema: Schema, info: TableInfo | None, te
             if read is not None and read.rowid_table and read.has_pk and read.ipk is None:
                 raise _Unsafe(f"it reads the hidden rowid of {table!r}, whose PRIMARY KEY is not an INTEGER "
                               "PRIMARY KEY: VACUUM renumbers such rowids on the leader alone")
+    for owner in actions.owners:
+        if owner in triggers and schema.raises_fail(owner):
+            raise _Unsafe(f"trigger {owner!r} uses RAISE(FAIL), which keeps the rows a failing statement "
+                          "changed before it failed; the log only holds statements that succeeded")
     for trigger in actions.trigger_writers:
         if trigger not in triggers and not _is_view(schema, trigger):
             raise _Unsafe(f"the TEMP trigger {trigger!r} changes tables on the leader only")
@@ -727,7 +752,7 @@ class StatementCapture(Capture):
     # -- the per-connection caches ------------------------------------------------------------
 
     def _version(self) -> int:
-        return self.conn.execute("PRAGMA main.schema_version").fetchone()[0]
+        return int(_scalar(self.conn, "PRAGMA main.schema_version"))
 
     def _state(self) -> _ConnState:
         # A schema version reached inside a transaction may come round again with another schema
@@ -776,7 +801,7 @@ class StatementCapture(Capture):
             state.has_triggers = bool(state.schema.triggers())
         rt = 0
         if state.has_triggers:
-            rt = conn.execute("PRAGMA recursive_triggers").fetchone()[0]
+            rt = int(_scalar(conn, "PRAGMA recursive_triggers"))
         plan = self._plan(state, stmt, sql, fk, rt)
         if plan.unsafe:
             raise UnsafeStatementError(unsafe_message(plan.unsafe))
@@ -784,13 +809,13 @@ class StatementCapture(Capture):
             FLAG_RECURSIVE_TRIGGERS if rt else 0)
         if plan.order_relevant and conn.config(apsw.SQLITE_DBCONFIG_REVERSE_SCANORDER, -1):
             flags |= FLAG_REVERSE_ORDER
-        if plan.like_relevant and not conn.execute("SELECT 'a' LIKE 'A'").fetchone()[0]:
+        if plan.like_relevant and not _scalar(conn, "SELECT 'a' LIKE 'A'"):
             flags |= FLAG_CASE_SENSITIVE_LIKE
-        if plan.check_relevant and conn.execute("PRAGMA ignore_check_constraints").fetchone()[0]:
+        if plan.check_relevant and _scalar(conn, "PRAGMA ignore_check_constraints"):
             flags |= FLAG_IGNORE_CHECK
         before: dict[str, int | None] = {}
         for table in plan.rowid_checks:
-            (top,) = conn.execute(f"SELECT max(rowid) FROM main.{_quoted(table)}").fetchone()
+            top = _scalar(conn, f"SELECT max(rowid) FROM main.{_quoted(table)}")
             if isinstance(top, int) and top >= ROWID_DANGER:
                 raise UnsafeStatementError(unsafe_message(
                     f"table {table!r} holds rowid {top}, near the largest; SQLite then picks new rowids "
@@ -807,7 +832,7 @@ class StatementCapture(Capture):
             values = base
             if plan.eval_sql is not None:
                 try:
-                    computed = conn.execute(plan.eval_sql, base).fetchone()
+                    computed = list(_rows(conn, plan.eval_sql, base)[0])
                 except apsw.Error as exc:
                     raise UnsafeStatementError(
                         f"the values that make this statement deterministic could not be computed: {exc}"
@@ -846,7 +871,7 @@ class StatementCapture(Capture):
         if pending is None:
             return
         for table, by_trigger in pending.post_checks:
-            (top,) = self.conn.execute(f"SELECT max(rowid) FROM main.{_quoted(table)}").fetchone()
+            top = _scalar(self.conn, f"SELECT max(rowid) FROM main.{_quoted(table)}")
             # Taking the largest rowid is itself exact; an automatic rowid after it in the same
             # statement is not, and only a statement that inserted several rows can have one.
             several = by_trigger or self.conn.changes() > 1
@@ -857,7 +882,11 @@ class StatementCapture(Capture):
                     "so the transaction was not committed")))
         self._items.append(("stmt", pending.sql, pending.flags, pending.params))
         if stmt.kind == "ddl" or stmt.replicated_pragma:
-            self._local = _ConnState(self.conn, -1)
+            self._schema_changed()
+
+    def _schema_changed(self) -> None:
+        """This transaction changed the schema: plans from now on are cached for it alone."""
+        self._local = _ConnState(self.conn, -1)
 
     def savepoint(self, name: str) -> None:
         self._marks.append((name.lower(), len(self._items)))
@@ -870,8 +899,8 @@ class StatementCapture(Capture):
         if mark is not None:
             del self._items[mark:]
             self._errors = [(at, msg) for at, msg in self._errors if at < mark]
-        # DDL undone: the schema this transaction cached plans for may be gone
-        self._local = _ConnState(self.conn, -1) if self._local is not None else None
+        if self._local is not None:
+            self._schema_changed()  # DDL undone: the schema the plans were made for may be gone
 
     def _pop_to(self, name: str, keep: bool) -> int | None:
         name = name.lower()
@@ -960,25 +989,54 @@ def encode(items: Sequence[tuple[Any, ...]]) -> bytes:
     return codec.pack_chunks(chunks)
 
 
+_CHUNK_LENGTH = struct.Struct("<I")
+
+
 def iter_payload(payload: bytes) -> Iterator[tuple[str, Any]]:
     """("stmt", (sql, flags, params)) and ("rows", row payload) items of a payload, in order."""
+    return iter(payload_items(payload))
+
+
+def payload_items(payload: bytes) -> list[tuple[str, Any]]:
+    """The items of a payload as a list (the chunk framing of codec.iter_chunks, parsed inline:
+    this runs for every entry a follower applies)."""
+    if not payload or payload[0] != codec.PAYLOAD_VERSION:
+        raise DecodeError(f"unknown payload version {payload[:1]!r}")
     texts: list[Any] = []
-    for tag, data in codec.iter_chunks(payload):
+    out: list[tuple[str, Any]] = []
+    pos, end = 1, len(payload)
+    unpack_varint = codec.unpack_varint
+    while pos < end:
+        if pos + 5 > end:
+            raise DecodeError("truncated chunk header")
+        tag = payload[pos:pos + 1]
+        (length,) = _CHUNK_LENGTH.unpack_from(payload, pos + 1)
+        pos += 5
+        stop = pos + length
+        if stop > end:
+            raise DecodeError("truncated chunk")
+        data = payload[pos:stop]
+        pos = stop
         if tag == TAG_TEXTS:
             texts, _ = codec.unpack_compact_values(data)
         elif tag == TAG_STATEMENTS:
-            pos = 0
-            while pos < len(data):
-                index, pos = codec.unpack_varint(data, pos)
-                flags, pos = codec.unpack_varint(data, pos)
-                params, pos = _unpack_params(data, pos)
-                if index >= len(texts) or not isinstance(texts[index], str):
-                    raise DecodeError(f"statement refers to unknown SQL text #{index}")
-                yield "stmt", (texts[index], flags, params)
+            at = 0
+            size = len(data)
+            try:
+                while at < size:
+                    index, at = unpack_varint(data, at)
+                    flags, at = unpack_varint(data, at)
+                    params, at = _unpack_params(data, at)
+                    out.append(("stmt", (texts[index], flags, params)))
+            except IndexError:
+                raise DecodeError("statement refers to an unknown SQL text") from None
+            if at != size:
+                raise DecodeError("truncated statement record")
         elif tag == TAG_ROWS:
-            yield "rows", data
+            out.append(("rows", data))
         else:
             raise DecodeError(f"unknown chunk tag {tag!r}")
+    return out
 
 
 class _Settings:
@@ -997,8 +1055,8 @@ class _Settings:
         if flag == FLAG_REVERSE_ORDER:
             return conn.config(apsw.SQLITE_DBCONFIG_REVERSE_SCANORDER, -1)
         if flag == FLAG_CASE_SENSITIVE_LIKE:
-            return 0 if conn.execute("SELECT 'a' LIKE 'A'").fetchone()[0] else 1
-        return conn.execute(f"PRAGMA {_FLAG_NAMES[flag]}").fetchone()[0]
+            return 0 if _scalar(conn, "SELECT 'a' LIKE 'A'") else 1
+        return int(_scalar(conn, f"PRAGMA {_FLAG_NAMES[flag]}"))
 
     def _write(self, flag: int, value: int) -> None:
         conn = self.conn
@@ -1047,22 +1105,34 @@ class _Settings:
 def apply_payload(conn: apsw.Connection, payload: bytes) -> None:
     """Replay a statement (or mixed) payload on a follower: statements with triggers on and the
     leader's settings, row images with triggers off. The connection is left as it was found."""
+    apply_payloads(conn, (payload,))
+
+
+def apply_payloads(conn: apsw.Connection, payloads: Iterable[bytes]) -> None:
+    """Replay consecutive payloads in order, switching settings only when they change."""
     settings = _Settings(conn)
+    triggers_on: bool | None = None
+    execute = conn.execute
     try:
-        for kind, item in iter_payload(payload):
-            if kind == "stmt":
-                sql, flags, params = item
-                settings.triggers(True)
-                settings.apply(flags)
-                try:
-                    for _ in conn.execute(sql, params):
-                        pass
-                except apsw.Error as exc:
-                    raise ApplyError(f"{sql!r} failed: {exc}", reason=str(exc)) from exc
-            else:
-                settings.defaults()
-                settings.triggers(False)
-                row.apply_chunks(conn, item)
+        for payload in payloads:
+            for kind, item in iter_payload(payload):
+                if kind == "stmt":
+                    sql, flags, params = item
+                    if triggers_on is not True:
+                        settings.triggers(True)
+                        triggers_on = True
+                    if flags or settings.current:
+                        settings.apply(flags)
+                    try:
+                        for _ in execute(sql, params):
+                            pass
+                    except apsw.Error as exc:
+                        raise ApplyError(f"{sql!r} failed: {exc}", reason=str(exc)) from exc
+                else:
+                    settings.defaults()
+                    settings.triggers(False)
+                    triggers_on = False
+                    row.apply_chunks(conn, item)
     finally:
         settings.restore()
 
@@ -1099,6 +1169,9 @@ class StatementFormat(LogFormat):
     def apply(self, conn: apsw.Connection, payload: bytes) -> None:
         apply_payload(conn, payload)
 
+    def apply_many(self, conn: apsw.Connection, payloads: Sequence[bytes]) -> None:
+        apply_payloads(conn, payloads)
+
     def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
         return decode_payload(payload, schema)
 
@@ -1107,6 +1180,7 @@ __all__ = [
     "StatementCapture",
     "StatementFormat",
     "apply_payload",
+    "apply_payloads",
     "decode_payload",
     "encode",
     "encode_item_size",

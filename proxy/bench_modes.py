@@ -7,12 +7,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .cluster import Cluster
 from .dbapi import connect
 from .replication import Applier
 
-MODES = (("async", {}), ("sync", {"sync_followers": ["node2"]}), ("semi-sync", {"semi_sync_k": 1}))
+MODES: tuple[tuple[str, dict[str, Any]], ...] = (("async", {}), ("sync", {"sync_followers": ["node2"]}), ("semi-sync", {"semi_sync_k": 1}))
 REPETITIONS = 3
 WARMUP = 30
 

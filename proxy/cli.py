@@ -196,6 +196,8 @@ def _mode_line(r: dict[str, Any]) -> str:
     limit += f"{r['retain_max_bytes']} bytes" if r["retain_max_bytes"] else "no size limit"
     if r["retain_max_age"]:
         limit += f", {r['retain_max_age']:g} s"
+    if r.get("auto_resync"):
+        limit += ", auto-resync"
     holds = "".join(f", hold {name} at {lsn}" for name, lsn in r["retention_holds"].items())
     return (f"mode {mode}\nlog retained: {r['retained_entries']} entries, {r['retained_bytes']} bytes "
             f"({span}; limit {limit}{holds})")
@@ -212,9 +214,11 @@ def _mode_line(r: dict[str, Any]) -> str:
               help="Keep at least the last N log entries even when every follower applied them.")
 @click.option("--retain-max-bytes", type=click.IntRange(0), help="Log retention size limit (0: none).")
 @click.option("--retain-max-age", type=click.FloatRange(0), help="Log retention age limit in seconds (0: none).")
+@click.option("--auto-resync/--no-auto-resync", default=None,
+              help="Re-seed followers left behind by retention from a new snapshot automatically.")
 def config_(directory: str, mode: str | None, sync_followers: str | None, semi_sync_k: int | None,
             sync_timeout: float | None, retain_min_entries: int | None, retain_max_bytes: int | None,
-            retain_max_age: float | None) -> None:
+            retain_max_age: float | None, auto_resync: bool | None) -> None:
     """Show or change replication settings; running clients pick them up at their next commit."""
     cluster = _open(directory, replicate=False)
     try:
@@ -224,7 +228,7 @@ def config_(directory: str, mode: str | None, sync_followers: str | None, semi_s
         cluster.configure(mode=mode, sync_followers=names, semi_sync_k=semi_sync_k,
                           sync_timeout=sync_timeout, retain_min_entries=retain_min_entries,
                           retain_max_bytes=retain_max_bytes,
-                          retain_max_age=retain_max_age)
+                          retain_max_age=retain_max_age, auto_resync=auto_resync)
         click.echo(_mode_line(cluster.replication_status()))
     except Error as exc:
         _fail(str(exc))

@@ -439,7 +439,7 @@ class Cluster:
 def first_missing_gone(leader_conn: apsw.Connection, applied_lsn: int) -> bool:
     """Whether the entry after `applied_lsn` was removed from the leader's log (retention)."""
     row = leader_conn.execute("SELECT min(lsn) FROM _replproxy_log").fetchone()
-    return row[0] is not None and row[0] > applied_lsn + 1
+    return row is not None and row[0] is not None and row[0] > applied_lsn + 1
 
 
 def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, format: str = "row",
@@ -454,7 +454,7 @@ def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, for
     if followers < 0:
         raise ClusterError("the number of followers cannot be negative")
     options = dict(options or {})
-    reserved = {"format", "row_image", "synchronous", "follower_synchronous"} & set(options)
+    reserved = {"format", "row_image", "synchronous", "follower_synchronous", *cfg.REPLICATION_KEYS} & set(options)
     if reserved:
         raise ClusterError(f"{', '.join(sorted(reserved))} cannot be given as a format option")
     try:  # unknown format or option values: fail before touching files

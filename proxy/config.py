@@ -18,7 +18,7 @@ MODES = ("async", "sync", "semi-sync")
 FOLLOWER_ROLES = ("async", "sync")
 # Replication settings kept in [cluster] beside the format's own options (see docs/replication.md).
 REPLICATION_KEYS = ("mode", "semi_sync_k", "sync_timeout", "retain_min_entries", "retain_max_bytes",
-                    "retain_max_age")
+                    "retain_max_age", "auto_resync")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class ClusterConfig:
     retain_min_entries: int = 100_000
     retain_max_bytes: int = 64 * 1024 * 1024
     retain_max_age: float = 0.0
+    # Re-seed a follower left behind by retention from a new snapshot without being asked.
+    auto_resync: bool = False
 
     @property
     def leader(self) -> NodeConfig:
@@ -173,6 +175,7 @@ def loads(text: str, source: str = CONFIG_NAME) -> ClusterConfig:
             retain_min_entries=int(cluster.get("retain_min_entries", 100_000)),
             retain_max_bytes=int(cluster.get("retain_max_bytes", 64 * 1024 * 1024)),
             retain_max_age=float(cluster.get("retain_max_age", 0.0)),
+            auto_resync=bool(cluster.get("auto_resync", False)),
         )
     except (TypeError, ValueError) as exc:
         raise ClusterError(f"{source} is damaged: {exc}") from None

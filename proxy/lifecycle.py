@@ -36,8 +36,16 @@ log = logging.getLogger("replproxy.lifecycle")
 
 HOLD_PREFIX = "retention_hold:"  # leader meta: a snapshot in progress keeps entries after it
 HOLD_GRACE = 10.0  # seconds a hold outlives the registration of its follower (slow processes)
+HOLD_ORPHAN = 3600.0  # seconds before a hold of a follower never registered (add killed) expires
 RETENTION_INTERVAL = 1.0  # seconds between two retention passes of one replicator
 SNAPSHOT_ATTEMPTS = 20
+
+
+def _one(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    """The one row of an aggregate query."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return tuple(row)
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -66,7 +74,8 @@ def _update_config(cluster: "Cluster", change: Any) -> cfg.ClusterConfig:
 def configure(cluster: "Cluster", *, mode: str | None = None, sync_followers: list[str] | None = None,
               semi_sync_k: int | None = None, sync_timeout: float | None = None,
               retain_min_entries: int | None = None, retain_max_bytes: int | None = None,
-              retain_max_age: float | None = None) -> cfg.ClusterConfig:
+              retain_max_age: float | None = None, auto_resync: bool | None = None
+              ) -> cfg.ClusterConfig:
     """Change replication settings; `sync_followers`: the followers whose role becomes sync (the
     others become async)."""
 
@@ -75,7 +84,7 @@ def configure(cluster: "Cluster", *, mode: str | None = None, sync_followers: li
         for key, value in (("mode", mode), ("semi_sync_k", semi_sync_k),
                            ("sync_timeout", sync_timeout), ("retain_min_entries", retain_min_entries),
                            ("retain_max_bytes", retain_max_bytes),
-                           ("retain_max_age", retain_max_age)):
+                           ("retain_max_age", retain_max_age), ("auto_resync", auto_resync)):
             if value is not None:
                 values[key] = value
         if sync_followers is not None:
@@ -99,9 +108,8 @@ def replication_status(cluster: "Cluster") -> dict[str, Any]:
     conn = cluster.open_node(cluster.leader)
     try:
         degraded = modes.read_degraded(conn)
-        first, last, count, size = conn.execute(
-            "SELECT min(lsn), max(lsn), count(*), coalesce(sum(length(payload)), 0) FROM _replproxy_log"
-        ).fetchone()
+        first, last, count, size = _one(conn, "SELECT min(lsn), max(lsn), count(*), "
+                                        "coalesce(sum(length(payload)), 0) FROM _replproxy_log")
         holds = _holds(conn)
     finally:
         conn.close()
@@ -120,6 +128,7 @@ def replication_status(cluster: "Cluster") -> dict[str, Any]:
         "retain_min_entries": config.retain_min_entries,
         "retain_max_bytes": config.retain_max_bytes,
         "retain_max_age": config.retain_max_age,
+        "auto_resync": config.auto_resync,
         "retention_holds": {name: lsn for name, (lsn, _) in holds.items()},
     }
 
@@ -182,7 +191,7 @@ def _snapshot_once(cluster: "Cluster", path: Path, name: str) -> int | None:
             objects = dest.execute(
                 "SELECT type, name FROM sqlite_master WHERE name LIKE '\\_replproxy\\_%' ESCAPE '\\' "
                 "AND type IN ('table', 'trigger')").fetchall()
-            tables = {n for t, n in objects if t == "table"}
+            tables = {str(n) for t, n in objects if t == "table"}
             if "_replproxy_capture" in tables and dest.execute(
                     "SELECT 1 FROM _replproxy_capture LIMIT 1").fetchone():
                 dest.execute("ROLLBACK")
@@ -233,7 +242,8 @@ def add_follower(cluster: "Cluster", name: str, *, file: str | None = None,
         raise ClusterError(f"the cluster already has a node named {name!r}")
     path = cluster.directory / file
     if path.exists() or any(n.file == file for n in config.nodes):
-        raise ClusterError(f"{path} already exists; refusing to overwrite it")
+        raise ClusterError(f"{path} already exists; refusing to overwrite it (if an interrupted "
+                           f"add-follower left it, delete it and its -wal/-shm files)")
     # Keep every entry after the snapshot until all processes see the new follower.
     _set_hold(cluster, name, cluster.leader_lsn())
     try:
@@ -281,7 +291,7 @@ def resync(cluster: "Cluster", name: str) -> int:
     if node.role != "follower":
         raise ClusterError(f"{name} is the leader; only followers can be re-seeded")
     target = cluster.directory / node.file
-    temp = cluster.directory / f".{node.file}.resync"
+    temp = cluster.directory / f".{node.file}.resync-{os.getpid()}-{time.monotonic_ns()}"
     _remove_files(temp)
     _set_hold(cluster, name, cluster.leader_lsn())
     try:
@@ -321,25 +331,30 @@ def truncate_log(cluster: "Cluster", positions: dict[str, int] | None = None,
         for node in config.followers:
             known = (positions or {}).get(node.name)
             slots[node.name] = known if known is not None else _read_position(cluster, node.name)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            last = storage.last_lsn(conn)
-            first = conn.execute("SELECT min(lsn) FROM _replproxy_log").fetchone()[0]
-            if first is None or first >= last:
-                conn.execute("ROLLBACK")
-                return 0
-            now = time.time()
-            registered = set(slots)
-            bounds = list(slots.values())
-            for holder, (lsn, at) in _holds(conn).items():
-                if holder in registered and now - at > HOLD_GRACE:
-                    conn.execute("DELETE FROM _replproxy_meta WHERE key = ?", (HOLD_PREFIX + holder,))
-                else:
-                    bounds.append(lsn)
+        # Decide from a read snapshot (WAL: writers are not held up by the scans of the limits),
+        # then delete under the write lock. A retention hold set meanwhile pins entries after the
+        # leader's LSN at that time, which is above everything the slots allow removing here.
+        last = storage.last_lsn(conn)
+        first = _one(conn, "SELECT min(lsn) FROM _replproxy_log")[0]
+        now = time.time()
+        bounds = list(slots.values())
+        expired = []
+        for holder, (lsn, at) in _holds(conn).items():
+            if now - at > (HOLD_GRACE if holder in slots else HOLD_ORPHAN):
+                expired.append(holder)
+            else:
+                bounds.append(lsn)
+        upto, removed = 0, 0
+        if first is not None and first < last:
             upto = min(bounds + [last - max(1, config.retain_min_entries)])
             upto = max(upto, _limit_cut(conn, config, upto, last, now))
-            removed = 0
-            if upto >= first:
+        if not expired and (first is None or upto < first):
+            return 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for holder in expired:
+                conn.execute("DELETE FROM _replproxy_meta WHERE key = ?", (HOLD_PREFIX + holder,))
+            if first is not None and upto >= first:
                 conn.execute("DELETE FROM _replproxy_log WHERE lsn <= ?", (upto,))
                 removed = conn.changes()
             conn.execute("COMMIT")
@@ -363,12 +378,12 @@ def _limit_cut(conn: apsw.Connection, config: cfg.ClusterConfig, upto: int, last
     """The highest LSN the size and age limits require removing (never the last entry)."""
     cut = 0
     if config.retain_max_age > 0:
-        row = conn.execute("SELECT max(lsn) FROM _replproxy_log WHERE committed_at < ? AND lsn < ?",
-                           (now - config.retain_max_age, last)).fetchone()
+        row = _one(conn, "SELECT max(lsn) FROM _replproxy_log WHERE committed_at < ? AND lsn < ?",
+                   (now - config.retain_max_age, last))
         cut = max(cut, row[0] or 0)
     if config.retain_max_bytes > 0:
-        total = conn.execute("SELECT coalesce(sum(length(payload)), 0) FROM _replproxy_log WHERE lsn > ?",
-                             (max(upto, cut),)).fetchone()[0]
+        total = _one(conn, "SELECT coalesce(sum(length(payload)), 0) FROM _replproxy_log WHERE lsn > ?",
+                     (max(upto, cut),))[0]
         if total > config.retain_max_bytes:
             kept = 0
             for lsn, size in conn.execute("SELECT lsn, length(payload) FROM _replproxy_log "
@@ -403,6 +418,7 @@ class Maintenance:
         self._next_retention = time.monotonic() + RETENTION_INTERVAL
         self._next_degraded_check = 0.0
         self._truncated_at = 0
+        self._next_resync_check = time.monotonic() + RETENTION_INTERVAL
 
     def _leader(self) -> apsw.Connection:
         if self._conn is None:
@@ -424,11 +440,36 @@ class Maintenance:
         if cluster.config.mode == "semi-sync" and now >= self._next_degraded_check:
             self._next_degraded_check = now + 0.05
             modes.maybe_restore(cluster, self._leader(), leader_lsn, positions)
+        if cluster.config.auto_resync and now >= self._next_resync_check:
+            self._next_resync_check = now + RETENTION_INTERVAL
+            self._auto_resync()
         if now >= self._next_retention and leader_lsn > self._truncated_at:
             self._next_retention = now + RETENTION_INTERVAL
             self._truncated_at = leader_lsn
             known = {n: p for n, p in positions.items() if n in cluster.followers}
             truncate_log(cluster, known, self._leader())
+
+    def _auto_resync(self) -> None:
+        """Re-seed the followers that cannot continue from the retained log (not paused ones)."""
+        from .cluster import first_missing_gone
+
+        leader = self._leader()
+        for name in list(self.cluster.followers):
+            try:
+                conn = self.cluster.open_node(name)
+            except ClusterError:
+                continue
+            try:
+                state = storage.read_state(conn)
+            finally:
+                conn.close()
+            if state.paused:
+                continue
+            if (state.error and "needs a new snapshot" in state.error) or (
+                    not state.error and first_missing_gone(leader, state.applied_lsn)):
+                lsn = resync(self.cluster, name)
+                log.warning("follower %s fell behind the retained log at LSN %d: re-seeded "
+                            "automatically from a snapshot at LSN %d", name, state.applied_lsn, lsn)
 
     def close(self) -> None:
         if self._conn is not None:

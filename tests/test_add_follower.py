@@ -176,3 +176,26 @@ def test_trigger_format_snapshot_leaves_capture_machinery_on_the_leader(make_clu
     follower.close()
     assert leftovers == []
     assert verify(cluster, timeout=10).identical
+
+
+def test_retention_hold_pins_entries_during_add_and_is_dropped_after(make_cluster, monkeypatch):
+    from proxy import lifecycle
+
+    cluster, conn = _setup(make_cluster, followers=1)
+    cluster.configure(retain_min_entries=0)
+    lsn = cluster.add_follower("node9")
+    assert cluster.replication_status()["retention_holds"] == {"node9": lsn}
+    cluster.pause("node9")
+    for i in range(5):
+        conn.execute("INSERT INTO t(v) VALUES (?)", (i,))
+    cluster.wait_for_catchup(10, nodes=["node2"])
+    cluster.truncate_log()
+    assert cluster.entries(1)[0].lsn == lsn + 1  # pinned for the paused new follower
+    monkeypatch.setattr(lifecycle, "HOLD_GRACE", 0.0)
+    cluster.truncate_log()
+    assert cluster.replication_status()["retention_holds"] == {}
+    # A failed add leaves no hold behind.
+    (cluster.directory / "x.db").write_bytes(b"")
+    with pytest.raises(proxy.ClusterError):
+        cluster.add_follower("y", file="x.db")
+    assert cluster.replication_status()["retention_holds"] == {}

@@ -43,10 +43,9 @@ def test_unsafe_statement_is_logged_as_row_images_and_replicates_exactly(make_cl
     run_all(conn, BASE_SCHEMA + list(case.setup))
     before = cluster.leader_lsn()
     run_all(conn, case.statements)
-    assert cluster.leader_lsn() == before + len(case.statements)
-    kinds = {e.kind for e in events(cluster, cluster.leader_lsn())}
-    if kinds:  # a statement that changed nothing on this data leaves an empty entry out
-        assert kinds & ROW_KINDS or "CREATE TABLE" in str(events(cluster, cluster.leader_lsn())), kinds
+    if cluster.leader_lsn() > before:  # a statement that changed nothing (random) logs nothing
+        logged = events(cluster, cluster.leader_lsn())
+        assert {e.kind for e in logged} & ROW_KINDS or "CREATE TABLE" in logged[0].sql, logged
     assert_identical(cluster)
 
 
@@ -101,6 +100,25 @@ def test_one_entry_mixes_statements_and_row_images_in_order(make_cluster):
     assert collapsed == ["SQL", "ROWS", "SQL", "ROWS", "SQL"]
     assert_identical(cluster)
     assert rows_everywhere(cluster, "SELECT count(*) FROM audit")[cluster.followers[0]] == [(1 + 4 + 1 + 5 + 1,)]
+
+
+def test_rows_a_failing_statement_keeps_reach_followers(make_cluster):
+    cluster, conn = open_cluster(make_cluster, "mixed")
+    run_all(conn, BASE_SCHEMA)
+    conn.execute("INSERT INTO t2(id, v) VALUES (1, 'one')")
+    conn.execute("CREATE TRIGGER no_bad BEFORE INSERT ON kv WHEN NEW.v = 'bad' BEGIN "
+                 "SELECT RAISE(FAIL, 'bad value'); END")
+    conn.execute("BEGIN")
+    # OR FAIL and RAISE(FAIL) end the statement with an error but keep the rows it changed first.
+    with pytest.raises(proxy.IntegrityError):
+        conn.execute("INSERT OR FAIL INTO t2(id, v) VALUES (10, 'kept'), (1, 'duplicate'), (11, 'never')")
+    with pytest.raises(proxy.IntegrityError):
+        conn.execute("INSERT INTO kv(k, v) VALUES ('a', 'kept'), ('b', 'bad'), ('c', 'never')")
+    conn.execute("INSERT INTO t2(id, v) VALUES (12, 'after')")
+    conn.execute("COMMIT")
+    assert rows_everywhere(cluster, "SELECT id FROM t2 ORDER BY id")[cluster.leader] == [(1,), (10,), (12,)]
+    assert rows_everywhere(cluster, "SELECT k FROM kv")[cluster.leader] == [("a",)]
+    assert_identical(cluster)
 
 
 def test_apply_puts_the_trigger_setting_back_as_found(make_cluster):

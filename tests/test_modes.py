@@ -160,3 +160,31 @@ def test_sync_waits_on_another_process_replicator(make_cluster):
         mover.terminate()
         mover.wait(10)
         writer.close()
+
+
+def test_concurrent_sync_committers_each_see_their_write_on_the_sync_follower(make_cluster):
+    import threading
+
+    cluster = make_cluster(followers=2)
+    cluster.configure(mode="semi-sync", semi_sync_k=2, sync_timeout=10)
+    setup = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
+    setup.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, who, i)")
+    failures: list[str] = []
+
+    def committer(who: int) -> None:
+        conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
+        for i in range(15):
+            conn.execute("INSERT INTO t(who, i) VALUES (?, ?)", (who, i))
+            lsn = conn.last_write_lsn
+            low = min(_applied(cluster, "node2"), _applied(cluster, "node3"))
+            if low < lsn:
+                failures.append(f"thread {who}: LSN {lsn} acknowledged with a follower at {low}")
+        conn.close()
+
+    threads = [threading.Thread(target=committer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures
+    assert not cluster.replication_status()["degraded"]

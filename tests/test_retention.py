@@ -154,3 +154,28 @@ def test_the_last_entries_are_kept_as_history_by_default(make_cluster):
     cluster.truncate_log()
     first, last, count = _log_span(cluster)
     assert count == 5 and last == conn.last_write_lsn
+
+
+def test_auto_resync_reseeds_a_follower_left_behind(make_cluster, monkeypatch):
+    from proxy import lifecycle
+
+    monkeypatch.setattr(lifecycle, "RETENTION_INTERVAL", 0.05)
+    cluster = _no_history(make_cluster(followers=2))
+    result = CliRunner().invoke(main, ["config", str(cluster.directory), "--retain-max-bytes", "1500",
+                                       "--auto-resync"])
+    assert result.exit_code == 0 and "auto-resync" in result.output
+    conn = _writes(cluster, 2)
+    cluster.wait_for_catchup(10)
+    cluster.pause("node3")
+    _writes(cluster, 40, size=200)
+    cluster.wait_for_catchup(10, nodes=["node2"])
+    cluster.truncate_log()
+    assert {s.name: s for s in cluster.status()}["node3"].state == "needs-snapshot"
+    cluster.resume("node3")  # paused followers are left alone; resumed, it is re-seeded
+    conn.execute("INSERT INTO t(v) VALUES ('last')")
+    deadline = time.monotonic() + 15
+    while (node3 := {s.name: s for s in cluster.status()}["node3"]).applied_lsn < conn.last_write_lsn:
+        assert time.monotonic() < deadline, node3
+        time.sleep(0.02)
+    assert verify(cluster, timeout=10).identical
+    assert {s.name: s for s in cluster.status()}["node3"].state == "ok"
