@@ -933,6 +933,13 @@ class Cursor:
             self.rowcount = -1
         try:
             txn.capture.executed(stmt, run_sql, run_params)
+        except logformats.CaptureError as exc:
+            # The statement ran but cannot be replicated exactly: the transaction is rolled back.
+            conn._abort()
+            raise IntegrityError(f"{exc} (rolled back)") from exc
+        except logformats.UnsafeStatementError as exc:
+            conn._abort()
+            raise errors.UnsafeStatementError(f"{exc} (rolled back)") from exc
         except BaseException:
             conn._abort()
             raise
