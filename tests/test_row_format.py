@@ -14,6 +14,7 @@ import apsw
 import pytest
 
 import proxy
+from checks import assert_identical, nodes, query_all, same_on_all
 from proxy import storage
 
 IMAGES = pytest.mark.parametrize("row_image", ["full", "minimal"])
@@ -27,39 +28,6 @@ MakeCluster = Callable[..., proxy.Cluster]
 def new_cluster(make_cluster: MakeCluster, row_image: str = "full") -> tuple[proxy.Cluster, proxy.Connection]:
     cluster = make_cluster(row_image=row_image)
     return cluster, proxy.connect(cluster.directory, cluster=cluster)
-
-
-def assert_identical(cluster: proxy.Cluster) -> proxy.VerifyReport:
-    report = proxy.verify(cluster)
-    differences = "\n".join(f"  {d.node} {d.object}: {d.detail}" for d in report.differences)
-    assert report.identical, f"nodes differ at LSN {report.lsn}:\n{differences}"
-    return report
-
-
-def nodes(cluster: proxy.Cluster) -> list[str]:
-    return [cluster.leader, *cluster.followers]
-
-
-def query_all(cluster: proxy.Cluster, sql: str, params: Any = ()) -> dict[str, list[tuple[Any, ...]]]:
-    """Run a query on every node's own file (after the followers caught up)."""
-    cluster.wait_for_catchup(10)
-    out = {}
-    for name in nodes(cluster):
-        conn = cluster.open_node(name)
-        try:
-            out[name] = conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
-    return out
-
-
-def same_on_all(cluster: proxy.Cluster, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-    """The rows a query returns on the leader, asserting every follower file returns the same."""
-    results = query_all(cluster, sql, params)
-    leader_rows = results[cluster.leader]
-    for name in cluster.followers:
-        assert results[name] == leader_rows, f"{name} differs from the leader for {sql!r}"
-    return leader_rows
 
 
 def decode(cluster: proxy.Cluster, entry: proxy.LogEntry) -> list[Any]:

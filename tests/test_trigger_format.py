@@ -13,6 +13,7 @@ import apsw
 import pytest
 
 import proxy
+from checks import assert_identical, nodes, query_all, same_on_all
 from logformats import trigger as trig
 from proxy import storage
 
@@ -25,38 +26,6 @@ MakeCluster = Callable[..., proxy.Cluster]
 def new_cluster(make_cluster: MakeCluster, **options: Any) -> tuple[proxy.Cluster, proxy.Connection]:
     cluster = make_cluster(format="trigger", **options)
     return cluster, proxy.connect(cluster.directory, cluster=cluster)
-
-
-def assert_identical(cluster: proxy.Cluster) -> proxy.VerifyReport:
-    report = proxy.verify(cluster)
-    differences = "\n".join(f"  {d.node} {d.object}: {d.detail}" for d in report.differences)
-    assert report.identical, f"nodes differ at LSN {report.lsn}:\n{differences}"
-    return report
-
-
-def nodes(cluster: proxy.Cluster) -> list[str]:
-    return [cluster.leader, *cluster.followers]
-
-
-def query_all(cluster: proxy.Cluster, sql: str, params: Any = ()) -> dict[str, list[tuple[Any, ...]]]:
-    """Run a query on every node's own file, after the followers caught up."""
-    cluster.wait_for_catchup(10)
-    out = {}
-    for name in nodes(cluster):
-        conn = cluster.open_node(name)
-        try:
-            out[name] = conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
-    return out
-
-
-def same_on_all(cluster: proxy.Cluster, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-    """The rows a query returns on the leader, asserting every follower file returns the same."""
-    results = query_all(cluster, sql, params)
-    for name in cluster.followers:
-        assert results[name] == results[cluster.leader], f"{name} differs from the leader for {sql!r}"
-    return results[cluster.leader]
 
 
 def typed(cluster: proxy.Cluster, table: str, columns: str, order: str) -> list[tuple[Any, ...]]:
