@@ -114,6 +114,19 @@ class UnsafeStatementError(Exception):
 SchemaLookup = Callable[[str], "Sequence[str] | None"]
 
 
+def pop_savepoint(marks: list[Any], name: str, keep: bool) -> Any:
+    """Savepoint bookkeeping shared by the captures: `marks` holds (name, position...) tuples,
+    innermost last. Drop the marks above the innermost one named `name` (and that one too unless
+    `keep`, as ROLLBACK TO keeps its savepoint open); return that mark, or None."""
+    name = name.lower()
+    for index in range(len(marks) - 1, -1, -1):
+        if marks[index][0] == name:
+            mark = marks[index]
+            del marks[index + (1 if keep else 0):]
+            return mark
+    return None
+
+
 class Capture(abc.ABC):
     """Leader side of a format: lives for exactly one write transaction on one connection.
 

@@ -27,6 +27,7 @@ from .base import (
     SchemaLookup,
     StatementInfo,
     is_internal_table,
+    pop_savepoint,
 )
 
 TAG_SQL = b"S"
@@ -214,13 +215,8 @@ class RowCapture(Capture):
         self._session = self._new_session()
 
     def _pop_to(self, name: str, keep: bool) -> int | None:
-        name = name.lower()
-        for index in range(len(self._marks) - 1, -1, -1):
-            if self._marks[index][0] == name:
-                position = self._marks[index][1]
-                del self._marks[index + (1 if keep else 0) :]
-                return position
-        return None
+        mark = pop_savepoint(self._marks, name, keep)
+        return None if mark is None else mark[1]
 
     def finish(self) -> bytes | None:
         self._flush()

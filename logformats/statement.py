@@ -46,6 +46,7 @@ from .base import (
     SchemaLookup,
     StatementInfo,
     UnsafeStatementError,
+    pop_savepoint,
 )
 from .determinism import ColumnRef, QueryFacts, TextPlan, quote_identifier
 
@@ -903,13 +904,8 @@ class StatementCapture(Capture):
             self._schema_changed()  # DDL undone: the schema the plans were made for may be gone
 
     def _pop_to(self, name: str, keep: bool) -> int | None:
-        name = name.lower()
-        for index in range(len(self._marks) - 1, -1, -1):
-            if self._marks[index][0] == name:
-                position = self._marks[index][1]
-                del self._marks[index + (1 if keep else 0):]
-                return position
-        return None
+        mark = pop_savepoint(self._marks, name, keep)
+        return None if mark is None else mark[1]
 
     def finish(self) -> bytes | None:
         if self._errors:

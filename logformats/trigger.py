@@ -54,6 +54,7 @@ from .base import (
     StatementInfo,
     UnsafeStatementError,
     is_internal_table,
+    pop_savepoint,
 )
 from .row import TAG_SEQUENCE, TAG_SQL, apply_sequence, read_sequence, read_sequence_at
 
@@ -816,13 +817,7 @@ class TriggerCapture(Capture):
             self._vtabs = None  # a schema change may have been undone
 
     def _pop_to(self, name: str, keep: bool) -> tuple[str, int, int, bool] | None:
-        name = name.lower()
-        for index in range(len(self._marks) - 1, -1, -1):
-            if self._marks[index][0] == name:
-                mark = self._marks[index]
-                del self._marks[index + (1 if keep else 0):]
-                return mark
-        return None
+        return pop_savepoint(self._marks, name, keep)
 
     # -- commit
 
