@@ -786,10 +786,15 @@ class StatementCapture(Capture):
 
     def prepare(self, stmt: StatementInfo, sql: str, params: Any) -> tuple[str, Any]:
         self._pending = None
-        if self._naive:
-            self._pending = _Pending(sql, 0, params)
-            return sql, params
         conn = self.conn
+        if self._naive:
+            # No rewriting and no checks, but the connection's settings still travel: the naive
+            # mode shows what nondeterminism does, not what a forgotten PRAGMA does.
+            flags = FLAG_FOREIGN_KEYS if conn.config(apsw.SQLITE_DBCONFIG_ENABLE_FKEY, -1) else 0
+            if _scalar(conn, "PRAGMA recursive_triggers"):
+                flags |= FLAG_RECURSIVE_TRIGGERS
+            self._pending = _Pending(sql, flags, params)
+            return sql, params
         if stmt.kind != "dml" and not _is_create_table_as(stmt, sql):
             # Schema changes and replicated PRAGMAs are deterministic as written; with
             # foreign_keys on, DROP TABLE deletes rows first and may cascade.

@@ -433,5 +433,10 @@ def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None, 
                        workdir=workdir, log_format=log_format))
 
 
+from .compare import compare_command  # noqa: E402  (replproxy compare: log formats on sample workloads)
+
+main.add_command(compare_command)
+
+
 if __name__ == "__main__":
     main()
