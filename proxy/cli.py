@@ -295,6 +295,32 @@ def resync(directory: str, node: str, wait: float) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--to", "to", default=None, help="Follower to promote (default: the most up-to-date).")
+@click.option("--force", is_flag=True,
+              help="Promote a target that is behind; the old leader's later entries are recorded "
+                   "in DIR/lost-writes-epoch<N>.jsonl.")
+@click.option("--timeout", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for the old leader's lock and for the target to catch up.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def failover(directory: str, to: str | None, force: bool, timeout: float, as_json: bool) -> None:
+    """Make a follower the leader: fence the old leader, carry its log over, bump the epoch."""
+    cluster = _open(directory, replicate=False)
+    try:
+        result = cluster.failover(to, force=force, timeout=timeout)
+    except Error as exc:
+        _fail(str(exc))
+        return
+    finally:
+        cluster.close()
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        for line in result.lines():
+            click.echo(line)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--timeout", default=10.0, show_default=True, type=float,
               help="Seconds to wait for followers to catch up before comparing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")

@@ -195,10 +195,22 @@ class Cluster:
             return False  # keep the settings we have; a damaged file is reported by `status`
         self._config_key = key
         self.config = config
+        leader_changed = old.leader.name != config.leader.name
+        if leader_changed:
+            # A failover (failover.py): new writes and the followers' log source follow the new leader.
+            try:
+                self._epoch = max(self._epoch, self._read_epoch())
+            except ClusterError:
+                pass
         appliers = lambda c: [(n, c.applier_synchronous(n.name)) for n in c.followers]  # noqa: E731
-        if appliers(old) != appliers(config) and self._replicator is not None:
+        if (leader_changed or appliers(old) != appliers(config)) and self._replicator is not None:
             self._replicator.reload()
         return True
+
+    def note_epoch(self, epoch: int) -> None:
+        """The leader's file says the epoch is `epoch` (read by a writer inside its transaction)."""
+        if epoch > self._epoch:
+            self._epoch = epoch
 
     def await_acks(self, lsn: int, leader: apsw.Connection) -> None:
         """After COMMIT of entry `lsn`: wait for what the replication mode requires."""
@@ -233,6 +245,13 @@ class Cluster:
         from .lifecycle import resync
 
         return resync(self, name)
+
+    def failover(self, to: str | None = None, *, force: bool = False, timeout: float = 10.0) -> Any:
+        """Make follower `to` (default: the most up-to-date one) the leader; return a
+        failover.FailoverResult. Refuses a target that cannot catch up unless `force`."""
+        from .failover import failover
+
+        return failover(self, to, force=force, timeout=timeout)
 
     def truncate_log(self) -> int:
         """Apply the retention policy now; return the number of entries removed."""

@@ -107,6 +107,9 @@ class _FollowerState:
 
 
 _TURNS = itertools.count()
+_FENCE_SQL = "SELECT key, value FROM _replproxy_meta WHERE key IN ('deposed_by_epoch', 'epoch')"
+# How long a writer fenced off a deposed leader waits for cluster.toml to name the new one.
+FAILOVER_WAIT = 10.0
 _STATE_SQL = "SELECT applied_lsn, paused OR error IS NOT NULL FROM _replproxy_state WHERE id = 1"
 
 # A cached follower state older than this is read again before it decides a read (another
@@ -277,12 +280,63 @@ class Connection:
                 f"{self.pinned_node} is a follower and is read-only; writes go to the leader "
                 f"({self._leader_name}). Connect without node= to write.")
 
+    def _begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE on the current leader. A leader deposed by a failover (failover.py) is
+        fenced: its `_replproxy_meta` holds `deposed_by_epoch`, checked here under its write lock, so
+        no write lands on it; the connection then follows cluster.toml to the new leader."""
+        deadline = None
+        self._follow_leader()  # one stat of cluster.toml: a failover another process made
+        while True:
+            try:
+                self._leader.execute("BEGIN IMMEDIATE")
+                deposed = self._fence_check()
+            except apsw.Error as exc:
+                if not self._leader.get_autocommit():
+                    self._leader.execute("ROLLBACK")
+                raise translate(exc) from exc
+            if deposed is None:
+                return
+            self._leader.execute("ROLLBACK")
+            if deadline is None:
+                deadline = time.monotonic() + FAILOVER_WAIT
+            if not self._follow_leader():
+                if time.monotonic() >= deadline:
+                    raise OperationalError(
+                        f"{self._leader_name} was deposed by the failover to epoch {deposed} and "
+                        f"cluster.toml does not name a new leader yet; nothing was written, retry")
+                time.sleep(0.01)
+
+    def _fence_check(self) -> int | None:
+        """Inside the leader's transaction: the epoch that deposed it, or None (and note its epoch)."""
+        deposed = None
+        for key, value in self._leader.execute(_FENCE_SQL):
+            if key == "deposed_by_epoch":
+                deposed = int(value)
+            else:
+                self.cluster.note_epoch(int(value))
+        return deposed
+
+    def _follow_leader(self) -> bool:
+        """Reopen the leader connection if cluster.toml names another leader; True if it did."""
+        self.cluster.refresh_config()
+        name = self.cluster.leader
+        if name == self._leader_name:
+            return False
+        new = self.cluster.open_node(name)
+        old, self._leader = self._leader, new
+        self._leader_name = name
+        self._analyze = Analyzer(new)
+        try:
+            old.close()
+        except apsw.Error:
+            pass
+        self._drop_follower(name)
+        self._states.clear()
+        return True
+
     def _begin(self, explicit: bool) -> _Transaction:
         """Open a write transaction on the leader."""
-        try:
-            self._leader.execute("BEGIN IMMEDIATE")
-        except apsw.Error as exc:
-            raise translate(exc) from exc
+        self._begin_immediate()
         try:
             capture = self._format.capture(self._leader)
         except BaseException:
@@ -305,7 +359,16 @@ class Connection:
             return txn
         if txn.node != self._leader_name:
             self._move_to_leader(txn)
-        # A read-only transaction on the leader: its first write upgrades the lock.
+        # A read-only transaction on the leader: its first write upgrades the lock. Its snapshot
+        # shows a fence committed before it; one committed after it makes the upgrade fail (busy
+        # snapshot), so the check in the snapshot is enough.
+        deposed = self._fence_check()
+        if deposed is not None:
+            self._abort()
+            self._follow_leader()
+            raise OperationalError(
+                f"the leader was deposed by the failover to epoch {deposed} while this transaction "
+                f"was reading it; the transaction was rolled back, retry it")
         txn.capture = self._format.capture(self._leader)
         for name in txn.savepoints:
             txn.capture.savepoint(name)
@@ -314,10 +377,7 @@ class Connection:
     def _move_to_leader(self, txn: _Transaction) -> None:
         """A transaction that read on a follower now writes: it may go on only if the leader has
         not moved past the snapshot it read (SQLite's own rule for a deferred transaction)."""
-        try:
-            self._leader.execute("BEGIN IMMEDIATE")
-        except apsw.Error as exc:
-            raise translate(exc) from exc
+        self._begin_immediate()
         leader_lsn = storage.last_lsn(self._leader)
         if leader_lsn != txn.snapshot_lsn:
             self._leader.execute("ROLLBACK")

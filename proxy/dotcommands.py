@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from . import consistency as _consistency
-from .errors import ReplicationTimeout
+from .errors import Error, ReplicationTimeout
 from .logview import decode_entries
 from .render import MODES, render
 from .verify import verify
@@ -284,10 +284,16 @@ def _verify(shell: "Shell", args: list[str]) -> None:
 
 @command(".failover ?NODE?", args=(0, 1), complete=_followers)
 def _failover(shell: "Shell", args: list[str]) -> None:
-    """Promote a follower to leader (not available yet)."""
-    raise CommandError(
-        "failover is not available yet: leader failover (detection, choosing the most up-to-date "
-        f"follower, fencing the old leader) is a later issue; {shell.cluster.leader} stays the leader")
+    """Promote a follower to leader (default: the most up-to-date one); the old leader is fenced."""
+    try:
+        result = shell.cluster.failover(args[0] if args else None)
+    except Error as exc:
+        raise CommandError(str(exc)) from None
+    if shell._meta is not None:  # the schema connection follows the new leader
+        shell._meta.close()
+        shell._meta = None
+    for line in result.lines():
+        shell.write(line + "\n")
 
 
 @command(".mode ?MODE?", args=(0, 1), complete=lambda shell, i: list(MODES))

@@ -415,13 +415,18 @@ class Maintenance:
     def __init__(self, cluster: "Cluster"):
         self.cluster = cluster
         self._conn: apsw.Connection | None = None
+        self._conn_node = ""
         self._next_retention = time.monotonic() + RETENTION_INTERVAL
         self._next_degraded_check = 0.0
         self._truncated_at = 0
         self._next_resync_check = time.monotonic() + RETENTION_INTERVAL
 
     def _leader(self) -> apsw.Connection:
+        if self._conn is not None and self._conn_node != self.cluster.leader:
+            self._conn.close()  # a failover moved the leader
+            self._conn = None
         if self._conn is None:
+            self._conn_node = self.cluster.leader
             self._conn = self.cluster.open_node(self.cluster.leader)
             # Housekeeping never holds the replicator up behind a long write transaction.
             self._conn.set_busy_timeout(100)

@@ -54,8 +54,12 @@ CREATE TABLE IF NOT EXISTS _replproxy_users(
 
 APPEND_SQL = (
     "INSERT INTO _replproxy_log(lsn, epoch, format, payload, checksum, committed_at, origin) "
-    "SELECT coalesce(max(lsn), 0) + 1, ?, ?, ?, ?, ?, ? FROM _replproxy_log"
+    "SELECT max(coalesce(max(lsn), 0), "
+    "coalesce((SELECT applied_lsn FROM _replproxy_state WHERE id = 1), 0)) + 1, "
+    "?, ?, ?, ?, ?, ? FROM _replproxy_log"
 )
+# A promoted follower's log may be empty or end before its applied position: its next LSN
+# continues after what it has applied, so LSNs stay gapless across a failover.
 USER_SQL = (
     "INSERT INTO _replproxy_users(user, last_write_lsn) VALUES (?, ?) "
     "ON CONFLICT(user) DO UPDATE SET last_write_lsn = max(last_write_lsn, excluded.last_write_lsn)"
@@ -173,8 +177,16 @@ def user_write_lsn(conn: apsw.Connection, user: str) -> int:
     return row[0] if row else 0
 
 
+_LAST_LSN_SQL = (
+    "SELECT max(coalesce(max(lsn), 0), "
+    "coalesce((SELECT applied_lsn FROM _replproxy_state WHERE id = 1), 0)) FROM _replproxy_log"
+)
+
+
 def last_lsn(conn: apsw.Connection) -> int:
-    return conn.execute("SELECT coalesce(max(lsn), 0) FROM _replproxy_log").fetchone()[0]
+    """The last LSN of a leader: its log's, or for a promoted node whose log does not reach its
+    position (the old leader was unreachable), the position it had applied."""
+    return conn.execute(_LAST_LSN_SQL).fetchone()[0]
 
 
 _ENTRY_COLUMNS = "lsn, epoch, format, payload, checksum, committed_at, origin"

@@ -282,11 +282,14 @@ def test_verify_compares_nodes_and_reports_a_paused_follower(session: Session) -
     session.feed(".resume node3\n")
 
 
-def test_failover_says_it_is_not_available_yet(session: Session) -> None:
-    _, err = session.feed(".failover node2\n")
-    assert "failover is not available yet" in err
-    assert session.cluster.leader == "node1"
-    assert proxy.Cluster(session.cluster.directory, replicate=False).leader == "node1"
+def test_failover_promotes_a_follower_and_writes_follow(session: Session) -> None:
+    session.feed(NOTES + "INSERT INTO notes(body) VALUES ('a');\n")
+    out, err = session.feed(".failover node2\n")
+    assert "node2 is the leader at epoch 2" in out, err
+    assert session.cluster.leader == "node2"
+    assert proxy.Cluster(session.cluster.directory, replicate=False).leader == "node2"
+    out, _ = session.feed("INSERT INTO notes(body) VALUES ('b');\n.verify\n")
+    assert "OK: 3 nodes identical at LSN 3" in out
 
 
 # -- display ------------------------------------------------------------------------------------
