@@ -63,6 +63,7 @@ class Cluster:
     def __init__(self, directory: str | os.PathLike[str], *, replicate: bool = True,
                  poll_interval: float = 0.01):
         self.directory = Path(directory).resolve()
+        self._config_file = str(cfg.config_path(self.directory))  # stat on every write: a plain str
         self._config_key = self._stat_config()
         self.config = cfg.read(self.directory)
         self._maintenance: Any = None  # lifecycle.Maintenance, for the replicator thread
@@ -177,7 +178,7 @@ class Cluster:
 
     def _stat_config(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(cfg.config_path(self.directory))
+            st = os.stat(self._config_file)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -152,6 +152,7 @@ class Connection:
             self.session.merge_token(session_token)
         self._leader = cluster.open_node(cluster.leader)
         self._leader_name = cluster.leader
+        self._fence_version: int | None = None  # leader data_version at the last fence check
         self._analyze = Analyzer(self._leader)
         self._format = cluster.format
         self._followers: dict[str, apsw.Connection] = {}
@@ -308,12 +309,19 @@ class Connection:
 
     def _fence_check(self) -> int | None:
         """Inside the leader's transaction: the epoch that deposed it, or None (and note its epoch)."""
+        # The fence is written by another connection, which changes this connection's
+        # data_version; while it has not changed since the last check, nothing new can be there.
+        version = self._leader.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._fence_version:
+            return None
         deposed = None
         for key, value in self._leader.execute(_FENCE_SQL):
             if key == "deposed_by_epoch":
                 deposed = int(value)
             else:
                 self.cluster.note_epoch(int(value))
+        if deposed is None:
+            self._fence_version = version
         return deposed
 
     def _follow_leader(self) -> bool:
@@ -325,6 +333,7 @@ class Connection:
         new = self.cluster.open_node(name)
         old, self._leader = self._leader, new
         self._leader_name = name
+        self._fence_version = None
         self._analyze = Analyzer(new)
         try:
             old.close()
