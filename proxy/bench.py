@@ -37,6 +37,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
 import apsw
 
 from .cluster import Cluster
@@ -178,42 +180,45 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _plain_single(path: Path, synchronous: str, rows: list[tuple], warm: list[tuple]) -> float:
+def _timed_plain(path: Path, synchronous: str, run: Callable[[apsw.Connection, list], None],
+                 warm: list, measured: list, setup: Callable[[apsw.Connection], None] | None = None
+                 ) -> float:
+    """µs per item of `run(conn, measured)` on a fresh plain database, after `run(conn, warm)`."""
     conn = _fresh_plain(path, synchronous)
     try:
-        execute = conn.execute
-        for params in warm:
-            execute(INSERT, params)
+        if setup is not None:
+            setup(conn)
+        run(conn, warm)
         _settle()
         start = time.perf_counter()
-        for params in rows:
-            execute(INSERT, params)
+        run(conn, measured)
         elapsed = time.perf_counter() - start
     finally:
         conn.close()
-    return elapsed / len(rows) * 1e6
+    return elapsed / len(measured) * 1e6
+
+
+def _insert_each(conn: apsw.Connection, rows: list[tuple]) -> None:
+    execute = conn.execute
+    for params in rows:
+        execute(INSERT, params)
+
+
+def _insert_batches(conn: apsw.Connection, groups: list[list[tuple]]) -> None:
+    execute = conn.execute
+    for group in groups:
+        execute("BEGIN")
+        for params in group:
+            execute(INSERT, params)
+        execute("COMMIT")
+
+
+def _plain_single(path: Path, synchronous: str, rows: list[tuple], warm: list[tuple]) -> float:
+    return _timed_plain(path, synchronous, _insert_each, warm, rows)
 
 
 def _plain_multi(path: Path, synchronous: str, batches: list[list[tuple]], warm: list[list[tuple]]) -> float:
-    conn = _fresh_plain(path, synchronous)
-    try:
-        execute = conn.execute
-
-        def run(groups: list[list[tuple]]) -> None:
-            for group in groups:
-                execute("BEGIN")
-                for params in group:
-                    execute(INSERT, params)
-                execute("COMMIT")
-
-        run(warm)
-        _settle()
-        start = time.perf_counter()
-        run(batches)
-        elapsed = time.perf_counter() - start
-    finally:
-        conn.close()
-    return elapsed / len(batches) * 1e6
+    return _timed_plain(path, synchronous, _insert_batches, warm, batches)
 
 
 # The log format of the proxy's clusters in this run (`replproxy bench --format`).

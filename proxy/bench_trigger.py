@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import apsw
+
 import logformats
 
 from . import storage
@@ -37,11 +39,11 @@ from .bench import (
     TARGET_SINGLE,
     WARMUP_OPS,
     Samples,
-    _fresh_plain,
     _paired_ratio,
     _plain_single,
     _rows,
     _settle,
+    _timed_plain,
     _verdict,
 )
 from .cluster import Cluster
@@ -53,32 +55,25 @@ LEVEL_BUDGET_SECONDS = 20.0
 def _bare(path: Path, synchronous: str, fmt_name: str, rows: list[tuple], warm: list[tuple],
           append: bool) -> float:
     """µs per commit of the format's capture on bare apsw, with or without the log append."""
-    conn = _fresh_plain(path, synchronous)
     fmt = logformats.get(fmt_name)
-    try:
+
+    def setup(conn: apsw.Connection) -> None:
         storage.install(conn, node_name="bench", cluster_id="bench")
         fmt.install(conn)
+
+    def run(conn: apsw.Connection, batch: list[tuple]) -> None:
         execute = conn.execute
+        for params in batch:
+            execute("BEGIN IMMEDIATE")
+            capture = fmt.capture(conn)
+            execute(INSERT, params)
+            payload = capture.finish()
+            capture.close()
+            if append and payload is not None:
+                storage.append(conn, epoch=1, format=fmt_name, payload=payload)
+            execute("COMMIT")
 
-        def run(batch: list[tuple]) -> None:
-            for params in batch:
-                execute("BEGIN IMMEDIATE")
-                capture = fmt.capture(conn)
-                execute(INSERT, params)
-                payload = capture.finish()
-                capture.close()
-                if append and payload is not None:
-                    storage.append(conn, epoch=1, format=fmt_name, payload=payload)
-                execute("COMMIT")
-
-        run(warm)
-        _settle()
-        start = time.perf_counter()
-        run(rows)
-        elapsed = time.perf_counter() - start
-    finally:
-        conn.close()
-    return elapsed / len(rows) * 1e6
+    return _timed_plain(path, synchronous, run, warm, rows, setup)
 
 
 def _proxy(directory: Path, synchronous: str, fmt_name: str, rows: list[tuple], warm: list[tuple],

@@ -171,16 +171,21 @@ def snapshot(cluster: "Cluster", path: Path, name: str) -> int:
                        "committing changes not yet in the log")
 
 
+def _backup_into(source: apsw.Connection, path: Path, name: str) -> None:
+    """Copy `source` whole into the file at `path` in one step: one read transaction of the source,
+    so the copy is a consistent snapshot."""
+    dest = storage.open_node(path, name=name, create=True, synchronous="full")
+    try:
+        with dest.backup("main", source, "main") as backup:
+            backup.step(-1)
+    finally:
+        dest.close()
+
+
 def _snapshot_once(cluster: "Cluster", path: Path, name: str) -> int | None:
     source = cluster.open_node(cluster.leader)
     try:
-        dest = storage.open_node(path, name=name, create=True, synchronous="full")
-        try:
-            # One step: the whole copy under one read transaction of the leader.
-            with dest.backup("main", source, "main") as backup:
-                backup.step(-1)
-        finally:
-            dest.close()
+        _backup_into(source, path, name)
     finally:
         source.close()
     dest = storage.open_node(path, name=name, synchronous="full")
@@ -298,12 +303,7 @@ def resync(cluster: "Cluster", name: str) -> int:
         lsn = snapshot(cluster, temp, name)
         source = storage.open_node(temp, name=name)
         try:
-            dest = storage.open_node(target, name=name, create=True, synchronous="full")
-            try:
-                with dest.backup("main", source, "main") as backup:
-                    backup.step(-1)
-            finally:
-                dest.close()
+            _backup_into(source, target, name)
         finally:
             source.close()
     finally:
