@@ -110,6 +110,28 @@ class UnsafeStatementError(Exception):
     """The format cannot replicate this statement exactly, so it refuses to run it."""
 
 
+class NotInvertibleError(Exception):
+    """A log entry cannot be undone exactly: its payload lacks what the inverse needs (the rows as
+    they were before), or it changed something other than rows (the schema, a header PRAGMA)."""
+
+    def __init__(self, message: str, format: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.format = format
+        self.reason = reason
+
+
+def not_invertible(format_name: str, reason: str) -> NotInvertibleError:
+    """The error for an entry of `format_name` that cannot be undone, `reason` saying why."""
+    return NotInvertibleError(f"{format_name} entries cannot be undone: {reason}",
+                              format=format_name, reason=reason)
+
+
+def sql_excerpt(sql: str, limit: int = 80) -> str:
+    """A statement's text on one line, shortened for an error message."""
+    text = " ".join(sql.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # Describes columns of a table by position, for decoders: table name -> column names.
 SchemaLookup = Callable[[str], "Sequence[str] | None"]
 
@@ -193,3 +215,21 @@ class LogFormat(abc.ABC):
 
     def install(self, conn: apsw.Connection) -> None:
         """Prepare a leader database for this format (capture tables, triggers)."""
+
+    # Why the default `invert` refuses; formats that cannot undo their entries say why here.
+    not_invertible_reason = "this format does not implement undoing its entries"
+
+    def invert(self, payload: bytes) -> bytes:
+        """A payload of this format that undoes `payload`.
+
+        Applied with `apply` (as a follower applies: inside a transaction, triggers disabled) to a
+        database in the state `payload` left it in, it puts every user table back as it was before
+        the entry: values, storage classes and the rowids that identify rows. Undoing entries n,
+        n-1, ..., k+1 in that order gives the state at k. AUTOINCREMENT counters are never moved
+        back (keys handed out by an undone transaction are never handed out again); putting back
+        a row whose key is above its counter raises the counter, as any insert does. An inverse
+        applied to a database in another state fails in `apply` with ApplyError, as any
+        conflicting entry does.
+        Raise NotInvertibleError when the entry cannot be undone exactly (schema changes, entries
+        without before images)."""
+        raise not_invertible(self.name, self.not_invertible_reason)

@@ -22,14 +22,26 @@ from typing import Any, Sequence
 import apsw
 
 from . import codec
-from .base import Capture, CaptureError, Event, LogFormat, SchemaLookup, StatementInfo, UnsafeStatementError
-from .row import RowCapture
+from .base import (
+    Capture,
+    CaptureError,
+    Event,
+    LogFormat,
+    SchemaLookup,
+    StatementInfo,
+    UnsafeStatementError,
+    not_invertible,
+    sql_excerpt,
+)
+from .row import RowCapture, invert_chunks
 from .statement import (
     StatementCapture,
     apply_payload,
     apply_payloads,
     decode_payload,
+    encode,
     encode_item_size,
+    payload_items,
 )
 
 POLICIES = ("statement", "smallest")
@@ -164,3 +176,18 @@ class MixedFormat(LogFormat):
 
     def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
         return decode_payload(payload, schema)
+
+    def invert(self, payload: bytes) -> bytes:
+        # Only entries made of row images (statements the statement format found unsafe) can be
+        # undone: their items inverted as row payloads, the last first.
+        items = payload_items(payload)
+        for kind, item in items:
+            if kind == "stmt":
+                raise not_invertible(self.name, f"it holds the statement {sql_excerpt(item[0])}, and a "
+                                     "statement does not carry the rows it changed")
+        inverted: list[tuple[str, bytes]] = []
+        for _kind, item in reversed(items):
+            chunks = invert_chunks(item, self.name)
+            if chunks:
+                inverted.append(("rows", codec.pack_chunks(chunks)))
+        return encode(inverted)

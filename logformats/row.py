@@ -27,7 +27,9 @@ from .base import (
     SchemaLookup,
     StatementInfo,
     is_internal_table,
+    not_invertible,
     pop_savepoint,
+    sql_excerpt,
 )
 
 TAG_SQL = b"S"
@@ -411,6 +413,45 @@ class RowFormat(LogFormat):
 
     def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
         return decode_chunks(payload, schema)
+
+    def invert(self, payload: bytes) -> bytes:
+        return codec.pack_chunks(invert_chunks(payload, self.name))
+
+
+def sql_chunk_reason(sql: str) -> str:
+    """Why an entry holding this SQL (a schema change or a header PRAGMA) cannot be undone."""
+    if sql.lstrip()[:6].upper() == "PRAGMA":
+        return f"it sets a database header value ({sql_excerpt(sql)}) whose previous value it does not hold"
+    return f"it holds a schema change ({sql_excerpt(sql)}), which row images cannot undo"
+
+
+def invert_chunks(payload: bytes, format_name: str = "row") -> list[tuple[bytes, bytes]]:
+    """The chunks that undo a row payload: each changeset inverted, last chunk first (a row may be
+    in several chunks when savepoints split the session: its last change is undone first).
+    Counters are dropped: they only go up. NotInvertibleError for SQL chunks (named first, being
+    the more fundamental reason) and patchsets."""
+    chunks: list[tuple[bytes, bytes]] = []
+    patchset = False
+    for tag, data in codec.iter_chunks(payload):
+        if tag == TAG_CHANGESET:
+            if not data:
+                continue
+            try:
+                chunks.append((TAG_CHANGESET, apsw.Changeset.invert(data)))
+            except apsw.Error as exc:
+                raise DecodeError(f"corrupt row images: {exc}") from exc
+        elif tag == TAG_PATCHSET:
+            patchset = True
+        elif tag == TAG_SQL:
+            sql, _params, _ = codec.unpack_sql(data)
+            raise not_invertible(format_name, sql_chunk_reason(sql))
+        elif tag != TAG_SEQUENCE:
+            raise DecodeError(f"unknown chunk tag {tag!r}")
+    if patchset:
+        raise not_invertible(format_name, "its row images are patchsets (row_image=minimal), which "
+                             "hold no old values of the rows they change")
+    chunks.reverse()
+    return chunks
 
 
 def apply_chunks(conn: apsw.Connection, payload: bytes) -> None:

@@ -1156,6 +1156,7 @@ class StatementFormat(LogFormat):
     """Statement-based log with deterministic rewriting; `no_rewrite=True` for the naive mode."""
 
     follower_triggers = True
+    not_invertible_reason = "a statement does not carry the rows it changed"
 
     def __init__(self, options: dict[str, Any] | None = None):
         super().__init__(options=dict(options or {}))

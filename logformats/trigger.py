@@ -54,9 +54,10 @@ from .base import (
     StatementInfo,
     UnsafeStatementError,
     is_internal_table,
+    not_invertible,
     pop_savepoint,
 )
-from .row import TAG_SEQUENCE, TAG_SQL, apply_sequence, read_sequence, read_sequence_at
+from .row import TAG_SEQUENCE, TAG_SQL, apply_sequence, read_sequence, read_sequence_at, sql_chunk_reason
 
 CAPTURE_TABLE = "_replproxy_capture"
 LAYOUT_TABLE = "_replproxy_capture_layout"
@@ -1022,6 +1023,25 @@ class TriggerFormat(LogFormat):
             raise ApplyError(f"row images of table {layout.table!r} could not be applied: {exc}",
                              table=layout.table, reason=str(exc)) from exc
 
+    def invert(self, payload: bytes) -> bytes:
+        # The images lack what an exact undo needs: UPDATE and DELETE images hold the old key
+        # only, and an INSERT image may hide the rows its REPLACE deleted (no delete trigger fires
+        # for those unless recursive_triggers is on). Only counters and marks carry no change.
+        images: Layout | None = None
+        for tag, data in codec.iter_chunks(payload):
+            if tag in (TAG_ROWS, TAG_RAW_ROWS):
+                layout = decode_rows(data, tag == TAG_RAW_ROWS)[0]
+                if images is None or (images.op == INSERT and layout.op != INSERT):
+                    images = layout  # name missing old values first: the plainer reason
+            elif tag == TAG_SQL:
+                sql, _params, _ = codec.unpack_sql(data)
+                raise not_invertible(self.name, sql_chunk_reason(sql))
+            elif tag not in (TAG_SEQUENCE, TAG_ORIGIN):
+                raise DecodeError(f"unknown chunk tag {tag!r}")
+        if images is not None:
+            raise not_invertible(self.name, _not_invertible_images(images))
+        return codec.pack_chunks([])
+
     def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
         events: list[Event] = []
         for tag, data in codec.iter_chunks(payload):
@@ -1042,6 +1062,18 @@ class TriggerFormat(LogFormat):
             else:
                 raise DecodeError(f"unknown chunk tag {tag!r}")
         return events
+
+
+def _not_invertible_images(layout: Layout) -> str:
+    table = repr(layout.table)
+    if layout.op == UPDATE:
+        return (f"its UPDATE images of table {table} hold the old key and the new row, not the old "
+                "values the undo would have to write back")
+    if layout.op == DELETE:
+        return f"its DELETE images of table {table} hold the key of each deleted row, not its values"
+    return (f"its INSERT images of table {table} cannot show whether the insert replaced a row "
+            "(INSERT OR REPLACE deletes the rows in its way without a delete image), so deleting "
+            "the inserted rows is not an exact undo")
 
 
 def is_outside_entry(payload: bytes) -> bool:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -27,12 +28,33 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def _open(directory: str, replicate: bool = True) -> Cluster:
+def _open(directory: str, replicate: bool = True, require_leader: bool = True) -> Cluster:
     try:
-        return Cluster(directory, replicate=replicate)
+        return Cluster(directory, replicate=replicate, require_leader=require_leader)
     except Error as exc:
         _fail(str(exc))
         raise  # unreachable
+
+
+@contextlib.contextmanager
+def _cluster(directory: str, replicate: bool = True, require_leader: bool = True) -> Iterator[Cluster]:
+    """The cluster for one command: its errors end the command with their message."""
+    cluster = _open(directory, replicate, require_leader)
+    try:
+        yield cluster
+    except Error as exc:
+        _fail(str(exc))
+    finally:
+        cluster.close()
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    """A failover or start-node result: its lines, or JSON."""
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        for line in result.lines():
+            click.echo(line)
 
 
 def _parse_param(text: str) -> Any:
@@ -126,8 +148,7 @@ def init(directory: str, followers: int, log_format: str, row_image: str, from_d
 def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, mode: str,
           settle: float) -> None:
     """Run one SQL statement through the proxy and print its rows."""
-    cluster = _open(directory)
-    try:
+    with _cluster(directory) as cluster:
         conn = connect(directory, cluster=cluster, autocommit=True, node=node)
         cursor = conn.cursor()
         cursor.execute(sql, [_parse_param(p) for p in params])
@@ -147,31 +168,22 @@ def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, m
                 cluster.wait_for_catchup(settle)
             except (ReplicationTimeout, Error):
                 pass
-    except Error as exc:
-        _fail(str(exc))
-    finally:
-        cluster.close()
 
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def status(directory: str, as_json: bool) -> None:
-    """Per node: role, file, applied LSN, lag in entries and seconds, and state."""
-    cluster = _open(directory, replicate=False)
-    try:
+    """Per node: role, file, applied LSN, lag in entries and seconds, and state; failover
+    settings, leader health and lost writes."""
+    with _cluster(directory, replicate=False) as cluster:
         nodes = cluster.status()
-    except Error as exc:
-        _fail(str(exc))
-        return
-    try:
         replication = cluster.replication_status()
-    except Error as exc:
-        _fail(str(exc))
-        return
+        health = cluster.health()
     if as_json:
         click.echo(json.dumps({"format": cluster.config.format, "row_image": cluster.config.row_image,
                                "epoch": cluster.epoch, "replication": replication,
+                               "failover": health, "lost_writes": health["lost_writes"],
                                "nodes": [n.as_dict() for n in nodes]}, indent=2))
         return
     headers = ["node", "role", "sync", "applied LSN", "lag", "lag (s)", "state", "file", "error"]
@@ -179,7 +191,34 @@ def status(directory: str, as_json: bool) -> None:
              n.error or ""] for n in nodes]
     click.echo(f"format {cluster.config.format} (row image {cluster.config.row_image}), epoch {cluster.epoch}")
     click.echo(_mode_line(replication))
+    click.echo(_failover_line(health))
+    for lost in health["lost_writes"]:
+        span = (f"LSN {lost['first_lsn']}..{lost['last_lsn']}" if lost.get("first_lsn") is not None
+                else lost.get("error", "empty"))
+        click.echo(f"LOST WRITES: {lost['entries']} entries ({span}) in {lost['file']}")
     click.echo(render(headers, rows), nl=False)
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def _failover_line(h: dict[str, Any]) -> str:
+    if h["auto_failover"]:
+        text = (f"failover automatic after {h['failover_timeout']:g}s, not within "
+                f"{h['failover_cooldown']:g}s of the last")
+    else:
+        text = "failover manual only (auto_failover off)"
+    if h["last_failover_at"]:
+        text += f"; last failover {_clock(h['last_failover_at'])} (epoch {h['epoch']})"
+    if not h["leader_ok"]:
+        text += f"\nLEADER DOWN: {h['leader_problem']}"
+        if h["held_until"]:
+            text += f"; automatic failover held until {_clock(h['held_until'])} (anti-flapping)"
+        elif h["failover_due_at"]:
+            text += (f"; automatic failover due at {_clock(h['failover_due_at'])} by any process "
+                     "with the cluster open (replproxy serve)")
+    return text
 
 
 def _mode_line(r: dict[str, Any]) -> str:
@@ -216,24 +255,33 @@ def _mode_line(r: dict[str, Any]) -> str:
 @click.option("--retain-max-age", type=click.FloatRange(0), help="Log retention age limit in seconds (0: none).")
 @click.option("--auto-resync/--no-auto-resync", default=None,
               help="Re-seed followers left behind by retention from a new snapshot automatically.")
+@click.option("--auto-failover/--no-auto-failover", default=None,
+              help="Promote the most up-to-date follower when the leader fails (default on).")
+@click.option("--failover-timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds without an answer from the leader before automatic failover (default 5).")
+@click.option("--failover-cooldown", type=click.FloatRange(0),
+              help="No automatic failover within this many seconds of the last one (default 60).")
+@click.option("--failover-key-gap", type=click.IntRange(0),
+              help="AUTOINCREMENT counters jump by this much when the old leader was unreachable.")
 def config_(directory: str, mode: str | None, sync_followers: str | None, semi_sync_k: int | None,
             sync_timeout: float | None, retain_min_entries: int | None, retain_max_bytes: int | None,
-            retain_max_age: float | None, auto_resync: bool | None) -> None:
-    """Show or change replication settings; running clients pick them up at their next commit."""
-    cluster = _open(directory, replicate=False)
-    try:
+            retain_max_age: float | None, auto_resync: bool | None, auto_failover: bool | None,
+            failover_timeout: float | None, failover_cooldown: float | None,
+            failover_key_gap: int | None) -> None:
+    """Show or change replication and failover settings; running clients pick them up at their
+    next commit."""
+    with _cluster(directory, replicate=False) as cluster:
         names = None
         if sync_followers is not None:
             names = [n.strip() for n in sync_followers.split(",") if n.strip()]
         cluster.configure(mode=mode, sync_followers=names, semi_sync_k=semi_sync_k,
                           sync_timeout=sync_timeout, retain_min_entries=retain_min_entries,
                           retain_max_bytes=retain_max_bytes,
-                          retain_max_age=retain_max_age, auto_resync=auto_resync)
+                          retain_max_age=retain_max_age, auto_resync=auto_resync,
+                          auto_failover=auto_failover, failover_timeout=failover_timeout,
+                          failover_cooldown=failover_cooldown, failover_key_gap=failover_key_gap)
         click.echo(_mode_line(cluster.replication_status()))
-    except Error as exc:
-        _fail(str(exc))
-    finally:
-        cluster.close()
+        click.echo(_failover_line(cluster.health()))
 
 
 @main.command("add-follower")
@@ -245,17 +293,12 @@ def config_(directory: str, mode: str | None, sync_followers: str | None, semi_s
               help="Seconds to wait for it to catch up (0: return after the snapshot).")
 def add_follower(directory: str, name: str, file_name: str | None, sync_role: bool, wait: float) -> None:
     """Add follower NAME online: a snapshot of the leader (backup API) at an exact LSN, then catch-up."""
-    cluster = _open(directory)
-    try:
+    with _cluster(directory) as cluster:
         lsn = cluster.add_follower(name, file=file_name, replication="sync" if sync_role else "async")
         click.echo(f"{name}: snapshot at LSN {lsn} ({cluster.path_of(name)})")
         if wait > 0:
             target = cluster.wait_for_catchup(wait, nodes=[name])
             click.echo(f"{name}: caught up with LSN {target}")
-    except Error as exc:
-        _fail(str(exc))
-    finally:
-        cluster.close()
 
 
 @main.command("remove-follower")
@@ -264,14 +307,9 @@ def add_follower(directory: str, name: str, file_name: str | None, sync_role: bo
 @click.option("--delete-file", is_flag=True, help="Also delete its database file.")
 def remove_follower(directory: str, name: str, delete_file: bool) -> None:
     """Unregister follower NAME (its log retention slot goes with it)."""
-    cluster = _open(directory, replicate=False)
-    try:
+    with _cluster(directory, replicate=False) as cluster:
         cluster.remove_follower(name, delete_file=delete_file)
         click.echo(f"{name} removed")
-    except Error as exc:
-        _fail(str(exc))
-    finally:
-        cluster.close()
 
 
 @main.command()
@@ -281,16 +319,11 @@ def remove_follower(directory: str, name: str, delete_file: bool) -> None:
               help="Seconds to wait for it to catch up (0: return after the snapshot).")
 def resync(directory: str, node: str, wait: float) -> None:
     """Re-seed follower NODE from a new snapshot of the leader (after it fell behind retention)."""
-    cluster = _open(directory)
-    try:
+    with _cluster(directory) as cluster:
         lsn = cluster.resync(node)
         click.echo(f"{node}: re-seeded from a snapshot at LSN {lsn}")
         if wait > 0:
             click.echo(f"{node}: caught up with LSN {cluster.wait_for_catchup(wait, nodes=[node])}")
-    except Error as exc:
-        _fail(str(exc))
-    finally:
-        cluster.close()
 
 
 @main.command()
@@ -303,20 +336,46 @@ def resync(directory: str, node: str, wait: float) -> None:
               help="Seconds to wait for the old leader's lock and for the target to catch up.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def failover(directory: str, to: str | None, force: bool, timeout: float, as_json: bool) -> None:
-    """Make a follower the leader: fence the old leader, carry its log over, bump the epoch."""
-    cluster = _open(directory, replicate=False)
-    try:
+    """Make a follower the leader: fence the old leader, carry its log over, bump the epoch.
+
+    Works with the leader stopped or its file gone; then the most up-to-date follower is promoted
+    as it is, and the old leader is fenced and its unreplicated writes undone when it starts again."""
+    with _cluster(directory, replicate=False, require_leader=False) as cluster:
         result = cluster.failover(to, force=force, timeout=timeout)
-    except Error as exc:
-        _fail(str(exc))
-        return
-    finally:
-        cluster.close()
-    if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2))
-    else:
-        for line in result.lines():
-            click.echo(line)
+    _print_result(result, as_json)
+
+
+@main.command("stop-node")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+def stop_node(directory: str, node: str) -> None:
+    """Stop NODE as if it had crashed: no process reads, writes or applies to it until
+    start-node. A stopped leader is replaced by automatic failover after failover_timeout."""
+    with _cluster(directory, replicate=False, require_leader=False) as cluster:
+        cluster.stop_node(node)
+        config = cluster.config
+        click.echo(f"{node} stopped")
+        if node == config.leader.name:
+            if config.auto_failover:
+                click.echo(f"automatic failover after {config.failover_timeout:g}s without the leader, "
+                           "done by any process that has the cluster open (e.g. replproxy serve)")
+            else:
+                click.echo("automatic failover is off: writes fail until `replproxy failover` or "
+                           "`replproxy start-node`")
+
+
+@main.command("start-node")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+@click.option("--timeout", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for the node's write lock.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def start_node(directory: str, node: str, timeout: float, as_json: bool) -> None:
+    """Start a stopped NODE. If it missed a failover it rejoins as a follower: its writes that never
+    reached the new leader are written to DIR/lost-writes-epoch<N>.jsonl and undone."""
+    with _cluster(directory, replicate=False, require_leader=False) as cluster:
+        result = cluster.start_node(node, timeout=timeout)
+    _print_result(result, as_json)
 
 
 @main.command()
@@ -326,14 +385,8 @@ def failover(directory: str, to: str | None, force: bool, timeout: float, as_jso
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def verify(directory: str, timeout: float, as_json: bool) -> None:
     """Compare schema and content of every user table on every node; exit 0 only if identical."""
-    cluster = _open(directory)
-    try:
+    with _cluster(directory) as cluster:
         report = verify_cluster(cluster, timeout=timeout)
-    except Error as exc:
-        _fail(str(exc))
-        return
-    finally:
-        cluster.close()
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     elif report.identical:
@@ -354,12 +407,8 @@ def verify(directory: str, timeout: float, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry, one per line.")
 def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> None:
     """Decode log entries for humans, like mysqlbinlog: LSN, epoch, time, and the changes."""
-    cluster = _open(directory, replicate=False)
-    try:
+    with _cluster(directory, replicate=False) as cluster:
         decoded = decode_entries(cluster, cluster.entries(from_lsn, limit))
-    except Error as exc:
-        _fail(str(exc))
-        return
     for item in decoded:
         if as_json:
             click.echo(json.dumps(item.as_dict(), ensure_ascii=False))
@@ -368,11 +417,8 @@ def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> Non
 
 
 def _hold(directory: str, node: str, action: str) -> None:
-    cluster = _open(directory, replicate=False)
-    try:
+    with _cluster(directory, replicate=False) as cluster:
         getattr(cluster, action)(node)
-    except Error as exc:
-        _fail(str(exc))
     click.echo(f"{node} {action}d")
 
 

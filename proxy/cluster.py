@@ -61,17 +61,25 @@ class Cluster:
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, replicate: bool = True,
-                 poll_interval: float = 0.01):
+                 poll_interval: float = 0.01, require_leader: bool = True):
         self.directory = Path(directory).resolve()
         self._config_file = str(cfg.config_path(self.directory))  # stat on every write: a plain str
         self._config_key = self._stat_config()
         self.config = cfg.read(self.directory)
         self._maintenance: Any = None  # lifecycle.Maintenance, for the replicator thread
+        self._monitor: Any = None  # health.HealthMonitor, for the replicator thread
         self._follower_names: tuple[cfg.ClusterConfig, list[str]] | None = None
         self.format = logformats.get(self.config.format, **self.config.format_options())
         self._lock = threading.Lock()
-        self._check_leader()
-        self._epoch = self._read_epoch()
+        try:
+            self._check_leader()
+            self._epoch = self._read_epoch()
+        except ClusterError:
+            # `require_leader=False` (failover, start-node): a crashed leader must not prevent
+            # promoting a follower; the cluster id is on every node.
+            if require_leader:
+                raise
+            self._identify_from_followers()
         if outside.captures_outside_writers(self):
             # Transactions committed on the leader outside the proxy become entries of their own.
             self.format.bind_outside_log(self._append_outside)  # type: ignore[attr-defined]
@@ -111,8 +119,15 @@ class Cluster:
     def followers(self) -> list[str]:
         names = self._follower_names
         if names is None or names[0] is not self.config:
-            names = self._follower_names = (self.config, [n.name for n in self.config.followers])
+            names = self._follower_names = (self.config,
+                                            [n.name for n in self.config.running_followers])
         return names[1]
+
+    @property
+    def leader_down(self) -> bool:
+        """Whether the leader is stopped (`stop-node`): nothing can be written until a failover
+        or `start-node`."""
+        return self.config.leader.stopped
 
     @property
     def epoch(self) -> int:
@@ -131,6 +146,24 @@ class Cluster:
         finally:
             conn.close()
 
+    def _identify_from_followers(self) -> None:
+        for node in self.config.followers:
+            try:
+                conn = self.open_node(node.name)
+            except ClusterError:
+                continue
+            try:
+                meta = storage.read_meta(conn, node.name)
+            except (ClusterError, apsw.Error):
+                continue
+            finally:
+                conn.close()
+            self.cluster_id = str(meta.get("cluster_id", ""))
+            self._epoch = max(self.config.epoch, int(meta.get("epoch", 1)))
+            return
+        raise ClusterError(f"neither the leader {self.leader} nor any follower of {self.directory} "
+                           "can be opened")
+
     def _read_epoch(self) -> int:
         conn = self.open_node(self.leader)
         try:
@@ -140,6 +173,8 @@ class Cluster:
 
     def log_source(self) -> LogSource:
         """Where followers of this cluster read entries from."""
+        if self.leader_down:
+            return DownSource(self.leader)
         return LeaderFileSource(self.path_of(self.leader), name=self.leader)
 
     # -- background replication ---------------------------------------------------------------
@@ -153,12 +188,15 @@ class Cluster:
             self._replicator.start()
 
     def _make_appliers(self, source: LogSource) -> list[Applier]:
-        appliers = []
-        for node in self.config.followers:
+        appliers: list[Applier] = []
+        if isinstance(source, DownSource):
+            return appliers
+        for node in self.config.running_followers:
             try:
                 appliers.append(Applier(node.name, str(self.directory / node.file), source,
                                         synchronous=self.config.applier_synchronous(node.name),
-                                        format_options=self.config.format_options()))
+                                        format_options=self.config.format_options(),
+                                        keep_entries=self.config.retain_min_entries))
             except ClusterError as exc:
                 if self._replicator is not None:
                     self._replicator.errors[node.name] = str(exc)
@@ -203,8 +241,9 @@ class Cluster:
                 self._epoch = max(self._epoch, self._read_epoch())
             except ClusterError:
                 pass
-        appliers = lambda c: [(n, c.applier_synchronous(n.name)) for n in c.followers]  # noqa: E731
-        if (leader_changed or appliers(old) != appliers(config)) and self._replicator is not None:
+        appliers = lambda c: [(n, c.applier_synchronous(n.name)) for n in c.running_followers]  # noqa: E731
+        if ((leader_changed or appliers(old) != appliers(config) or old.leader.stopped != config.leader.stopped)
+                and self._replicator is not None):
             self._replicator.reload()
         return True
 
@@ -218,6 +257,13 @@ class Cluster:
         modes.await_acks(self, lsn, leader)
 
     def _after_round(self, leader_lsn: int, positions: dict[str, int]) -> None:
+        if self._monitor is None:
+            from .health import HealthMonitor
+
+            self._monitor = HealthMonitor(self)
+        self._monitor.tick()
+        if self.leader_down:
+            return  # nothing to maintain on a leader that cannot be reached
         if self._maintenance is None:
             from .lifecycle import Maintenance
 
@@ -254,6 +300,25 @@ class Cluster:
 
         return failover(self, to, force=force, timeout=timeout)
 
+    def stop_node(self, node: str) -> None:
+        """Make `node` unreachable to every process, as if it had crashed (see health.py)."""
+        from .health import stop_node
+
+        stop_node(self, node)
+
+    def start_node(self, node: str, timeout: float = 10.0) -> Any:
+        """Bring a stopped node back; a node that missed a failover rejoins as a follower, its
+        writes that never reached the new leader undone and recorded. Return a health.StartResult."""
+        from .health import start_node
+
+        return start_node(self, node, timeout=timeout)
+
+    def health(self) -> dict[str, Any]:
+        """The leader's health as this process's monitor sees it, and the failover settings."""
+        from .health import health
+
+        return health(self)
+
     def truncate_log(self) -> int:
         """Apply the retention policy now; return the number of entries removed."""
         from .lifecycle import truncate_log
@@ -261,7 +326,9 @@ class Cluster:
         return truncate_log(self)
 
     def configure(self, **settings: Any) -> cfg.ClusterConfig:
-        """Change replication settings in cluster.toml (every process picks them up)."""
+        """Change replication and failover settings in cluster.toml (every process picks them
+        up): mode, sync_followers, semi_sync_k, sync_timeout, retain_*, auto_resync,
+        auto_failover, failover_timeout, failover_cooldown, failover_key_gap."""
         from .lifecycle import configure
 
         return configure(self, **settings)
@@ -313,14 +380,23 @@ class Cluster:
 
     def status(self) -> list[NodeStatus]:
         """Role, file, applied LSN, lag and state of every node."""
+        self.refresh_config()
         leader_conn = self.open_node(self.leader)
         try:
             leader_lsn = storage.last_lsn(leader_conn)
             now = time.time()
+            down = self.config.leader.stopped
             result = [NodeStatus(self.leader, "leader", str(self.path_of(self.leader)), leader_lsn,
-                                 0, 0.0, "ok")]
-            for name in self.followers:
-                result.append(self._follower_status(name, leader_conn, leader_lsn, now))
+                                 0, 0.0, "stopped" if down else "ok",
+                                 "stopped with replproxy stop-node: no writes until a failover or "
+                                 "start-node" if down else None)]
+            for node in self.config.followers:
+                status = self._follower_status(node.name, leader_conn, leader_lsn, now)
+                if node.stopped:
+                    status = NodeStatus(node.name, "follower", status.file, status.applied_lsn,
+                                        status.lag_entries, status.lag_seconds, "stopped",
+                                        "stopped with replproxy stop-node", None, node.replication)
+                result.append(status)
             return result
         finally:
             leader_conn.close()
@@ -454,6 +530,22 @@ class Cluster:
                     for t in tables}
         finally:
             conn.close()
+
+
+class DownSource(LogSource):
+    """The log of a leader that is stopped: nothing can be read from it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def last_lsn(self) -> int:
+        return 0
+
+    def read(self, after: int, limit: int) -> list[storage.LogEntry]:
+        return []
+
+    def commit_time(self, lsn: int) -> float | None:
+        return None
 
 
 def first_missing_gone(leader_conn: apsw.Connection, applied_lsn: int) -> bool:

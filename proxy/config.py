@@ -18,7 +18,8 @@ MODES = ("async", "sync", "semi-sync")
 FOLLOWER_ROLES = ("async", "sync")
 # Replication settings kept in [cluster] beside the format's own options (see docs/replication.md).
 REPLICATION_KEYS = ("mode", "semi_sync_k", "sync_timeout", "retain_min_entries", "retain_max_bytes",
-                    "retain_max_age", "auto_resync")
+                    "retain_max_age", "auto_resync", "auto_failover", "failover_timeout",
+                    "failover_cooldown", "failover_key_gap")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,24 @@ class NodeConfig:
     role: str  # "leader" or "follower"
     # A follower's replication role: "sync" followers are waited for in `sync` mode.
     replication: str = "async"
+    # When `replproxy stop-node` stopped it (wall-clock seconds): a stopped node is unreachable to
+    # every process, as if it had crashed, until `start-node`.
+    stopped_at: float | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at is not None
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One failover: from `epoch` on, `leader` writes; it had applied `base_lsn` when promoted, so
+    a node that was at an earlier epoch and holds entries after `base_lsn` has diverged."""
+
+    epoch: int
+    leader: str
+    base_lsn: int
+    at: float
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,16 @@ class ClusterConfig:
     retain_max_age: float = 0.0
     # Re-seed a follower left behind by retention from a new snapshot without being asked.
     auto_resync: bool = False
+    # Failover (docs/failover.md): every process with a replicator probes the leader; after
+    # `failover_timeout` seconds without a good probe it promotes the most up-to-date follower,
+    # but not within `failover_cooldown` seconds of the previous failover (anti-flapping). A
+    # promotion that could not read the old leader moves every AUTOINCREMENT counter up by
+    # `failover_key_gap`, past keys the old leader may have handed out in writes never replicated.
+    auto_failover: bool = True
+    failover_timeout: float = 5.0
+    failover_cooldown: float = 60.0
+    failover_key_gap: int = 1_000_000
+    epochs: tuple[EpochRecord, ...] = ()
 
     @property
     def leader(self) -> NodeConfig:
@@ -69,6 +98,27 @@ class ClusterConfig:
     @property
     def followers(self) -> tuple[NodeConfig, ...]:
         return tuple(node for node in self.nodes if node.role == "follower")
+
+    @property
+    def running_followers(self) -> tuple[NodeConfig, ...]:
+        return tuple(node for node in self.followers if not node.stopped)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the current leader as cluster.toml records it (1 before any failover)."""
+        return self.epochs[-1].epoch if self.epochs else 1
+
+    @property
+    def last_failover_at(self) -> float | None:
+        return self.epochs[-1].at if self.epochs else None
+
+    def fork_lsn(self, node_epoch: int) -> int | None:
+        """For a node last in epoch `node_epoch`: the LSN after which its entries are not in the
+        current history (the base of the first later epoch), or None when it missed no failover."""
+        for record in self.epochs:
+            if record.epoch > node_epoch:
+                return record.base_lsn
+        return None
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:
@@ -138,6 +188,11 @@ def dumps(config: ClusterConfig) -> str:
                   f"role = {_quote(node.role)}"]
         if node.role == "follower":
             lines.append(f"replication = {_quote(node.replication)}")
+        if node.stopped_at is not None:
+            lines.append(f"stopped_at = {node.stopped_at!r}")
+    for record in config.epochs:
+        lines += ["", "[[epoch]]", f"epoch = {record.epoch}", f"leader = {_quote(record.leader)}",
+                  f"base_lsn = {record.base_lsn}", f"at = {record.at!r}"]
     return "\n".join(lines) + "\n"
 
 
@@ -152,10 +207,20 @@ def loads(text: str, source: str = CONFIG_NAME) -> ClusterConfig:
     nodes = []
     for index, raw in enumerate(data.get("node", [])):
         try:
+            stopped = raw.get("stopped_at")
             nodes.append(NodeConfig(name=str(raw["name"]), file=str(raw["file"]), role=str(raw["role"]),
-                                    replication=str(raw.get("replication", "async"))))
-        except (KeyError, TypeError, AttributeError):
+                                    replication=str(raw.get("replication", "async")),
+                                    stopped_at=None if stopped is None else float(stopped)))
+        except (KeyError, TypeError, AttributeError, ValueError):
             raise ClusterError(f"{source} is damaged: node #{index + 1} needs name, file and role") from None
+    epochs = []
+    for index, raw in enumerate(data.get("epoch", [])):
+        try:
+            epochs.append(EpochRecord(epoch=int(raw["epoch"]), leader=str(raw["leader"]),
+                                      base_lsn=int(raw["base_lsn"]), at=float(raw["at"])))
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise ClusterError(f"{source} is damaged: epoch record #{index + 1} needs epoch, leader, "
+                               "base_lsn and at") from None
     if not nodes:
         raise ClusterError(f"{source} is damaged: it lists no [[node]]")
     roles = [n.role for n in nodes]
@@ -176,6 +241,10 @@ def loads(text: str, source: str = CONFIG_NAME) -> ClusterConfig:
             retain_max_bytes=int(cluster.get("retain_max_bytes", 64 * 1024 * 1024)),
             retain_max_age=float(cluster.get("retain_max_age", 0.0)),
             auto_resync=bool(cluster.get("auto_resync", False)),
+            auto_failover=bool(cluster.get("auto_failover", True)),
+            failover_timeout=float(cluster.get("failover_timeout", 5.0)),
+            failover_cooldown=float(cluster.get("failover_cooldown", 60.0)),
+            failover_key_gap=int(cluster.get("failover_key_gap", 1_000_000)),
         )
     except (TypeError, ValueError) as exc:
         raise ClusterError(f"{source} is damaged: {exc}") from None
@@ -186,6 +255,7 @@ def loads(text: str, source: str = CONFIG_NAME) -> ClusterConfig:
         follower_synchronous=str(cluster.get("follower_synchronous", "normal")),
         nodes=tuple(nodes),
         options={k: v for k, v in cluster.items() if k not in known},
+        epochs=tuple(epochs),
         **replication,  # type: ignore[arg-type]
     )
     check_replication(config, source)
@@ -205,6 +275,10 @@ def check_replication(config: ClusterConfig, source: str = CONFIG_NAME) -> None:
         raise ClusterError(f"{source}: semi_sync_k must be at least 1")
     if config.sync_timeout <= 0:
         raise ClusterError(f"{source}: sync_timeout must be positive")
+    if config.failover_timeout <= 0:
+        raise ClusterError(f"{source}: failover_timeout must be positive")
+    if config.failover_cooldown < 0 or config.failover_key_gap < 0:
+        raise ClusterError(f"{source}: failover_cooldown and failover_key_gap cannot be negative")
     if config.retain_max_bytes < 0 or config.retain_max_age < 0 or config.retain_min_entries < 0:
         raise ClusterError(f"{source}: retain_min_entries, retain_max_bytes and retain_max_age cannot "
                            "be negative")

@@ -110,6 +110,8 @@ _TURNS = itertools.count()
 _FENCE_SQL = "SELECT key, value FROM _replproxy_meta WHERE key IN ('deposed_by_epoch', 'epoch')"
 # How long a writer fenced off a deposed leader waits for cluster.toml to name the new one.
 FAILOVER_WAIT = 10.0
+# How much longer than failover_timeout a write waits for a stopped leader to be replaced.
+FAILOVER_GRACE = 2.0
 _STATE_SQL = "SELECT applied_lsn, paused OR error IS NOT NULL FROM _replproxy_state WHERE id = 1"
 
 # A cached follower state older than this is read again before it decides a read (another
@@ -287,6 +289,8 @@ class Connection:
         no write lands on it; the connection then follows cluster.toml to the new leader."""
         deadline = None
         self._follow_leader()  # one stat of cluster.toml: a failover another process made
+        if self.cluster.leader_down:
+            self._await_failover()
         while True:
             try:
                 self._leader.execute("BEGIN IMMEDIATE")
@@ -306,6 +310,28 @@ class Connection:
                         f"{self._leader_name} was deposed by the failover to epoch {deposed} and "
                         f"cluster.toml does not name a new leader yet; nothing was written, retry")
                 time.sleep(0.01)
+
+    def _await_failover(self) -> None:
+        """The leader is stopped: with automatic failover on, wait until a new leader is named
+        (the failover timeout plus a grace period), else raise; nothing is written meanwhile."""
+        config = self.cluster.config
+        name = self._leader_name
+        if config.auto_failover and config.running_followers:
+            since = config.leader.stopped_at or time.time()
+            deadline = max(time.time(), since + config.failover_timeout) + FAILOVER_GRACE
+            while time.time() < deadline:
+                self.cluster._wait_progress(0.01)
+                self._follow_leader()
+                if not self.cluster.leader_down:
+                    return
+            why = (f"no failover took place within {config.failover_timeout:g}s "
+                   f"(failover_timeout) plus {FAILOVER_GRACE:g}s; see `replproxy status`")
+        elif config.auto_failover:
+            why = "no running follower can take over"
+        else:
+            why = (f"automatic failover is off: run `replproxy failover DIR` or "
+                   f"`replproxy start-node DIR {name}`")
+        raise OperationalError(f"the leader {name} is down (stopped); {why}. Nothing was written")
 
     def _fence_check(self) -> int | None:
         """Inside the leader's transaction: the epoch that deposed it, or None (and note its epoch)."""
@@ -443,6 +469,14 @@ class Connection:
             else:
                 # Nothing to log, but what this transaction read is now part of the session.
                 lsn_read = storage.last_lsn(leader)
+            # A leader stopped (or replaced by an automatic failover, which cannot fence a
+            # stopped leader) while this transaction ran is gone: like a crash before COMMIT,
+            # nothing of it is kept. One stat of cluster.toml, also used by the replication mode.
+            self.cluster.refresh_config()
+            if self.cluster.leader_down or self.cluster.leader != self._leader_name:
+                raise OperationalError(
+                    f"the leader {self._leader_name} went down before this transaction committed; "
+                    f"it was rolled back and nothing was written: retry it")
             # The savepoint stays open through COMMIT: if COMMIT is refused (deferred foreign keys)
             # the log entry is rolled back to it below while the transaction stays open.
             leader.execute("COMMIT")
@@ -513,6 +547,11 @@ class Connection:
 
     def _refresh(self, name: str) -> _FollowerState | None:
         """Read a follower's own position and health; None when it cannot be read."""
+        self.cluster.refresh_config()
+        if name not in self.cluster.followers:  # stopped, removed or promoted
+            self._drop_follower(name)
+            self._states.pop(name, None)
+            return None
         try:
             if name in self._followers and not os.path.exists(self.cluster.path_of(name)):
                 # Removed under an open connection the old file still reads: stale, never moving.
@@ -683,6 +722,19 @@ class Connection:
         txn.node = node
         if node != self._leader_name:
             self.last_node = node
+
+    def _check_reachable(self, node: str) -> str:
+        """The node a leader or pinned read goes to, unless it is stopped: a stopped leader is
+        waited for (failover), a stopped pinned node refused."""
+        if node == self._leader_name:
+            self._follow_leader()
+            if self.cluster.leader_down:
+                self._await_failover()
+            return self._leader_name
+        self.cluster.refresh_config()
+        if self.cluster.config.node(node).stopped:
+            raise OperationalError(f"{node} is stopped (replproxy start-node DIR {node})")
+        return node
 
     def _drop_follower(self, name: str) -> None:
         conn = self._followers.pop(name, None)
@@ -896,6 +948,8 @@ class Cursor:
             self.lsn = txn.snapshot_lsn if node != conn._leader_name else None
         else:
             node = conn._route_read(stmt, level)
+            if node == conn._leader_name or node == conn.pinned_node:
+                node = conn._check_reachable(node)
             target = conn._connection_for(node)
             try:
                 cursor = self._execute_on(target, sql, params)

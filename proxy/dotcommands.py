@@ -296,6 +296,39 @@ def _failover(shell: "Shell", args: list[str]) -> None:
         shell.write(line + "\n")
 
 
+def _nodes(shell: "Shell", index: int) -> list[str]:
+    return [n.name for n in shell.cluster.config.nodes]
+
+
+@command(".stop NODE", args=(1, 1), complete=_nodes)
+def _stop(shell: "Shell", args: list[str]) -> None:
+    """Stop a node as if it had crashed (a stopped leader is replaced by automatic failover)."""
+    try:
+        shell.cluster.stop_node(args[0])
+    except Error as exc:
+        raise CommandError(str(exc)) from None
+    config = shell.cluster.config
+    note = ""
+    if args[0] == config.leader.name:
+        note = (f"; automatic failover in {config.failover_timeout:g}s" if config.auto_failover
+                else "; automatic failover is off (.failover)")
+    shell.write(f"{args[0]} stopped{note}\n")
+
+
+@command(".start NODE", args=(1, 1), complete=_nodes)
+def _start(shell: "Shell", args: list[str]) -> None:
+    """Start a stopped node; one that missed a failover rejoins, its lost writes recorded."""
+    try:
+        result = shell.cluster.start_node(args[0])
+    except Error as exc:
+        raise CommandError(str(exc)) from None
+    if shell._meta is not None:
+        shell._meta.close()
+        shell._meta = None
+    for line in result.lines():
+        shell.write(line + "\n")
+
+
 @command(".mode ?MODE?", args=(0, 1), complete=lambda shell, i: list(MODES))
 def _mode(shell: "Shell", args: list[str]) -> None:
     """Show results as table, box, csv, json or line (no argument: show the mode)."""

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import apsw
+
+from logformats import codec
+from logformats.row import TAG_SEQUENCE
 
 from . import config as cfg
 from . import modes, storage
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     from .cluster import Cluster
 
 DEPOSED_KEY = "deposed_by_epoch"
+log = logging.getLogger("replproxy.failover")
 
 
 class FailoverRefused(OperationalError):
@@ -51,18 +56,31 @@ class FailoverResult:
     lost_count: int = 0
     lost_file: str | None = None
     raised_sequences: dict[str, int] = field(default_factory=dict)
+    # How the old leader's lost transactions were undone: "inverted" (row images in reverse
+    # order), or None when it still needs a snapshot (`resync`) or was not reachable.
+    rewound: str | None = None
+    automatic: bool = False
+    reason: str | None = None  # why an automatic failover happened
 
     def lines(self) -> list[str]:
         out = [f"{self.new_leader} is the leader at epoch {self.epoch} (LSN {self.lsn}); "
                f"{self.old_leader} was deposed"
-               + ("" if self.old_leader_reachable else " (its file was not reachable: not fenced)")]
+               + ("" if self.old_leader_reachable else
+                  " (it was not reachable: it is fenced when it starts again, and its writes that "
+                  "never reached the new leader are undone and recorded then)")]
+        if self.automatic:
+            out.append(f"automatic failover: {self.reason}")
         if self.lost_lsns is not None:
             first, last = self.lost_lsns
+            fate = (f"undone on {self.old_leader}, which follows {self.new_leader}"
+                    if self.rewound else f"{self.old_leader} needs a resync "
+                    f"(replproxy resync DIR {self.old_leader})")
             out.append(f"LOST {self.lost_count} entries of {self.old_leader}, LSN {first}..{last}: "
-                       f"written to {self.lost_file}; {self.old_leader} needs a resync "
-                       f"(replproxy resync DIR {self.old_leader})")
+                       f"written to {self.lost_file}; {fate}")
         for table, seq in sorted(self.raised_sequences.items()):
-            out.append(f"AUTOINCREMENT counter of {table} raised to {seq} (keys the old leader issued)")
+            why = ("keys the old leader issued" if self.old_leader_reachable else
+                   "past keys the unreachable old leader may have issued")
+            out.append(f"AUTOINCREMENT counter of {table} raised to {seq} ({why})")
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,10 +88,13 @@ class FailoverResult:
                 "lsn": self.lsn, "old_leader_reachable": self.old_leader_reachable,
                 "lost_lsns": list(self.lost_lsns) if self.lost_lsns else None,
                 "lost_count": self.lost_count, "lost_file": self.lost_file,
-                "raised_sequences": self.raised_sequences}
+                "raised_sequences": self.raised_sequences, "rewound": self.rewound,
+                "automatic": self.automatic, "reason": self.reason}
 
 
 def _open(cluster: "Cluster", config: cfg.ClusterConfig, name: str) -> apsw.Connection:
+    if config.node(name).stopped:
+        raise ClusterError(f"{name} is stopped (replproxy start-node DIR {name})")
     return storage.open_node(cluster.directory / config.node(name).file, name=name,
                              synchronous=config.synchronous_of(name))
 
@@ -109,60 +130,76 @@ def _catch_up(cluster: "Cluster", config: cfg.ClusterConfig, target: str, old_pa
 
 
 def failover(cluster: "Cluster", to: str | None = None, *, force: bool = False,
-             timeout: float = 10.0) -> FailoverResult:
+             timeout: float = 10.0, lock: bool = True, old_reachable: bool = True,
+             reason: str | None = None) -> FailoverResult:
+    """`lock=False`: the caller holds cluster.toml's lock. `old_reachable=False`: do not touch
+    the old leader's file (the health check found it failed). `reason`: an automatic failover's."""
     from .lifecycle import config_lock
 
-    with config_lock(cluster.directory):
-        config = cfg.read(cluster.directory)
-        old = config.leader.name
-        followers = [n.name for n in config.followers]
-        if to is not None:
-            config.node(to)  # unknown names fail here
-            if to == old:
-                raise ClusterError(f"{to} is already the leader")
-        if not followers:
-            raise ClusterError("this cluster has no follower to promote")
-        states: dict[str, storage.NodeState] = {}
-        for name in followers:
-            try:
-                conn = _open(cluster, config, name)
-            except ClusterError:
-                continue
-            try:
-                states[name] = storage.read_state(conn)
-            except ClusterError:
-                pass
-            finally:
-                conn.close()
-        if to is None:
-            if not states:
-                raise ClusterError("no follower is reachable; nothing to promote")
-            to = min(states, key=lambda n: (states[n].error is not None, -states[n].applied_lsn, n))
-        if to not in states:
-            raise ClusterError(f"{to} is not reachable; cannot promote it")
-        target = to
-        old_path = cluster.directory / config.node(old).file
+    if lock:
+        with config_lock(cluster.directory):
+            return failover(cluster, to, force=force, timeout=timeout, lock=False,
+                            old_reachable=old_reachable, reason=reason)
+    config = cfg.read(cluster.directory)
+    old = config.leader.name
+    followers = [n.name for n in config.followers]
+    if to is not None:
+        config.node(to)  # unknown names fail here
+        if to == old:
+            raise ClusterError(f"{to} is already the leader")
+    if not followers:
+        raise ClusterError("this cluster has no follower to promote")
+    states: dict[str, storage.NodeState] = {}
+    for name in followers:
         try:
-            old_conn: apsw.Connection | None = _open(cluster, config, old)
+            conn = _open(cluster, config, name)
         except ClusterError:
-            old_conn = None
-        epochs = []
-        for name in [old, *states]:
-            try:
-                conn = _open(cluster, config, name)
-            except ClusterError:
-                continue
-            try:
-                epochs.append(_meta_epoch(conn))
-            finally:
-                conn.close()
-        epoch = max(epochs, default=1) + 1
+            continue
         try:
-            return _promote(cluster, config, old, old_conn, old_path, target, states[target],
-                            epoch, force, timeout)
+            states[name] = storage.read_state(conn)
+        except ClusterError:
+            pass
         finally:
+            conn.close()
+    if to is None:
+        if not states:
+            raise ClusterError("no follower is reachable; nothing to promote")
+        to = min(states, key=lambda n: (states[n].error is not None, -states[n].applied_lsn, n))
+    if to not in states:
+        raise ClusterError(f"{to} is not reachable; cannot promote it")
+    target = to
+    old_path = cluster.directory / config.node(old).file
+    old_conn: apsw.Connection | None = None
+    if old_reachable:
+        try:
+            old_conn = _open(cluster, config, old)
+            storage.read_meta(old_conn, old)
+        except (ClusterError, apsw.Error):
             if old_conn is not None:
                 old_conn.close()
+            old_conn = None
+    epochs = [config.epoch]
+    for name in [old, *states]:
+        if name == old and old_conn is None:
+            continue
+        try:
+            conn = _open(cluster, config, name)
+        except ClusterError:
+            continue
+        try:
+            epochs.append(_meta_epoch(conn))
+        finally:
+            conn.close()
+    epoch = max(epochs, default=1) + 1
+    try:
+        result = _promote(cluster, config, old, old_conn, old_path, target, states[target],
+                          epoch, force, timeout)
+        if reason is not None:
+            result.automatic, result.reason = True, reason
+        return result
+    finally:
+        if old_conn is not None:
+            old_conn.close()
 
 
 def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
@@ -224,9 +261,23 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
                           (epoch,))
             tconn.execute("DELETE FROM _replproxy_meta WHERE key IN (?, ?, ?)",
                           (DEPOSED_KEY, modes.DEGRADED_KEY, modes.DEGRADED_REASON_KEY))
-            tconn.execute("UPDATE _replproxy_state SET paused=0, error=NULL, error_lsn=NULL, "
+            # A leader's own state stays held: an applier that still takes it for a follower of
+            # the old leader (another process, before it re-reads cluster.toml) must not apply
+            # the old leader's entries onto it. Demotion releases it.
+            tconn.execute("UPDATE _replproxy_state SET paused=1, error=NULL, error_lsn=NULL, "
                           "error_at=NULL WHERE id=1")
+            if old_conn is None and config.failover_key_gap:
+                # The old leader's counters are unknown: move past anything it can have issued
+                # in writes that never arrived here (docs/failover.md, "Key reuse").
+                sequences = {name: seq + config.failover_key_gap
+                             for name, seq in _sequences(tconn).items()}
             result.raised_sequences = _raise_sequences(tconn, sequences)
+            if result.raised_sequences:
+                # First entry of the epoch: every follower (and the old leader when it rejoins)
+                # takes the same counters, so they stay identical and a later promotion keeps them.
+                flat = [v for pair in sorted(result.raised_sequences.items()) for v in pair]
+                storage.append(tconn, epoch=epoch, format="row",
+                               payload=codec.pack_chunks([(TAG_SEQUENCE, codec.pack_values(flat))]))
             tconn.execute("COMMIT")
         except BaseException:
             if not tconn.get_autocommit():
@@ -239,12 +290,21 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
     if old_conn is not None:
         last = entries[-1] if entries else None
         if lost:
+            from .health import rewind
+
+            try:
+                result.rewound = rewind(old_conn, old, lost, target_lsn, epoch,
+                                        config.format_options())
+            except Exception as exc:  # not invertible or not in the expected state: re-seed
+                log.warning("%s: lost writes cannot be undone in place (%s); it needs a resync",
+                            old, exc)
+        if lost and result.rewound is None:
             old_conn.execute(
                 "UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
                 (f"{old}: deposed at epoch {epoch} with LSN {lost[0].lsn}..{lost[-1].lsn} not on "
                  f"{target} (lost writes in {result.lost_file}); it needs a new snapshot "
                  f"(replproxy resync DIR {old})", lost[0].lsn, time.time()))
-        else:
+        elif not lost:
             old_conn.execute(
                 "UPDATE _replproxy_state SET applied_lsn=?, applied_epoch=?, applied_commit_time=?, "
                 "applied_at=?, paused=0, error=NULL, error_lsn=NULL, error_at=NULL WHERE id=1",
@@ -279,13 +339,41 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
         if node.name == target:
             nodes.append(cfg.NodeConfig(name=node.name, file=node.file, role="leader"))
         elif node.name == old:
-            nodes.append(cfg.NodeConfig(name=node.name, file=node.file, role="follower",
-                                        replication="async"))
+            nodes.append(replace(node, role="follower", replication="async"))
         else:
             nodes.append(node)
-    cfg.write(cluster.directory, config.with_nodes(tuple(nodes)))
+    record = cfg.EpochRecord(epoch=epoch, leader=target, base_lsn=target_lsn, at=time.time())
+    cfg.write(cluster.directory, replace(config, nodes=tuple(nodes),
+                                         epochs=(*config.epochs, record)))
     cluster.refresh_config()
     return result
+
+
+def _reused_keys(leader: apsw.Connection, events: Any) -> list[dict[str, Any]]:
+    out = []
+    for event in events:
+        if event.kind != "INSERT" or not event.table or not event.new:
+            continue
+        try:
+            info = leader.execute("SELECT name, pk FROM pragma_table_info(?)", (event.table,)).fetchall()
+        except apsw.Error:
+            continue
+        keys = [name for name, pk in sorted(info, key=lambda r: r[1]) if pk]
+        if not keys or any(k not in event.new for k in keys):
+            continue
+        where = " AND ".join(f'"{k}" IS ?' for k in keys)
+        table = event.table.replace('"', '""')
+        try:
+            cur = leader.execute(f'SELECT * FROM "{table}" WHERE {where}', [event.new[k] for k in keys])
+            row = cur.fetchone()
+            names = [d[0] for d in cur.getdescription()] if row is not None else []
+        except apsw.Error:
+            continue
+        if row is not None:
+            now = dict(zip(names, row))
+            if now != event.new:
+                out.append({"table": event.table, "key": {k: event.new[k] for k in keys}, "now": now})
+    return out
 
 
 def _sequences(conn: apsw.Connection) -> dict[str, int]:
@@ -311,16 +399,27 @@ def _raise_sequences(conn: apsw.Connection, sequences: dict[str, int]) -> dict[s
     return raised
 
 
-def _write_lost(cluster: "Cluster", epoch: int, old: str, lost: list[storage.LogEntry]) -> Path:
-    """DIR/lost-writes-epoch<N>.jsonl: each lost entry decoded, with its LSN and raw payload."""
+def _write_lost(cluster: "Cluster", epoch: int, old: str, lost: list[storage.LogEntry],
+                leader: apsw.Connection | None = None) -> Path:
+    """DIR/lost-writes-epoch<N>.jsonl: each lost entry decoded, with its LSN and raw payload.
+    With `leader` (the current leader), rows the lost entries inserted whose primary key the
+    leader has since given to another row are listed under `keys_reused`."""
     from .logview import decode_entries
 
     path = cluster.directory / f"lost-writes-epoch{epoch}.jsonl"
+    n = 1
+    while path.exists():  # never overwrite a record of lost writes
+        n += 1
+        path = cluster.directory / f"lost-writes-epoch{epoch}-{n}.jsonl"
     with open(path, "w", encoding="utf-8") as handle:
         for decoded in decode_entries(cluster, lost):
             record = decoded.as_dict()
             record["node"] = old
             record["origin"] = decoded.entry.origin
             record["payload_base64"] = base64.b64encode(decoded.entry.payload).decode("ascii")
+            if leader is not None:
+                reused = _reused_keys(leader, decoded.events)
+                if reused:
+                    record["keys_reused"] = reused
             handle.write(json.dumps(record, sort_keys=True) + "\n")
     return path

@@ -74,7 +74,9 @@ def _update_config(cluster: "Cluster", change: Any) -> cfg.ClusterConfig:
 def configure(cluster: "Cluster", *, mode: str | None = None, sync_followers: list[str] | None = None,
               semi_sync_k: int | None = None, sync_timeout: float | None = None,
               retain_min_entries: int | None = None, retain_max_bytes: int | None = None,
-              retain_max_age: float | None = None, auto_resync: bool | None = None
+              retain_max_age: float | None = None, auto_resync: bool | None = None,
+              auto_failover: bool | None = None, failover_timeout: float | None = None,
+              failover_cooldown: float | None = None, failover_key_gap: int | None = None
               ) -> cfg.ClusterConfig:
     """Change replication settings; `sync_followers`: the followers whose role becomes sync (the
     others become async)."""
@@ -84,7 +86,10 @@ def configure(cluster: "Cluster", *, mode: str | None = None, sync_followers: li
         for key, value in (("mode", mode), ("semi_sync_k", semi_sync_k),
                            ("sync_timeout", sync_timeout), ("retain_min_entries", retain_min_entries),
                            ("retain_max_bytes", retain_max_bytes),
-                           ("retain_max_age", retain_max_age), ("auto_resync", auto_resync)):
+                           ("retain_max_age", retain_max_age), ("auto_resync", auto_resync),
+                           ("auto_failover", auto_failover), ("failover_timeout", failover_timeout),
+                           ("failover_cooldown", failover_cooldown),
+                           ("failover_key_gap", failover_key_gap)):
             if value is not None:
                 values[key] = value
         if sync_followers is not None:

@@ -59,8 +59,8 @@ def set_degraded(conn: apsw.Connection, reason: str | None) -> None:
 
 
 def await_acks(cluster: "Cluster", lsn: int, leader: apsw.Connection) -> None:
-    """Return once the cluster's mode is satisfied for the entry `lsn` (already committed)."""
-    cluster.refresh_config()
+    """Return once the cluster's mode is satisfied for the entry `lsn` (already committed). The
+    committer re-read cluster.toml just before its COMMIT."""
     config = cluster.config
     if config.mode == "async":
         return

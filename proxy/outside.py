@@ -43,12 +43,19 @@ def log_outside_writes(cluster: "Cluster", conn: apsw.Connection | None = None) 
     """Log what was committed on the leader outside the proxy; return the number of entries added."""
     if not captures_outside_writers(cluster):
         return 0
+    if cluster.leader_down:
+        return 0  # a stopped leader is not read; what waits there is handled when it starts
     own = conn is None
     if conn is None:
         conn = cluster.open_node(cluster.leader)
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if _deposed(conn):
+                # Fenced by a failover: nothing more is logged here. Outside writes made after
+                # the fence stay in its capture table; `start-node` records them as lost writes.
+                conn.execute("ROLLBACK")
+                return 0
             added = cluster.format.log_outside(conn)  # type: ignore[attr-defined]
             conn.execute("COMMIT")
         except BaseException:
@@ -61,6 +68,10 @@ def log_outside_writes(cluster: "Cluster", conn: apsw.Connection | None = None) 
     if added:
         cluster.notify_commit()
     return added
+
+
+def _deposed(conn: apsw.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM _replproxy_meta WHERE key = 'deposed_by_epoch'").fetchone() is not None
 
 
 class OutsideWatcher:

@@ -27,14 +27,18 @@ from .logsource import LogSource
 log = logging.getLogger("replproxy.replication")
 
 BATCH_ENTRIES = 512
+TRIM_EVERY = 1024
 
 
 class Applier:
     """Applies entries from a log source to one follower database file."""
 
     def __init__(self, name: str, path: str, source: LogSource, *, synchronous: str = "full",
-                 format_options: dict | None = None):
+                 format_options: dict | None = None, keep_entries: int = 100_000):
         self.name = name
+        # How many applied entries the follower keeps in its own log (a promoted follower
+        # serves them to the others); trimmed in steps of TRIM_EVERY.
+        self.keep_entries = keep_entries
         self.path = path
         self.source = source
         self.conn = storage.open_node(path, name=name, synchronous=synchronous)
@@ -101,6 +105,10 @@ class Applier:
                 "applied_at=? WHERE id=1",
                 (last.lsn, last.epoch, last.committed_at, time.time()),
             )
+            storage.copy_entries(conn, valid[:count])
+            if applied // TRIM_EVERY != (applied - count) // TRIM_EVERY:
+                conn.execute("DELETE FROM _replproxy_log WHERE lsn <= ?",
+                             (applied - max(self.keep_entries, 1),))
             # Users' last-write positions travel with the entries they wrote.
             for entry in valid[:count]:
                 if entry.origin is not None:

@@ -125,6 +125,7 @@ class Shell:
         self.ctrl_c: CtrlC | None = None  # set by the terminal front end: Ctrl-C stops a statement
         self._depth = 0
         self._meta: apsw.Connection | None = None
+        self._meta_node: str | None = None
         self._schema_version: object = None  # PRAGMA schema_version when _columns was read
         self._columns: dict[str, list[str]] = {}
         self._functions: list[str] | None = None
@@ -269,7 +270,11 @@ class Shell:
     # -- schema, for .tables, .schema and completion ------------------------------------------
 
     def _leader_meta(self) -> apsw.Connection:
+        if self._meta is not None and self._meta_node != self.cluster.leader:
+            self._meta.close()  # a failover (maybe automatic, in another process) moved the leader
+            self._meta = None
         if self._meta is None:
+            self._meta_node = self.cluster.leader
             self._meta = self.cluster.open_node(self.cluster.leader)
             self._meta.execute("PRAGMA query_only=1")  # this connection only looks
         return self._meta

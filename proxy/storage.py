@@ -7,13 +7,15 @@ epoch) and `_replproxy_state` (this node's applied position, pause flag and appl
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import time
 import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import apsw
 
@@ -51,6 +53,30 @@ CREATE TABLE IF NOT EXISTS _replproxy_users(
     last_write_lsn INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+@contextlib.contextmanager
+def write_transaction(conn: apsw.Connection) -> "Iterator[apsw.Connection]":
+    """BEGIN IMMEDIATE ... COMMIT, rolled back if the body raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if not conn.get_autocommit():
+            conn.execute("ROLLBACK")
+        raise
+
+
+# A follower keeps a copy of the entries it applied (in the apply transaction), so that once
+# promoted it can serve them to the followers behind it even if the old leader is gone.
+COPY_SQL = ("INSERT OR REPLACE INTO _replproxy_log(lsn, epoch, format, payload, checksum, "
+            "committed_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+def copy_entries(conn: apsw.Connection, entries: "list[LogEntry]") -> None:
+    conn.executemany(COPY_SQL, [(e.lsn, e.epoch, e.format, e.payload, e.checksum, e.committed_at,
+                                 e.origin) for e in entries])
+
 
 APPEND_SQL = (
     "INSERT INTO _replproxy_log(lsn, epoch, format, payload, checksum, committed_at, origin) "

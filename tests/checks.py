@@ -38,3 +38,21 @@ def same_on_all(cluster: proxy.Cluster, sql: str, params: Any = ()) -> list[tupl
     for name in cluster.followers:
         assert results[name] == results[cluster.leader], f"{name} differs from the leader for {sql!r}"
     return results[cluster.leader]
+
+
+def file_rows(path: Any, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of `sql` read straight from a node file (apsw, read-only: never Python's sqlite3 in
+    the same process as apsw)."""
+    import apsw
+
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    conn.set_busy_timeout(10_000)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def file_meta(path: Any) -> dict[str, Any]:
+    """A node file's `_replproxy_meta` as a dict."""
+    return dict(file_rows(path, "SELECT key, value FROM _replproxy_meta"))

@@ -18,6 +18,8 @@ from proxy import failover, storage
 from proxy.cli import main
 from proxy.verify import verify
 
+from checks import file_meta, file_rows
+
 
 def test_promoted_node_continues_lsns_after_its_applied_position(cluster, conn):
     cur = conn.cursor()
@@ -28,8 +30,10 @@ def test_promoted_node_continues_lsns_after_its_applied_position(cluster, conn):
     last = cluster.wait_for_catchup()
     follower = cluster.open_node(cluster.followers[0])
     try:
-        assert follower.execute("SELECT count(*) FROM _replproxy_log").fetchone() == (0,)
-        assert storage.last_lsn(follower) == last  # its applied position, should it be promoted
+        # It keeps the entries it applied, to serve them once promoted.
+        assert follower.execute("SELECT count(*), max(lsn) FROM _replproxy_log").fetchone() == (last, last)
+        follower.execute("DELETE FROM _replproxy_log")  # even without them it continues after them
+        assert storage.last_lsn(follower) == last
         follower.execute("BEGIN IMMEDIATE")
         lsn = storage.append(follower, epoch=2, format="row", payload=b"x")
         follower.execute("ROLLBACK")
@@ -39,22 +43,11 @@ def test_promoted_node_continues_lsns_after_its_applied_position(cluster, conn):
 
 
 def _rows(path, sql="SELECT id, v FROM t ORDER BY id"):
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    conn.set_busy_timeout(10_000)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+    return file_rows(path, sql)
 
 
 def _meta(path, key):
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    conn.set_busy_timeout(10_000)
-    try:
-        row = conn.execute("SELECT value FROM _replproxy_meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-    finally:
-        conn.close()
+    return file_meta(path).get(key)
 
 
 def test_manual_failover_one_connection_never_reopened(cluster):
@@ -119,11 +112,13 @@ def test_stale_process_is_fenced_then_redirected(cluster, conn):
     assert words[0] == "wrote", out
     assert words[1] == result.new_leader and int(words[3]) == result.epoch
     assert int(words[2]) == result.lsn + 1
-    # Never a write on the old leader after the fence: its log ends where the failover took it.
+    # Never a write on the old leader after the fence: past where the failover took it, its log
+    # holds only what it applied as a follower of the new leader (entries of the new epoch).
     old_conn = apsw.Connection(str(cluster.path_of(old)), flags=apsw.SQLITE_OPEN_READONLY)
     old_conn.set_busy_timeout(10_000)
     try:
-        assert old_conn.execute("SELECT max(lsn) FROM _replproxy_log").fetchone() == (result.lsn,)
+        assert old_conn.execute("SELECT count(*) FROM _replproxy_log WHERE lsn > ? AND epoch < ?",
+                                (result.lsn, result.epoch)).fetchone() == (0,)
     finally:
         old_conn.close()
     cluster.wait_for_catchup()
@@ -201,9 +196,16 @@ def test_forced_failover_records_lost_writes_and_does_not_reuse_keys(cluster):
     cur = conn.execute("INSERT INTO t(v) VALUES ('after')")
     assert cur.node == target
     assert _rows(cluster.path_of(target))[-1] == (6, "after")
-    # The old leader and the follower that had the lost entries need a resync; status says so.
+    # The old leader's lost transactions were undone (inverted row images): it follows the new
+    # leader; the follower that had applied them needs a resync, and status says so.
+    assert result.rewound == "inverted"
     states = {s.name: s.state for s in cluster.status()}
-    assert states["node1"] == "needs-snapshot"
+    assert states["node2"] == "needs-snapshot"
+    cluster.wait_for_catchup(nodes=["node1"])
+    assert _rows(cluster.path_of("node1")) == _rows(cluster.path_of(target))
+    cluster.resync("node2")
+    cluster.wait_for_catchup()
+    assert verify(cluster).identical
     conn.close()
 
 

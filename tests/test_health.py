@@ -1,0 +1,406 @@
+"""Stopping and starting nodes, automatic failover, anti-flapping, rejoin without silent loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+from click.testing import CliRunner
+
+import proxy
+from proxy import config as cfg
+from proxy import storage
+from proxy.cli import main
+from proxy.verify import verify
+
+from checks import file_meta, file_rows
+
+FAST = dict(failover_timeout=0.3, failover_cooldown=0.0)
+
+
+def _leader_of(directory: Path) -> str:
+    return cfg.read(directory).leader.name
+
+
+def _wait_leader_change(cluster: proxy.Cluster, old: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        name = _leader_of(cluster.directory)
+        if name != old:
+            cluster.refresh_config()
+            return name
+        cluster._wait_progress(0.02)
+    raise AssertionError(f"no failover from {old} within {timeout}s")
+
+
+def _rows(path: Path, sql: str = "SELECT * FROM t ORDER BY id") -> list[tuple]:
+    return file_rows(path, sql)
+
+
+def _workload(conn: proxy.Connection, start: int, count: int, tag: str) -> None:
+    """Several tables, updates and deletes: more than one row per transaction."""
+    for i in range(start, start + count):
+        conn.execute("INSERT INTO t(v, b) VALUES (?, ?)", (f"{tag}{i}", os.urandom(8)))
+        conn.execute("INSERT INTO kv(k, n) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET n = n + 1",
+                     (f"k{i % 3}", i))
+        if i % 4 == 0:
+            conn.execute("DELETE FROM t WHERE id = (SELECT min(id) FROM t)")
+        conn.execute("UPDATE kv SET note = ? WHERE k = 'k0'", (f"{tag} at {i}",))
+
+
+def _schema(conn: proxy.Connection) -> None:
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT, b BLOB)")
+    conn.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, n INTEGER, note TEXT) WITHOUT ROWID")
+
+
+# -- stop and start ---------------------------------------------------------------------------
+
+
+def test_stopped_follower_serves_no_reads_applies_nothing_then_catches_up(cluster):
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    _schema(conn)
+    _workload(conn, 0, 5, "a")
+    cluster.wait_for_catchup()
+    cluster.stop_node("node2")
+    held = storage.read_state(cluster.open_node("node2")).applied_lsn
+    _workload(conn, 5, 5, "b")
+    cluster.wait_for_catchup(nodes=["node3"])
+    assert storage.read_state(cluster.open_node("node2")).applied_lsn == held
+    for _ in range(6):
+        cur = conn.cursor().execute("SELECT count(*) FROM t", consistency="eventual")
+        assert cur.node != "node2"
+    states = {s.name: s.state for s in cluster.status()}
+    assert states["node2"] == "stopped"
+    result = cluster.start_node("node2")
+    assert not result.rejoined
+    cluster.wait_for_catchup()
+    assert verify(cluster).identical
+    with pytest.raises(proxy.ClusterError, match="not stopped"):
+        cluster.start_node("node2")
+    conn.close()
+
+
+def test_stopped_leader_without_auto_failover_refuses_writes_and_loses_nothing(cluster):
+    cluster.configure(auto_failover=False)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    _schema(conn)
+    _workload(conn, 0, 3, "a")
+    before = cluster.leader_lsn()
+    cluster.stop_node("node1")
+    with pytest.raises(proxy.OperationalError, match="node1 is down.*automatic failover is off"):
+        conn.execute("INSERT INTO t(v) VALUES ('refused')")
+    assert cluster.leader_lsn() == before
+    cluster.start_node("node1")
+    conn.execute("INSERT INTO t(v) VALUES ('after restart')")
+    assert conn.last_write_lsn == before + 1
+    cluster.wait_for_catchup()
+    assert verify(cluster).identical
+    conn.close()
+
+
+def test_transaction_open_when_the_leader_stops_is_rolled_back_not_half_kept(cluster):
+    cluster.configure(auto_failover=False)
+    conn = proxy.connect(cluster.directory, cluster=cluster)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    conn.commit()
+    conn.execute("INSERT INTO t(v) VALUES ('in flight')")
+    cluster.stop_node("node1")
+    with pytest.raises(proxy.OperationalError, match="went down before this transaction committed"):
+        conn.commit()
+    assert _rows(cluster.path_of("node1"), "SELECT * FROM t") == []
+    assert not conn.in_transaction
+    conn.close()
+
+
+# -- automatic failover ---------------------------------------------------------------------------
+
+
+def test_automatic_failover_promotes_most_up_to_date_and_redirects_the_next_write(cluster):
+    cluster.configure(**FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    _schema(conn)
+    _workload(conn, 0, 4, "a")
+    cluster.wait_for_catchup()
+    cluster.pause("node2")  # node3 ends up ahead: it must be the one promoted
+    _workload(conn, 4, 3, "b")
+    last = conn.last_write_lsn
+    cluster.wait_for_catchup(nodes=["node3"])
+    cluster.stop_node("node1")
+    # The same connection, never reopened: the write waits for the failover, then lands on node3.
+    cur = conn.execute("INSERT INTO t(v) VALUES ('after failover')")
+    assert cur.node == "node3"
+    assert conn.last_write_lsn == last + 2  # the promotion entry (raised counters) is last + 1
+    config = cfg.read(cluster.directory)
+    assert config.leader.name == "node3" and config.epoch == 2
+    assert config.epochs[-1].base_lsn == last and config.epochs[-1].leader == "node3"
+    # The epoch is recorded on every reachable node.
+    for name in ("node2", "node3"):
+        assert int(file_meta(cluster.path_of(name))["epoch"]) == 2
+    assert int(file_meta(cluster.path_of("node1")).get("epoch", 1)) == 1  # stopped: not reachable
+    cluster.resume("node2")
+    cluster.wait_for_catchup()
+    entries = cluster.entries()
+    assert [e.lsn for e in entries] == list(range(1, conn.last_write_lsn + 1))
+    conn.close()
+
+
+def test_ties_are_broken_by_name(cluster):
+    cluster.configure(**FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    _schema(conn)
+    cluster.wait_for_catchup()
+    cluster.stop_node("node1")
+    assert _wait_leader_change(cluster, "node1") == "node2"
+    conn.close()
+
+
+def test_anti_flapping_window_holds_a_second_failover(cluster):
+    cluster.configure(failover_timeout=0.3, failover_cooldown=3600)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    _schema(conn)
+    cluster.wait_for_catchup()
+    cluster.stop_node("node1")
+    first = _wait_leader_change(cluster, "node1")
+    conn.execute("INSERT INTO t(v) VALUES ('x')")
+    cluster.wait_for_catchup()
+    cluster.stop_node(first)
+    # Well past the timeout: the window keeps the leader in place and status says why.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert _leader_of(cluster.directory) == first
+        cluster._wait_progress(0.05)
+    health = cluster.health()
+    assert not health["leader_ok"] and health["held_until"] is not None
+    status = CliRunner().invoke(main, ["status", str(cluster.directory)])
+    assert "LEADER DOWN" in status.output and "anti-flapping" in status.output
+    cluster.configure(failover_cooldown=0)
+    second = _wait_leader_change(cluster, first)
+    assert second not in ("node1", first)
+    conn.close()
+
+
+def test_sync_follower_promoted_automatically_keeps_every_acknowledged_write(cluster):
+    cluster.configure(mode="sync", sync_followers=["node3"], sync_timeout=5, **FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    cluster.pause("node2")
+    acked = []
+    for i in range(20):
+        conn.execute("INSERT INTO t(v) VALUES (?)", (i,))
+        acked.append(i)
+    cluster.stop_node("node1")
+    assert _wait_leader_change(cluster, "node1") == "node3"
+    assert [r[1] for r in _rows(cluster.path_of("node3"))] == acked
+    conn.close()
+
+
+# -- rejoin without silent loss ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, options, method", [
+    ("row", {}, "inverted"),
+    ("trigger", {}, "snapshot"),  # its UPDATE images lack the old values
+    ("row", {"row_image": "minimal"}, "snapshot"),
+    ("statement", {}, "snapshot"),
+])
+def test_old_leader_rejoins_its_lost_writes_recorded_and_undone(make_cluster, fmt, options, method):
+    cluster = make_cluster(format=fmt, **options)
+    cluster.configure(**FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    _schema(conn)
+    _workload(conn, 0, 6, "kept")
+    kept = cluster.wait_for_catchup()
+    ids_before = {r[0] for r in _rows(cluster.path_of("node1"))}
+    for name in ("node2", "node3"):
+        cluster.pause(name)
+    _workload(conn, 6, 4, "lost")  # only on node1
+    lost_last = conn.last_write_lsn
+    lost_ids = {r[0] for r in _rows(cluster.path_of("node1"))} - ids_before
+    assert lost_ids
+    cluster.stop_node("node1")  # crashed before the followers got the last entries
+    for name in ("node2", "node3"):
+        cluster.resume(name)
+    new = _wait_leader_change(cluster, "node1")
+    _workload(conn, 10, 3, "new")  # the new leader moves on
+    # Key reuse: the new leader hands out none of the keys the old leader issued.
+    new_ids = {r[0] for r in _rows(cluster.path_of(new))} - ids_before
+    assert new_ids and not (new_ids & lost_ids)
+
+    result = cluster.start_node("node1")
+    assert result.rejoined and result.fork_lsn == kept
+    assert result.lost_lsns == (kept + 1, lost_last) and result.method == method
+    records = [json.loads(line) for line in Path(result.lost_file).read_text().splitlines()]
+    assert [r["lsn"] for r in records] == list(range(kept + 1, lost_last + 1))
+    assert all(r["node"] == "node1" and r["payload_base64"] for r in records)
+    text = json.dumps(records)
+    assert all(f"lost{i}" in text for i in range(6, 10))  # full content, not just positions
+    cluster.wait_for_catchup()
+    report = verify(cluster)
+    assert report.identical, report.differences
+    assert not {r[0] for r in _rows(cluster.path_of("node1"))} & lost_ids
+    assert int(file_meta(cluster.path_of("node1"))["deposed_by_epoch"]) == cfg.read(cluster.directory).epoch
+    # status and the CLI report the lost writes.
+    assert cluster.health()["lost_writes"][0]["entries"] == lost_last - kept
+    out = CliRunner().invoke(main, ["status", str(cluster.directory)]).output
+    assert f"LOST WRITES: {lost_last - kept} entries (LSN {kept + 1}..{lost_last})" in out
+    conn.close()
+
+
+def test_rejoined_old_leader_can_be_promoted_again(cluster):
+    cluster.configure(**FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    _schema(conn)
+    _workload(conn, 0, 3, "a")
+    cluster.wait_for_catchup()
+    cluster.pause("node2")
+    cluster.pause("node3")
+    _workload(conn, 3, 2, "lost")
+    cluster.stop_node("node1")
+    cluster.resume("node2")
+    cluster.resume("node3")
+    _wait_leader_change(cluster, "node1")
+    cluster.start_node("node1")
+    _workload(conn, 5, 2, "b")
+    cluster.wait_for_catchup()
+    result = cluster.failover("node1")
+    assert result.lost_lsns is None and cluster.leader == "node1"
+    _workload(conn, 7, 2, "c")
+    assert conn.execute("SELECT 1").node is not None
+    cluster.wait_for_catchup()
+    assert verify(cluster).identical
+    conn.close()
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def test_another_process_follows_the_automatic_failover_and_the_old_leader_is_fenced(cluster):
+    cluster.configure(**FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    conn.execute("INSERT INTO t(v) VALUES ('before')")
+    cluster.wait_for_catchup()
+    script = textwrap.dedent(f"""
+        import sys, proxy
+        conn = proxy.connect({str(cluster.directory)!r}, autocommit=True)
+        conn.execute("INSERT INTO t(v) VALUES ('child 1')")
+        print("ready", flush=True)
+        sys.stdin.readline()  # the parent stops the leader meanwhile
+        cur = conn.execute("INSERT INTO t(v) VALUES ('child 2')")
+        print(cur.node, flush=True)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        cluster.wait_for_catchup()  # 'child 1' reached the followers: it survives the failover
+        cluster.stop_node("node1")
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        node = child.stdout.readline().strip()
+        assert child.wait(30) == 0
+    finally:
+        child.kill()
+    new = _leader_of(cluster.directory)
+    assert node == new != "node1"
+    cluster.start_node("node1")
+    # node1 now holds the fence: a writer that still takes it for the leader is refused there.
+    stale = apsw.Connection(str(cluster.path_of("node1")))
+    try:
+        assert stale.execute("SELECT value FROM _replproxy_meta WHERE key='deposed_by_epoch'").fetchone()
+    finally:
+        stale.close()
+    cluster.wait_for_catchup()
+    assert [r[1] for r in _rows(cluster.path_of("node1"))] == ["before", "child 1", "child 2"]
+    assert verify(cluster).identical
+    conn.close()
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_stop_start_and_config(cluster):
+    runner = CliRunner()
+    d = str(cluster.directory)
+    out = runner.invoke(main, ["config", d, "--no-auto-failover", "--failover-timeout", "2",
+                               "--failover-cooldown", "30", "--failover-key-gap", "500"])
+    assert out.exit_code == 0, out.output
+    assert "manual only" in out.output
+    config = cfg.read(cluster.directory)
+    assert (config.auto_failover, config.failover_timeout, config.failover_cooldown,
+            config.failover_key_gap) == (False, 2.0, 30.0, 500)
+    out = runner.invoke(main, ["stop-node", d, "node1"])
+    assert out.exit_code == 0 and "automatic failover is off" in out.output
+    out = runner.invoke(main, ["status", d, "--json"])
+    status = json.loads(out.output)
+    assert {n["name"]: n["state"] for n in status["nodes"]}["node1"] == "stopped"
+    assert status["failover"]["leader_ok"] is False
+    again = runner.invoke(main, ["stop-node", d, "node1"])
+    assert again.exit_code == 1 and "already stopped" in again.output
+    out = runner.invoke(main, ["failover", d])
+    assert out.exit_code == 0 and "node2 is the leader at epoch 2" in out.output
+    out = runner.invoke(main, ["start-node", d, "node1"])
+    assert out.exit_code == 0 and "node1 rejoined as a follower" in out.output
+    unknown = runner.invoke(main, ["stop-node", d, "node9"])
+    assert unknown.exit_code == 1 and "no node named 'node9'" in unknown.output
+
+
+def test_shell_stop_start_and_the_next_write_goes_to_the_new_leader(cluster):
+    import io
+
+    from proxy.shell import Shell
+
+    cluster.configure(**FAST)
+    out = io.StringIO()
+    script = io.StringIO(textwrap.dedent("""\
+        CREATE TABLE t(id INTEGER PRIMARY KEY, v);
+        INSERT INTO t(v) VALUES ('one');
+        .wait
+        .stop node1
+        INSERT INTO t(v) VALUES ('two');
+        .start node1
+        .wait
+        SELECT v FROM t ORDER BY id;
+    """))
+    shell = Shell(cluster, stdout=out, stderr=out)
+    try:
+        shell.run_script(script)
+    finally:
+        shell.close()
+    text = out.getvalue()
+    assert shell.errors == 0, text
+    assert "node1 stopped; automatic failover in 0.3s" in text
+    assert "node1 rejoined as a follower" in text
+    assert cfg.read(cluster.directory).leader.name == "node2"
+    assert [r[1] for r in _rows(cluster.path_of("node1"))] == ["one", "two"]
+
+
+def test_rejoin_names_plain_rowid_keys_the_new_leader_gave_to_other_rows(cluster):
+    # Without AUTOINCREMENT SQLite hands out max(rowid) + 1, so the new leader reuses the keys of
+    # rows lost with the old leader; they cannot be avoided, but they are never silent.
+    cluster.configure(**FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE p(id INTEGER PRIMARY KEY, v)")
+    conn.execute("INSERT INTO p(v) VALUES ('kept')")
+    cluster.wait_for_catchup()
+    cluster.pause("node2")
+    cluster.pause("node3")
+    conn.execute("INSERT INTO p(v) VALUES ('lost')")  # id 2 on node1 only
+    cluster.stop_node("node1")
+    cluster.resume("node2")
+    cluster.resume("node3")
+    _wait_leader_change(cluster, "node1")
+    conn.execute("INSERT INTO p(v) VALUES ('new')")  # id 2 again, on the new leader
+    result = cluster.start_node("node1")
+    assert result.keys_reused == 1 and any("now belong to other rows" in l for l in result.lines())
+    record = json.loads(Path(result.lost_file).read_text().splitlines()[0])
+    assert record["keys_reused"] == [{"table": "p", "key": {"id": 2}, "now": {"id": 2, "v": "new"}}]
+    cluster.wait_for_catchup()
+    assert verify(cluster).identical
