@@ -441,8 +441,8 @@ def resume(directory: str, node: str) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 def serve(directory: str) -> None:
-    """Keep the followers of DIRECTORY moving until interrupted (optional: any process that opens the
-    cluster also moves them)."""
+    """Keep the followers of DIRECTORY moving and watch the leader's health (automatic failover)
+    until interrupted. Optional: any process that opens the cluster does both too."""
     cluster = _open(directory)
     click.echo(f"replicating {directory} (Ctrl-C to stop)")
     stop = False

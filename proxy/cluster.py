@@ -393,13 +393,28 @@ class Cluster:
             for node in self.config.followers:
                 status = self._follower_status(node.name, leader_conn, leader_lsn, now)
                 if node.stopped:
-                    status = NodeStatus(node.name, "follower", status.file, status.applied_lsn,
-                                        status.lag_entries, status.lag_seconds, "stopped",
-                                        "stopped with replproxy stop-node", None, node.replication)
+                    # What its file holds: for a deposed leader, its own last LSN.
+                    position = self._position_of(node.name, status.applied_lsn)
+                    status = NodeStatus(node.name, "follower", status.file, position,
+                                        max(0, leader_lsn - position), status.lag_seconds,
+                                        "stopped", "stopped with replproxy stop-node", None,
+                                        node.replication)
                 result.append(status)
             return result
         finally:
             leader_conn.close()
+
+    def _position_of(self, name: str, default: int) -> int:
+        try:
+            conn = self.open_node(name)
+        except ClusterError:
+            return default
+        try:
+            return storage.last_lsn(conn)
+        except apsw.Error:
+            return default
+        finally:
+            conn.close()
 
     def _follower_status(self, name: str, leader_conn: apsw.Connection, leader_lsn: int,
                          now: float) -> NodeStatus:

@@ -72,6 +72,7 @@ class HealthMonitor:
         self.reason: str | None = None
         self.leader: str | None = None
         self.last_error: str | None = None
+        self.last_failover: "FailoverResult | None" = None  # the last one this monitor made
         self._next_probe = 0.0
         self._held_warned = False
 
@@ -107,6 +108,8 @@ class HealthMonitor:
         try:
             result = auto_failover(self.cluster, leader.name, reason)
             self.last_error = None
+            if result is not None:
+                self.last_failover = result
             return result
         except Exception as exc:  # e.g. no follower reachable: try again later
             self.last_error = str(exc)

@@ -404,3 +404,122 @@ def test_rejoin_names_plain_rowid_keys_the_new_leader_gave_to_other_rows(cluster
     assert record["keys_reused"] == [{"table": "p", "key": {"id": 2}, "now": {"id": 2, "v": "new"}}]
     cluster.wait_for_catchup()
     assert verify(cluster).identical
+
+
+def test_writes_racing_an_automatic_failover_either_commit_or_fail_never_both(cluster):
+    """Writer threads keep inserting while the leader is stopped: every write that returned is on
+    the new leader or recorded as a lost write; every write that raised is nowhere."""
+    import threading
+
+    cluster.configure(**FAST)
+    setup = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    setup.execute("CREATE TABLE w(id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT UNIQUE)")
+    setup.close()
+    ok: list[str] = []
+    failed: list[str] = []
+    stop = threading.Event()
+
+    def writer(n: int) -> None:
+        conn = proxy.connect(cluster.directory, cluster=cluster)
+        i = 0
+        while not stop.is_set():
+            tag = f"w{n}-{i}"
+            i += 1
+            try:
+                conn.execute("INSERT INTO w(tag) VALUES (?)", (tag,))
+                conn.commit()
+                ok.append(tag)
+            except proxy.OperationalError:
+                failed.append(tag)
+                if conn.in_transaction:
+                    conn.rollback()
+        conn.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        while len(ok) < 60:
+            time.sleep(0.005)
+        cluster.stop_node("node1")
+        new = _wait_leader_change(cluster, "node1")
+        settled = len(ok)
+        while len(ok) < settled + 60:
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    result = cluster.start_node("node1")
+    lost_tags: set[str] = set()
+    if result.lost_file:
+        for line in Path(result.lost_file).read_text().splitlines():
+            for event in json.loads(line)["events"]:
+                if event["kind"] == "INSERT" and event.get("table") == "w":
+                    lost_tags.add(event["new"]["tag"])
+    cluster.wait_for_catchup()
+    on_leader = {r[0] for r in _rows(cluster.path_of(new), "SELECT tag FROM w")}
+    assert set(ok) <= on_leader | lost_tags
+    assert not (set(failed) & (on_leader | lost_tags))
+    assert not (on_leader & lost_tags)
+    assert verify(cluster).identical
+
+
+def test_a_leader_file_that_disappears_is_detected_and_replaced(cluster):
+    cluster.configure(**FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    conn.execute("INSERT INTO t(v) VALUES ('kept')")
+    cluster.wait_for_catchup()
+    old = cluster.path_of("node1")
+    for suffix in ("", "-wal", "-shm"):  # the disk holding it is gone
+        if Path(f"{old}{suffix}").exists():
+            Path(f"{old}{suffix}").rename(f"{old}{suffix}.gone")
+    new = _wait_leader_change(cluster, "node1")
+    made = cluster._monitor.last_failover
+    assert made.automatic and "node1.db) is missing" in made.reason and not made.old_leader_reachable
+    cur = conn.execute("INSERT INTO t(v) VALUES ('after')")
+    assert cur.node == new
+    assert [r[1] for r in _rows(cluster.path_of(new))] == ["kept", "after"]
+
+
+def test_monitors_in_several_processes_make_exactly_one_failover(cluster):
+    cluster.configure(**FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    cluster.wait_for_catchup()
+    script = textwrap.dedent(f"""
+        import sys, proxy
+        c = proxy.Cluster({str(cluster.directory)!r})
+        print("ready", flush=True)
+        sys.stdin.readline()
+        c.close()
+        m = c._monitor
+        print(m.last_failover.epoch if m and m.last_failover else 0, flush=True)
+    """)
+    children = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        for child in children:
+            assert child.stdout.readline().strip() == "ready"
+        cluster.stop_node("node1")
+        _wait_leader_change(cluster, "node1")
+        # Every monitor probes several times in this window; none may fail over again.
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            assert cfg.read(cluster.directory).epoch == 2
+            cluster._wait_progress(0.05)
+        made = []
+        for child in children:
+            child.stdin.write("done\n")
+            child.stdin.flush()
+            made.append(int(child.stdout.readline()))
+            assert child.wait(30) == 0
+    finally:
+        for child in children:
+            child.kill()
+    mine = cluster._monitor.last_failover
+    made.append(mine.epoch if mine else 0)
+    config = cfg.read(cluster.directory)
+    assert len(config.epochs) == 1 and config.epoch == 2
+    assert sorted(made) == [0, 0, 0, 2]  # one monitor, among four processes, failed over
