@@ -257,6 +257,7 @@ class Cluster:
         modes.await_acks(self, lsn, leader)
 
     def _after_round(self, leader_lsn: int, positions: dict[str, int]) -> None:
+        self.refresh_config()  # a stop, a start or a failover made by another process
         if self._monitor is None:
             from .health import HealthMonitor
 

@@ -523,3 +523,15 @@ def test_monitors_in_several_processes_make_exactly_one_failover(cluster):
     config = cfg.read(cluster.directory)
     assert len(config.epochs) == 1 and config.epoch == 2
     assert sorted(made) == [0, 0, 0, 2]  # one monitor, among four processes, failed over
+
+
+def test_a_failover_made_by_another_process_is_seen_without_writing(cluster):
+    cluster.configure(auto_failover=False)
+    cluster.stop_node("node1")
+    done = subprocess.run([sys.executable, "-m", "proxy.cli", "failover", str(cluster.directory)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 10
+    while cluster.leader == "node1" and time.monotonic() < deadline:
+        cluster._wait_progress(0.02)  # the replicator re-reads cluster.toml every round
+    assert cluster.leader == "node2"
