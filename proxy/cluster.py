@@ -524,7 +524,17 @@ class Cluster:
         self._set_state(node, paused=1)
 
     def resume(self, node: str) -> None:
-        """Let a paused or stopped follower apply again (an apply error is retried)."""
+        """Let a paused or stopped follower apply again (an apply error is retried). A follower
+        that needs a new snapshot (off the current history, or behind retention) is refused:
+        applying on top of its data would diverge; `resync` it."""
+        if node != self.leader:
+            conn = self.open_node(node)
+            try:
+                state = storage.read_state(conn)
+            finally:
+                conn.close()
+            if storage.needs_snapshot(state):
+                raise ClusterError(f"{node} cannot simply resume: {state.error}")
         self._set_state(node, paused=0, error=None, error_lsn=None, error_at=None)
 
     # -- log ----------------------------------------------------------------------------------
@@ -541,9 +551,7 @@ class Cluster:
         """Column names of every table on the leader, for decoding row images."""
         conn = self.open_node(self.leader)
         try:
-            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            return {t: [r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (t,))]
-                    for t in tables}
+            return storage.table_columns(conn)
         finally:
             conn.close()
 

@@ -112,13 +112,18 @@ class ClusterConfig:
     def last_failover_at(self) -> float | None:
         return self.epochs[-1].at if self.epochs else None
 
+    def diverged(self, lsn: int, epoch: int) -> bool:
+        """Whether a node whose last entry is `lsn`, written in `epoch`, holds entries that are not
+        in the current history: epoch `epoch`'s leader was replaced at a lower LSN."""
+        end = self.fork_lsn(epoch)
+        return end is not None and lsn > end
+
     def fork_lsn(self, node_epoch: int) -> int | None:
         """For a node last in epoch `node_epoch`: the LSN after which its entries are not in the
-        current history (the base of the first later epoch), or None when it missed no failover."""
-        for record in self.epochs:
-            if record.epoch > node_epoch:
-                return record.base_lsn
-        return None
+        current history, or None when it missed no failover. Every later failover may have
+        promoted a node that was further behind, so it is the lowest base of the later epochs."""
+        bases = [record.base_lsn for record in self.epochs if record.epoch > node_epoch]
+        return min(bases) if bases else None
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:

@@ -557,6 +557,8 @@ class Connection:
                 # Removed under an open connection the old file still reads: stale, never moving.
                 raise errors.ClusterError(f"node file of {name} is missing")
             state = storage.read_state(self._follower(name))
+            if storage.needs_snapshot(state):
+                raise errors.ClusterError(f"{name} needs a new snapshot")  # off the history
         except (apsw.Error, errors.ClusterError):
             self._drop_follower(name)
             return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -150,23 +151,33 @@ def failover(cluster: "Cluster", to: str | None = None, *, force: bool = False,
     if not followers:
         raise ClusterError("this cluster has no follower to promote")
     states: dict[str, storage.NodeState] = {}
+    diverged: dict[str, str] = {}
     for name in followers:
         try:
             conn = _open(cluster, config, name)
         except ClusterError:
             continue
         try:
-            states[name] = storage.read_state(conn)
-        except ClusterError:
-            pass
+            states[name] = state = storage.read_state(conn)
+            lsn, epoch = _position(conn, state)
+            if storage.needs_snapshot(state) or config.diverged(lsn, epoch):
+                diverged[name] = (f"{name} is off the current history (its LSN {lsn} is of epoch "
+                                  f"{epoch}, whose leader was replaced before it, or it needs a "
+                                  f"snapshot): re-seed it with `replproxy resync DIR {name}` first")
+        except (ClusterError, apsw.Error):
+            states.pop(name, None)
         finally:
             conn.close()
     if to is None:
-        if not states:
-            raise ClusterError("no follower is reachable; nothing to promote")
-        to = min(states, key=lambda n: (states[n].error is not None, -states[n].applied_lsn, n))
+        candidates = [n for n in states if n not in diverged]
+        if not candidates:
+            raise ClusterError("no follower is reachable and on the current history; nothing to "
+                               "promote" + (f" ({'; '.join(diverged.values())})" if diverged else ""))
+        to = min(candidates, key=lambda n: (states[n].error is not None, -states[n].applied_lsn, n))
     if to not in states:
         raise ClusterError(f"{to} is not reachable; cannot promote it")
+    if to in diverged:
+        raise ClusterError(f"cannot promote {diverged[to]}")
     target = to
     old_path = cluster.directory / config.node(old).file
     old_conn: apsw.Connection | None = None
@@ -222,8 +233,14 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
             if not old_conn.get_autocommit():
                 old_conn.execute("ROLLBACK")
             raise
-        reached = _catch_up(cluster, config, target, old_path, fenced_lsn, timeout)
+        _catch_up(cluster, config, target, old_path, fenced_lsn, timeout)
+    # Hold the target, then read its position: no applier (of any process, still following the
+    # old leader) moves it past what the promotion decides from here on.
+    reached, was_paused = _hold(cluster, config, target, timeout)
+    if old_conn is not None:
+        assert fenced_lsn is not None
         if reached < fenced_lsn and not force:
+            _release(cluster, config, target, was_paused)
             old_conn.execute("DELETE FROM _replproxy_meta WHERE key = ?", (DEPOSED_KEY,))
             count = old_conn.execute("SELECT count(*) FROM _replproxy_log WHERE lsn > ?",
                                      (reached,)).fetchone()[0]
@@ -236,14 +253,14 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
         entries = storage.read_entries(old_conn, 0, -1)
         sequences = _sequences(old_conn)
     else:
-        target_lsn = target_state.applied_lsn
+        target_lsn = reached
     lost = [e for e in entries if e.lsn > target_lsn]
     kept = [e for e in entries if e.lsn <= target_lsn]
     result = FailoverResult(old, target, epoch, target_lsn, old_conn is not None)
     if lost:
         result.lost_lsns = (lost[0].lsn, lost[-1].lsn)
         result.lost_count = len(lost)
-        result.lost_file = str(_write_lost(cluster, epoch, old, lost))
+        result.lost_file = str(_write_lost(cluster, epoch, old, lost, source=old_conn))
 
     # The new leader: the log it continues, its epoch, its counters.
     tconn = _open(cluster, config, target)
@@ -257,8 +274,7 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
                 [(e.lsn, e.epoch, e.format, e.payload, e.checksum, e.committed_at, e.origin)
                  for e in kept])
             tconn.execute("DELETE FROM _replproxy_log WHERE lsn > ?", (target_lsn,))
-            tconn.execute("INSERT OR REPLACE INTO _replproxy_meta(key, value) VALUES ('epoch', ?)",
-                          (epoch,))
+            _set_epoch(tconn, epoch, target_lsn)
             tconn.execute("DELETE FROM _replproxy_meta WHERE key IN (?, ?, ?)",
                           (DEPOSED_KEY, modes.DEGRADED_KEY, modes.DEGRADED_REASON_KEY))
             # A leader's own state stays held: an applier that still takes it for a follower of
@@ -270,7 +286,7 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
                 # The old leader's counters are unknown: move past anything it can have issued
                 # in writes that never arrived here (docs/failover.md, "Key reuse").
                 sequences = {name: seq + config.failover_key_gap
-                             for name, seq in _sequences(tconn).items()}
+                             for name, seq in _autoincrement_counters(tconn).items()}
             result.raised_sequences = _raise_sequences(tconn, sequences)
             if result.raised_sequences:
                 # First entry of the epoch: every follower (and the old leader when it rejoins)
@@ -318,8 +334,7 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
         try:
             conn.set_busy_timeout(int(timeout * 1000))
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT OR REPLACE INTO _replproxy_meta(key, value) VALUES ('epoch', ?)",
-                         (epoch,))
+            _set_epoch(conn, epoch, target_lsn)
             state = storage.read_state(conn)
             if node.name not in (old, target) and state.applied_lsn > target_lsn:
                 # Applied entries the new leader does not have: diverged, like the old leader.
@@ -376,6 +391,58 @@ def _reused_keys(leader: apsw.Connection, events: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _position(conn: apsw.Connection, state: storage.NodeState) -> tuple[int, int]:
+    """A node's last LSN and the epoch of the entry there: what it applied, or for a node that
+    wrote as a leader, its own log's last entry."""
+    row = conn.execute("SELECT lsn, epoch FROM _replproxy_log ORDER BY lsn DESC LIMIT 1").fetchone()
+    if row is not None and row[0] > state.applied_lsn:
+        return int(row[0]), int(row[1])
+    return state.applied_lsn, state.applied_epoch
+
+
+def _set_epoch(conn: apsw.Connection, epoch: int, base: int) -> None:
+    """Record the epoch on a node, with the LSN it starts after: its appliers refuse entries of an
+    older epoch past that LSN (a deposed leader's branch, see replication.Applier)."""
+    conn.executemany("INSERT OR REPLACE INTO _replproxy_meta(key, value) VALUES (?, ?)",
+                     [("epoch", epoch), (storage.EPOCH_BASE_KEY, base)])
+
+
+def _hold(cluster: "Cluster", config: cfg.ClusterConfig, name: str, timeout: float
+          ) -> tuple[int, bool]:
+    """Pause `name` under its write lock; return its applied LSN and whether it was paused."""
+    conn = _open(cluster, config, name)
+    try:
+        conn.set_busy_timeout(int(timeout * 1000))
+        with storage.write_transaction(conn):
+            state = storage.read_state(conn)
+            conn.execute("UPDATE _replproxy_state SET paused=1 WHERE id=1")
+        return state.applied_lsn, state.paused
+    finally:
+        conn.close()
+
+
+def _release(cluster: "Cluster", config: cfg.ClusterConfig, name: str, paused: bool) -> None:
+    conn = _open(cluster, config, name)
+    try:
+        conn.execute("UPDATE _replproxy_state SET paused=? WHERE id=1", (int(paused),))
+    finally:
+        conn.close()
+
+
+def _autoincrement_counters(conn: apsw.Connection) -> dict[str, int]:
+    """Every AUTOINCREMENT table's counter, 0 for one that has not handed out a key here yet
+    (sqlite_sequence gets its row at the first insert: the lost writes may have made it)."""
+    counters = {name: 0 for name, sql in conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+        if sql and _AUTOINCREMENT.search(sql)}
+    for name, seq in _sequences(conn).items():
+        counters[name] = max(counters.get(name, 0), seq)
+    return counters
+
+
+_AUTOINCREMENT = re.compile(r"\bAUTOINCREMENT\b", re.IGNORECASE)
+
+
 def _sequences(conn: apsw.Connection) -> dict[str, int]:
     try:
         return {name: int(seq) for name, seq in conn.execute("SELECT name, seq FROM sqlite_sequence")}
@@ -400,10 +467,11 @@ def _raise_sequences(conn: apsw.Connection, sequences: dict[str, int]) -> dict[s
 
 
 def _write_lost(cluster: "Cluster", epoch: int, old: str, lost: list[storage.LogEntry],
-                leader: apsw.Connection | None = None) -> Path:
-    """DIR/lost-writes-epoch<N>.jsonl: each lost entry decoded, with its LSN and raw payload.
-    With `leader` (the current leader), rows the lost entries inserted whose primary key the
-    leader has since given to another row are listed under `keys_reused`."""
+                leader: apsw.Connection | None = None, *, source: apsw.Connection) -> Path:
+    """DIR/lost-writes-epoch<N>.jsonl: each lost entry decoded (with the column names of
+    `source`, the node they come from: their tables may exist nowhere else), with its LSN and raw
+    payload. With `leader` (the current leader), rows the lost entries inserted whose primary
+    key the leader has since given to another row are listed under `keys_reused`."""
     from .logview import decode_entries
 
     path = cluster.directory / f"lost-writes-epoch{epoch}.jsonl"
@@ -412,7 +480,7 @@ def _write_lost(cluster: "Cluster", epoch: int, old: str, lost: list[storage.Log
         n += 1
         path = cluster.directory / f"lost-writes-epoch{epoch}-{n}.jsonl"
     with open(path, "w", encoding="utf-8") as handle:
-        for decoded in decode_entries(cluster, lost):
+        for decoded in decode_entries(cluster, lost, storage.table_columns(source)):
             record = decoded.as_dict()
             record["node"] = old
             record["origin"] = decoded.entry.origin

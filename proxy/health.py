@@ -250,7 +250,7 @@ def _rejoin(cluster: "Cluster", config: cfg.ClusterConfig, name: str, conn: apsw
             node_epoch: int, fork: int, result: StartResult) -> None:
     """A node last at `node_epoch` comes back after a failover whose new leader started from
     `fork`: fence it, record and undo what it holds past `fork`, make it follow from `fork`."""
-    from .failover import DEPOSED_KEY, _write_lost
+    from .failover import DEPOSED_KEY, _set_epoch, _write_lost
 
     result.rejoined, result.fork_lsn = True, fork
     epoch = config.epoch
@@ -259,8 +259,7 @@ def _rejoin(cluster: "Cluster", config: cfg.ClusterConfig, name: str, conn: apsw
         conn.execute("INSERT OR REPLACE INTO _replproxy_meta(key, value) VALUES (?, ?)",
                      (DEPOSED_KEY, epoch))
         _log_pending_outside_writes(conn, config, node_epoch)
-        conn.execute("INSERT OR REPLACE INTO _replproxy_meta(key, value) VALUES ('epoch', ?)",
-                     (epoch,))
+        _set_epoch(conn, epoch, config.epochs[-1].base_lsn)
         position = storage.last_lsn(conn)
         lost = storage.read_entries(conn, fork, -1)
     if position <= fork:
@@ -275,7 +274,9 @@ def _rejoin(cluster: "Cluster", config: cfg.ClusterConfig, name: str, conn: apsw
                          f"{fork}, and does not hold those entries to undo them")
         _hold_for_snapshot(conn, name, fork, result.reason)
         return
-    record_epoch = next(r.epoch for r in config.epochs if r.epoch > node_epoch)
+    # The failover that cut its branch: the later epoch with the lowest base.
+    record_epoch = min((r for r in config.epochs if r.epoch > node_epoch),
+                       key=lambda r: (r.base_lsn, r.epoch)).epoch
     result.lost_lsns, result.lost_count = (lost[0].lsn, lost[-1].lsn), len(lost)
     leader = None
     try:
@@ -284,7 +285,7 @@ def _rejoin(cluster: "Cluster", config: cfg.ClusterConfig, name: str, conn: apsw
     except ClusterError:
         pass  # the lost writes are recorded all the same, without the key check
     try:
-        path = _write_lost(cluster, record_epoch, name, lost, leader)
+        path = _write_lost(cluster, record_epoch, name, lost, leader, source=conn)
     finally:
         if leader is not None:
             leader.close()
@@ -292,7 +293,8 @@ def _rejoin(cluster: "Cluster", config: cfg.ClusterConfig, name: str, conn: apsw
     result.keys_reused = sum(len(json.loads(line).get("keys_reused", []))
                              for line in path.read_text(encoding="utf-8").splitlines())
     try:
-        result.method = rewind(conn, name, lost, fork, epoch, config.format_options())
+        result.method = rewind(conn, name, lost, fork, epoch, config.format_options(),
+                               base=config.epochs[-1].base_lsn)
     except (logformats.NotInvertibleError, logformats.ApplyError, apsw.Error) as exc:
         result.method, result.reason = "snapshot", str(exc)
     if result.method == "snapshot":
@@ -325,11 +327,12 @@ def _log_pending_outside_writes(conn: apsw.Connection, config: cfg.ClusterConfig
 
 
 def rewind(conn: apsw.Connection, node: str, lost: list[storage.LogEntry], fork: int, epoch: int,
-           format_options: dict[str, Any]) -> str:
+           format_options: dict[str, Any], base: int | None = None) -> str:
     """Undo `lost` (the node's entries after `fork`, in LSN order) by applying their inverses in
     reverse order, drop them from its log and make it a follower at `fork`, all in one
-    transaction; return "inverted". Raises NotInvertibleError or ApplyError with nothing changed."""
-    from .failover import DEPOSED_KEY
+    transaction; return "inverted". Raises NotInvertibleError or ApplyError with nothing changed.
+    `base`: where the current epoch starts (default `fork`)."""
+    from .failover import DEPOSED_KEY, _set_epoch
 
     formats: dict[str, logformats.LogFormat] = {}
 
@@ -360,8 +363,7 @@ def rewind(conn: apsw.Connection, node: str, lost: list[storage.LogEntry], fork:
                 (fork, row[0] if row else 0, row[1] if row else None, time.time()))
             conn.execute("INSERT OR REPLACE INTO _replproxy_meta(key, value) VALUES (?, ?)",
                          (DEPOSED_KEY, epoch))
-            conn.execute("INSERT OR REPLACE INTO _replproxy_meta(key, value) VALUES ('epoch', ?)",
-                         (epoch,))
+            _set_epoch(conn, epoch, fork if base is None else base)
     finally:
         conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 1)
         conn.execute(f"PRAGMA foreign_keys={'ON' if fk else 'OFF'}")

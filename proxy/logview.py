@@ -51,12 +51,15 @@ class DecodedEntry:
         return record
 
 
-def decode_entries(cluster: Cluster, entries: Iterable[LogEntry]) -> list[DecodedEntry]:
-    """Decode entries with the cluster's current column names (row images carry positions only)."""
+def decode_entries(cluster: Cluster, entries: Iterable[LogEntry],
+                   columns: dict[str, list[str]] | None = None) -> list[DecodedEntry]:
+    """Decode entries with the cluster's current column names (row images carry positions only),
+    or with `columns` (the schema of the node the entries come from)."""
     entries = list(entries)
     if not entries:
         return []
-    columns = cluster.table_columns()
+    if columns is None:
+        columns = cluster.table_columns()
     formats: dict[str, logformats.LogFormat] = {}
     out = []
     for entry in entries:

@@ -47,6 +47,11 @@ class Applier:
         self._format_options = dict(format_options or {})
         self._formats: dict[str, logformats.LogFormat] = {}
         self.applied_lsn = storage.read_state(self.conn).applied_lsn
+        # (data_version, epoch, epoch base) of the follower's meta, re-read when another
+        # connection committed on the follower (a failover records a new epoch there).
+        self._fence: tuple[int, int, int] | None = None
+        # Why the last step stopped before a deposed leader's entries, if it did.
+        self.held: str | None = None
 
     def close(self) -> None:
         self.conn.close()
@@ -89,8 +94,27 @@ class Applier:
         self.applied_lsn = applied
         return count
 
+    def _epoch_fence(self, conn: apsw.Connection) -> tuple[int, int]:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._fence is None or self._fence[0] != version:
+            meta = dict(conn.execute("SELECT key, value FROM _replproxy_meta WHERE key IN "
+                                     "('epoch', ?)", (storage.EPOCH_BASE_KEY,)))
+            self._fence = (version, int(meta.get("epoch", 1)),
+                           int(meta.get(storage.EPOCH_BASE_KEY, -1)))
+        return self._fence[1], self._fence[2]
+
     def _apply_entries(self, conn: apsw.Connection, applied: int) -> tuple[int, int, storage.LogEntry | None]:
         entries = self.source.read(applied, BATCH_ENTRIES)
+        epoch, base = self._epoch_fence(conn)
+        self.held = None
+        for index, entry in enumerate(entries):
+            if entry.lsn > base >= 0 and entry.epoch < epoch:
+                # Past the start of this follower's epoch, an entry of an older one comes from a
+                # deposed leader (a source not yet switched after a failover): never apply it.
+                self.held = (f"{self.name}: entry {entry.lsn} is of epoch {entry.epoch}, after the "
+                             f"start of epoch {epoch} at LSN {base}: not from the current leader")
+                entries = entries[:index]
+                break
         valid, failure = self._validate(entries, applied)
         count, last = 0, None
         if valid and self._apply_fast(conn, valid):

@@ -67,6 +67,26 @@ def write_transaction(conn: apsw.Connection) -> "Iterator[apsw.Connection]":
         raise
 
 
+def table_columns(conn: apsw.Connection) -> dict[str, list[str]]:
+    """Column names of every table of a node, for decoding row images."""
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    return {t: [r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (t,))]
+            for t in tables}
+
+
+NEEDS_SNAPSHOT = "needs a new snapshot"  # in a follower's error: its data cannot be continued
+
+
+def needs_snapshot(state: "NodeState") -> bool:
+    """A follower whose data is off the current history (or behind retention): it must not serve
+    reads nor be promoted until re-seeded."""
+    return bool(state.error) and NEEDS_SNAPSHOT in str(state.error)
+
+
+# `_replproxy_meta` key: the LSN the node's current epoch starts after (see failover._set_epoch).
+EPOCH_BASE_KEY = "epoch_base"
+
+
 # A follower keeps a copy of the entries it applied (in the apply transaction), so that once
 # promoted it can serve them to the followers behind it even if the old leader is gone.
 COPY_SQL = ("INSERT OR REPLACE INTO _replproxy_log(lsn, epoch, format, payload, checksum, "

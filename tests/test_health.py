@@ -535,3 +535,80 @@ def test_a_failover_made_by_another_process_is_seen_without_writing(cluster):
     while cluster.leader == "node1" and time.monotonic() < deadline:
         cluster._wait_progress(0.02)  # the replicator re-reads cluster.toml every round
     assert cluster.leader == "node2"
+
+
+def _diverge(cluster: proxy.Cluster, ddl: bool = True) -> proxy.Connection:
+    """node1 leads with entries node2 lacks (paused); node3 holds them too."""
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v)")
+    conn.execute("CREATE TABLE other(x)")
+    cluster.wait_for_catchup()
+    cluster.pause("node2")
+    if ddl:
+        conn.execute("CREATE TABLE only_old(x)")  # a table the lost writes create
+        conn.execute("INSERT INTO only_old VALUES ('x1')")
+    else:
+        conn.execute("INSERT INTO other VALUES ('x1')")
+    conn.execute("INSERT INTO t(v) VALUES ('old')")
+    cluster.wait_for_catchup(nodes=["node3"])
+    return conn
+
+
+def test_fork_point_is_the_lowest_base_of_the_failovers_a_node_missed(cluster):
+    cluster.configure(auto_failover=False)
+    conn = _diverge(cluster)
+    base = cluster.leader_lsn()
+    cluster.stop_node("node1")
+    assert cluster.failover().new_leader == "node3"  # has everything node1 had
+    conn.execute("INSERT INTO t(v) VALUES ('on node3')")
+    # Then node2, far behind, is forced in: node1's entries after LSN 1 are off the history now,
+    # although the failover node1 itself missed started at its own last LSN.
+    result = cluster.failover("node2", force=True, timeout=0.5)
+    assert result.lsn == 2 and cfg.read(cluster.directory).fork_lsn(1) == 2
+    started = cluster.start_node("node1")
+    assert started.fork_lsn == 2 and started.lost_lsns == (3, base)
+    records = [json.loads(l) for l in Path(started.lost_file).read_text().splitlines()]
+    # Decoded with node1's own schema: only_old exists nowhere else.
+    assert {"kind": "INSERT", "table": "only_old", "new": {"rowid": 1, "x": "x1"}} in [
+        e for r in records for e in r["events"]]
+    cluster.resync("node3")  # it applied past node2's position: marked by the forced failover
+    cluster.wait_for_catchup()
+    assert verify(cluster).identical
+    conn.close()
+
+
+def test_a_follower_off_the_history_is_neither_promoted_nor_resumed_nor_read(cluster):
+    cluster.configure(auto_failover=False)
+    conn = _diverge(cluster, ddl=False)
+    cluster.failover("node2", force=True, timeout=0.5)  # node3 applied past node2: diverged
+    status = {s.name: s for s in cluster.status()}
+    assert status["node3"].state == "needs-snapshot"
+    with pytest.raises(proxy.ClusterError, match="cannot simply resume"):
+        cluster.resume("node3")
+    with pytest.raises(proxy.ClusterError, match="off the current history"):
+        cluster.failover("node3")
+    for _ in range(6):
+        cur = conn.cursor().execute("SELECT count(*) FROM t", consistency="eventual")
+        assert cur.node != "node3"
+    assert cluster.failover().new_leader == "node1"  # node3 is skipped by the automatic choice
+    conn.close()
+
+
+def test_unreachable_old_leader_moves_counters_of_tables_without_a_counter_row_yet(cluster):
+    cluster.configure(**FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v)")
+    cluster.wait_for_catchup()
+    cluster.pause("node2")
+    cluster.pause("node3")
+    conn.execute("INSERT INTO t(v) VALUES ('lost')")  # id 1: the followers never had a counter row
+    cluster.stop_node("node1")
+    cluster.resume("node2")
+    cluster.resume("node3")
+    _wait_leader_change(cluster, "node1")
+    cur = conn.execute("INSERT INTO t(v) VALUES ('new')")
+    assert cur.lastrowid == 1 + 1_000_000
+    cluster.start_node("node1")
+    cluster.wait_for_catchup()
+    assert verify(cluster).identical
+    conn.close()
