@@ -612,3 +612,34 @@ def test_unreachable_old_leader_moves_counters_of_tables_without_a_counter_row_y
     cluster.wait_for_catchup()
     assert verify(cluster).identical
     conn.close()
+
+
+def test_an_applier_still_reading_the_old_leader_never_applies_its_later_entries(cluster):
+    from proxy.logsource import LeaderFileSource
+    from proxy.replication import Applier
+
+    cluster.configure(auto_failover=False)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    cluster.wait_for_catchup()
+    cluster.pause("node3")
+    result = cluster.failover("node2")
+    # A write the old leader took anyway (as if fenced too late): the dead branch at base + 1.
+    old = apsw.Connection(str(cluster.path_of("node1")))
+    with storage.write_transaction(old):
+        old.execute("INSERT INTO t(v) VALUES ('dead branch')")
+        dead = storage.append(old, epoch=1, format="sql-free", payload=b"never applied")
+    old.close()
+    assert dead == result.lsn + 1
+    conn.execute("INSERT INTO t(v) VALUES ('new leader')")
+    # node3's applier as another process would have it before re-reading cluster.toml.
+    stale = Applier("node3", str(cluster.path_of("node3")), LeaderFileSource(cluster.path_of("node1")))
+    try:
+        cluster.resume("node3")
+        assert stale.step() == 0 and stale.applied_lsn == result.lsn
+        assert "epoch 1" in stale.held and f"LSN {result.lsn}" in stale.held
+    finally:
+        stale.close()
+    cluster.wait_for_catchup(nodes=["node3"])  # the real replicator follows node2
+    assert [r[1] for r in _rows(cluster.path_of("node3"))] == ["new leader"]
+    conn.close()
