@@ -203,7 +203,7 @@ def failover(cluster: "Cluster", to: str | None = None, *, force: bool = False,
             conn.close()
     epoch = max(epochs, default=1) + 1
     try:
-        result = _promote(cluster, config, old, old_conn, old_path, target, states[target],
+        result = _promote(cluster, config, old, old_conn, old_path, target,
                           epoch, force, timeout)
         if reason is not None:
             result.automatic, result.reason = True, reason
@@ -215,7 +215,7 @@ def failover(cluster: "Cluster", to: str | None = None, *, force: bool = False,
 
 def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
              old_conn: apsw.Connection | None, old_path: Path, target: str,
-             target_state: storage.NodeState, epoch: int, force: bool,
+             epoch: int, force: bool,
              timeout: float) -> FailoverResult:
     fenced_lsn: int | None = None
     entries: list[storage.LogEntry] = []
