@@ -64,6 +64,23 @@ def run_demo(directory: str) -> int:
     click.echo(render(["node", "role", "applied LSN", "lag", "state"],
                       [[s.name, s.role, s.applied_lsn, s.lag_entries, s.state] for s in status]), nl=False)
 
+    _step(f"Crashing the leader {cluster.leader} (replproxy stop-node): automatic failover")
+    # Demo settings: a short health-check timeout, and no anti-flapping hold between reruns.
+    cluster.configure(failover_timeout=1.0, failover_cooldown=0.0)
+    old = cluster.leader
+    cluster.stop_node(old)
+    click.echo(f"  {old} stopped; every process with the cluster open probes the leader and, after "
+               f"1 s without an answer, promotes the most up-to-date follower")
+    cur.execute("INSERT INTO comments(author, body) VALUES (?, ?)", ("dave", "Posted during the failover"))
+    conn.commit()
+    click.echo(f"  the same connection, never reopened, committed on {cur.node} "
+               f"(epoch {cluster.epoch}) at LSN {conn.last_write_lsn}")
+
+    _step(f"Restarting {old} (replproxy start-node): it rejoins as a follower of {cluster.leader}")
+    for line in cluster.start_node(old).lines():
+        click.echo(f"  {line}")
+    cluster.wait_for_catchup(10)
+
     _step("Verifying that every follower is identical to the leader")
     report = verify(cluster)
     conn.close()
@@ -75,5 +92,5 @@ def run_demo(directory: str) -> int:
             click.echo(f"  {diff.node}: {diff.object}: {diff.detail}")
     click.echo("")
     click.echo(f"Next: replproxy log {path}   |   replproxy status {path}   |   "
-               f"replproxy exec {path} \"SELECT * FROM comments\"")
+               f"replproxy exec {path} \"SELECT * FROM comments\"   |   replproxy shell {path}")
     return 0 if report.identical else 1

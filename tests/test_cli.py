@@ -520,6 +520,8 @@ def test_demo(tmp_path: Path) -> None:
     directory = tmp_path / "demo"
     result = run("demo", directory)
     assert "OK: 3 nodes identical" in result.output
+    assert "committed on node2 (epoch 2)" in result.output  # after the automatic failover
+    assert "node1 rejoined as a follower" in result.output
     assert (directory / "cluster.toml").is_file()
     # run again: the demo reuses its cluster
     result = run("demo", directory)
