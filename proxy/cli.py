@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import sys
 import time
@@ -76,6 +77,18 @@ def _parse_param(text: str) -> Any:
     return text
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record comes (it may be replaced after setup)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="replproxy")
 def main() -> None:
@@ -84,6 +97,13 @@ def main() -> None:
     Writes go to a leader database and are captured in a replication log; followers replay the
     log; reads go to followers that have caught up with you. Start with `replproxy demo`.
     """
+    # Background events (an automatic failover, a follower stopping on an error) as one line each.
+    root = logging.getLogger("replproxy")
+    if not root.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("replproxy: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
 
 
 @main.command()
