@@ -131,16 +131,14 @@ def _catch_up(cluster: "Cluster", config: cfg.ClusterConfig, target: str, old_pa
 
 
 def failover(cluster: "Cluster", to: str | None = None, *, force: bool = False,
-             timeout: float = 10.0, lock: bool = True, old_reachable: bool = True,
-             reason: str | None = None) -> FailoverResult:
-    """`lock=False`: the caller holds cluster.toml's lock. `old_reachable=False`: do not touch
-    the old leader's file (the health check found it failed). `reason`: an automatic failover's."""
+             timeout: float = 10.0, lock: bool = True, reason: str | None = None) -> FailoverResult:
+    """`lock=False`: the caller holds cluster.toml's lock. `reason`: an automatic failover's."""
     from .lifecycle import config_lock
 
     if lock:
         with config_lock(cluster.directory):
             return failover(cluster, to, force=force, timeout=timeout, lock=False,
-                            old_reachable=old_reachable, reason=reason)
+                            reason=reason)
     config = cfg.read(cluster.directory)
     old = config.leader.name
     followers = [n.name for n in config.followers]
@@ -181,14 +179,13 @@ def failover(cluster: "Cluster", to: str | None = None, *, force: bool = False,
     target = to
     old_path = cluster.directory / config.node(old).file
     old_conn: apsw.Connection | None = None
-    if old_reachable:
-        try:
-            old_conn = _open(cluster, config, old)
-            storage.read_meta(old_conn, old)
-        except (ClusterError, apsw.Error):
-            if old_conn is not None:
-                old_conn.close()
-            old_conn = None
+    try:
+        old_conn = _open(cluster, config, old)
+        storage.read_meta(old_conn, old)
+    except (ClusterError, apsw.Error):
+        if old_conn is not None:
+            old_conn.close()
+        old_conn = None
     epochs = [config.epoch]
     for name in [old, *states]:
         if name == old and old_conn is None:
@@ -354,7 +351,10 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
         if node.name == target:
             nodes.append(cfg.NodeConfig(name=node.name, file=node.file, role="leader"))
         elif node.name == old:
-            nodes.append(replace(node, role="follower", replication="async"))
+            # Not reachable now: it stays out (stopped) until `start-node` fences it and undoes
+            # what it has that the new leader lacks; used as it is it would diverge.
+            stopped = node.stopped_at if old_conn is not None else (node.stopped_at or time.time())
+            nodes.append(replace(node, role="follower", replication="async", stopped_at=stopped))
         else:
             nodes.append(node)
     record = cfg.EpochRecord(epoch=epoch, leader=target, base_lsn=target_lsn, at=time.time())

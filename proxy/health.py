@@ -53,8 +53,12 @@ def probe(cluster: "Cluster", config: cfg.ClusterConfig) -> str | None:
         return str(exc)
     try:
         conn.set_busy_timeout(PROBE_BUSY_MS)
-        storage.read_meta(conn, node.name)
+        meta = storage.read_meta(conn, node.name)
         storage.last_lsn(conn)
+        if "deposed_by_epoch" in meta:
+            # A failover fenced it and stopped before naming the new leader (its process died):
+            # finishing that failover is the way back to a writable cluster.
+            return f"{node.name} is fenced by an unfinished failover to epoch {meta['deposed_by_epoch']}"
         return None
     except (apsw.Error, ClusterError) as exc:
         return f"{node.name} does not answer: {exc}"
@@ -138,8 +142,9 @@ def auto_failover(cluster: "Cluster", leader: str, reason: str) -> "FailoverResu
             return None
         if probe(cluster, config) is None or held_until(config, time.time()) is not None:
             return None
+        # The failed leader's file is used if it can be opened (to fence it and carry its log
+        # over); a stopped one, or one that cannot be read, is left for `start-node`.
         result = failover(cluster, None, force=True, timeout=config.failover_timeout, lock=False,
-                          old_reachable=False,
                           reason=f"{reason}; no answer for {config.failover_timeout:g}s")
     for line in result.lines():
         log.warning("%s", line)
