@@ -643,3 +643,20 @@ def test_an_applier_still_reading_the_old_leader_never_applies_its_later_entries
     cluster.wait_for_catchup(nodes=["node3"])  # the real replicator follows node2
     assert [r[1] for r in _rows(cluster.path_of("node3"))] == ["new leader"]
     conn.close()
+
+
+def test_reads_pinned_to_a_stopped_node_fail_and_strong_reads_follow_the_failover(cluster):
+    cluster.configure(**FAST)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    conn.execute("INSERT INTO t(v) VALUES ('x')")
+    cluster.wait_for_catchup()
+    pinned = proxy.connect(cluster.directory, node="node3", cluster=cluster)
+    cluster.stop_node("node3")
+    with pytest.raises(proxy.OperationalError, match="node3 is stopped"):
+        pinned.execute("SELECT count(*) FROM t")
+    pinned.close()
+    cluster.stop_node("node1")
+    cur = conn.cursor().execute("SELECT v FROM t", consistency="strong")
+    assert cur.fetchall() == [("x",)] and cur.node == "node2"
+    conn.close()
