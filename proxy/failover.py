@@ -220,16 +220,10 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
     if old_conn is not None:
         old_conn.set_busy_timeout(int(timeout * 1000))
         # The fence: waits for a write in flight to commit or roll back, then admits no other.
-        old_conn.execute("BEGIN IMMEDIATE")
-        try:
+        with storage.write_transaction(old_conn):
             old_conn.execute("INSERT OR REPLACE INTO _replproxy_meta(key, value) VALUES (?, ?)",
                              (DEPOSED_KEY, epoch))
             fenced_lsn = storage.last_lsn(old_conn)
-            old_conn.execute("COMMIT")
-        except BaseException:
-            if not old_conn.get_autocommit():
-                old_conn.execute("ROLLBACK")
-            raise
         _catch_up(cluster, config, target, old_path, fenced_lsn, timeout)
     # Hold the target, then read its position: no applier (of any process, still following the
     # old leader) moves it past what the promotion decides from here on.
@@ -263,13 +257,8 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
     tconn = _open(cluster, config, target)
     try:
         tconn.set_busy_timeout(int(timeout * 1000))
-        tconn.execute("BEGIN IMMEDIATE")
-        try:
-            tconn.executemany(
-                "INSERT OR REPLACE INTO _replproxy_log(lsn, epoch, format, payload, checksum, "
-                "committed_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(e.lsn, e.epoch, e.format, e.payload, e.checksum, e.committed_at, e.origin)
-                 for e in kept])
+        with storage.write_transaction(tconn):
+            storage.copy_entries(tconn, kept)
             tconn.execute("DELETE FROM _replproxy_log WHERE lsn > ?", (target_lsn,))
             _set_epoch(tconn, epoch, target_lsn)
             tconn.execute("DELETE FROM _replproxy_meta WHERE key IN (?, ?, ?)",
@@ -291,11 +280,6 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
                 flat = [v for pair in sorted(result.raised_sequences.items()) for v in pair]
                 storage.append(tconn, epoch=epoch, format="row",
                                payload=codec.pack_chunks([(TAG_SEQUENCE, codec.pack_values(flat))]))
-            tconn.execute("COMMIT")
-        except BaseException:
-            if not tconn.get_autocommit():
-                tconn.execute("ROLLBACK")
-            raise
     finally:
         tconn.close()
 
@@ -330,20 +314,18 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
             continue
         try:
             conn.set_busy_timeout(int(timeout * 1000))
-            conn.execute("BEGIN IMMEDIATE")
-            _set_epoch(conn, epoch, target_lsn)
-            state = storage.read_state(conn)
-            if node.name not in (old, target) and state.applied_lsn > target_lsn:
-                # Applied entries the new leader does not have: diverged, like the old leader.
-                conn.execute(
-                    "UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
-                    (f"{node.name}: applied LSN {state.applied_lsn}, past the new leader {target} "
-                     f"(LSN {target_lsn}) after the forced failover to epoch {epoch}; it needs a "
-                     f"new snapshot (replproxy resync DIR {node.name})", target_lsn + 1, time.time()))
-            conn.execute("COMMIT")
+            with storage.write_transaction(conn):
+                _set_epoch(conn, epoch, target_lsn)
+                state = storage.read_state(conn)
+                if node.name not in (old, target) and state.applied_lsn > target_lsn:
+                    # Applied entries the new leader does not have: diverged, like the old leader.
+                    conn.execute(
+                        "UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
+                        (f"{node.name}: applied LSN {state.applied_lsn}, past the new leader "
+                         f"{target} (LSN {target_lsn}) after the forced failover to epoch {epoch}; "
+                         f"it needs a new snapshot (replproxy resync DIR {node.name})",
+                         target_lsn + 1, time.time()))
         finally:
-            if not conn.get_autocommit():
-                conn.execute("ROLLBACK")
             conn.close()
 
     nodes = []

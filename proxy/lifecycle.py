@@ -355,18 +355,12 @@ def truncate_log(cluster: "Cluster", positions: dict[str, int] | None = None,
             upto = max(upto, _limit_cut(conn, config, upto, last, now))
         if not expired and (first is None or upto < first):
             return 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with storage.write_transaction(conn):
             for holder in expired:
                 conn.execute("DELETE FROM _replproxy_meta WHERE key = ?", (HOLD_PREFIX + holder,))
             if first is not None and upto >= first:
                 conn.execute("DELETE FROM _replproxy_log WHERE lsn <= ?", (upto,))
                 removed = conn.changes()
-            conn.execute("COMMIT")
-        except BaseException:
-            if not conn.get_autocommit():
-                conn.execute("ROLLBACK")
-            raise
     finally:
         if own:
             conn.close()

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import apsw
 
+from . import storage
+
 if TYPE_CHECKING:
     from .cluster import Cluster
 
@@ -49,19 +51,10 @@ def log_outside_writes(cluster: "Cluster", conn: apsw.Connection | None = None) 
     if conn is None:
         conn = cluster.open_node(cluster.leader)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if _deposed(conn):
-                # Fenced by a failover: nothing more is logged here. Outside writes made after
-                # the fence stay in its capture table; `start-node` records them as lost writes.
-                conn.execute("ROLLBACK")
-                return 0
-            added = cluster.format.log_outside(conn)  # type: ignore[attr-defined]
-            conn.execute("COMMIT")
-        except BaseException:
-            if not conn.get_autocommit():
-                conn.execute("ROLLBACK")
-            raise
+        with storage.write_transaction(conn):
+            # Fenced by a failover: nothing more is logged here. Outside writes made after the
+            # fence stay in its capture table; `start-node` records them as lost writes.
+            added = 0 if _deposed(conn) else cluster.format.log_outside(conn)  # type: ignore[attr-defined]
     finally:
         if own:
             conn.close()

@@ -476,6 +476,9 @@ def test_a_leader_file_that_disappears_is_detected_and_replaced(cluster):
         if Path(f"{old}{suffix}").exists():
             Path(f"{old}{suffix}").rename(f"{old}{suffix}.gone")
     new = _wait_leader_change(cluster, "node1")
+    deadline = time.monotonic() + 10  # the monitor records it just after rewriting cluster.toml
+    while cluster._monitor.last_failover is None and time.monotonic() < deadline:
+        cluster._wait_progress(0.01)
     made = cluster._monitor.last_failover
     assert made.automatic and "node1.db) is missing" in made.reason and not made.old_leader_reachable
     cur = conn.execute("INSERT INTO t(v) VALUES ('after')")
