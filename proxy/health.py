@@ -168,6 +168,10 @@ def stop_node(cluster: "Cluster", name: str) -> None:
         cfg.write(cluster.directory, replace(config, nodes=nodes))
     cluster.refresh_config()
     cluster.state_generation += 1
+    if cluster._replicator is not None:
+        # Nothing is read from or applied to the node by this process once this returns (other
+        # processes stop at their next round; the failover guards against their last steps).
+        cluster._replicator.reload(wait=5.0)
 
 
 @dataclass

@@ -239,6 +239,7 @@ class Replicator(threading.Thread):
         self.progress = threading.Condition()
         self.errors: dict[str, str] = {}
         self._reload = threading.Event()
+        self._reloaded = threading.Event()
 
     def notify(self, urgent: bool = False) -> None:
         """A commit happened in this process: look at the log now rather than at the next poll.
@@ -247,10 +248,14 @@ class Replicator(threading.Thread):
             self._urgent.set()
         self._wake.set()
 
-    def reload(self) -> None:
-        """The cluster's nodes changed: reopen the followers."""
+    def reload(self, wait: float = 0.0) -> None:
+        """The cluster's nodes changed: reopen the followers. `wait`: seconds to wait until the
+        thread has done it (from another thread), so nothing is applied from the old view after."""
+        self._reloaded.clear()
         self._reload.set()
         self._wake.set()
+        if wait and self.is_alive() and threading.current_thread() is not self:
+            self._reloaded.wait(wait)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._halt.set()
@@ -273,6 +278,7 @@ class Replicator(threading.Thread):
                     appliers = self._make_appliers(source)
                     with self.progress:
                         self.applied = {a.name: a.applied_lsn for a in appliers}
+                    self._reloaded.set()
                     if self._watcher is not None:
                         self._watcher.close()
                 if self._watcher is not None:
