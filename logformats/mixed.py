@@ -17,7 +17,7 @@ Policies (`mixed_policy` in cluster.toml):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import apsw
 
@@ -25,9 +25,6 @@ from . import codec
 from .base import (
     Capture,
     CaptureError,
-    Event,
-    LogFormat,
-    SchemaLookup,
     StatementInfo,
     UnsafeStatementError,
     not_invertible,
@@ -36,9 +33,7 @@ from .base import (
 from .row import RowCapture, invert_chunks
 from .statement import (
     StatementCapture,
-    apply_payload,
-    apply_payloads,
-    decode_payload,
+    StatementPayloadFormat,
     encode,
     encode_item_size,
     payload_items,
@@ -151,10 +146,8 @@ class MixedCapture(StatementCapture):
         super().close()
 
 
-class MixedFormat(LogFormat):
+class MixedFormat(StatementPayloadFormat):
     """Statement-based by default, row-based for unsafe statements."""
-
-    follower_triggers = True
 
     def __init__(self, options: dict[str, Any] | None = None):
         super().__init__(options=dict(options or {}))
@@ -167,15 +160,6 @@ class MixedFormat(LogFormat):
 
     def capture(self, conn: apsw.Connection) -> Capture:
         return MixedCapture(conn, self.options)
-
-    def apply(self, conn: apsw.Connection, payload: bytes) -> None:
-        apply_payload(conn, payload)
-
-    def apply_many(self, conn: apsw.Connection, payloads: Sequence[bytes]) -> None:
-        apply_payloads(conn, payloads)
-
-    def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
-        return decode_payload(payload, schema)
 
     def invert(self, payload: bytes) -> bytes:
         # Only entries made of row images (statements the statement format found unsafe) can be

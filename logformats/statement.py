@@ -1152,10 +1152,25 @@ def decode_payload(payload: bytes, schema: SchemaLookup | None = None) -> list[E
     return events
 
 
-class StatementFormat(LogFormat):
-    """Statement-based log with deterministic rewriting; `no_rewrite=True` for the naive mode."""
+class StatementPayloadFormat(LogFormat):
+    """Formats whose entries are statement payloads (statement, mixed): replayed with the
+    follower's own triggers firing."""
 
     follower_triggers = True
+
+    def apply(self, conn: apsw.Connection, payload: bytes) -> None:
+        apply_payload(conn, payload)
+
+    def apply_many(self, conn: apsw.Connection, payloads: Sequence[bytes]) -> None:
+        apply_payloads(conn, payloads)
+
+    def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
+        return decode_payload(payload, schema)
+
+
+class StatementFormat(StatementPayloadFormat):
+    """Statement-based log with deterministic rewriting; `no_rewrite=True` for the naive mode."""
+
     not_invertible_reason = "a statement does not carry the rows it changed"
 
     def __init__(self, options: dict[str, Any] | None = None):
@@ -1168,19 +1183,11 @@ class StatementFormat(LogFormat):
     def capture(self, conn: apsw.Connection) -> Capture:
         return StatementCapture(conn, self.options)
 
-    def apply(self, conn: apsw.Connection, payload: bytes) -> None:
-        apply_payload(conn, payload)
-
-    def apply_many(self, conn: apsw.Connection, payloads: Sequence[bytes]) -> None:
-        apply_payloads(conn, payloads)
-
-    def decode(self, payload: bytes, schema: SchemaLookup | None = None) -> list[Event]:
-        return decode_payload(payload, schema)
-
 
 __all__ = [
     "StatementCapture",
     "StatementFormat",
+    "StatementPayloadFormat",
     "apply_payload",
     "apply_payloads",
     "decode_payload",

@@ -11,7 +11,7 @@ from typing import Any
 
 import apsw
 
-from logformats import StatementInfo, is_internal_table
+from logformats import StatementInfo
 
 from .errors import NotSupportedError, ProgrammingError, translate
 

@@ -26,7 +26,7 @@ def run_demo(directory: str) -> int:
     else:
         _step(f"Creating a cluster in {path}: one leader and two followers, row-based log")
         cluster = Cluster.init(path, followers=2)
-    leader, (first, second) = cluster.leader, cluster.followers[:2]
+    first, second = cluster.followers[:2]
     for node in cluster.config.nodes:
         click.echo(f"  {node.name}: {node.role:8} {path / node.file}")
 

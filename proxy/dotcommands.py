@@ -177,7 +177,8 @@ def _schema(shell: "Shell", args: list[str]) -> None:
 def _nodes(shell: "Shell", args: list[str]) -> None:
     """Show every node: role, applied LSN, lag (entries and seconds) and state.
 
-    State is ok, paused (held by .pause), error (stopped by an entry it could not apply) or missing.
+    State is ok, paused (held by .pause), error (stopped by an entry it could not apply), missing,
+    needs-snapshot or stopped (.stop).
     """
     nodes = shell.cluster.status()
     headers = ["node", "role", "applied LSN", "lag", "lag (s)", "state", "error"]
@@ -296,11 +297,11 @@ def _failover(shell: "Shell", args: list[str]) -> None:
         shell.write(line + "\n")
 
 
-def _nodes(shell: "Shell", index: int) -> list[str]:
+def _node_names(shell: "Shell", index: int) -> list[str]:
     return [n.name for n in shell.cluster.config.nodes]
 
 
-@command(".stop NODE", args=(1, 1), complete=_nodes)
+@command(".stop NODE", args=(1, 1), complete=_node_names)
 def _stop(shell: "Shell", args: list[str]) -> None:
     """Stop a node as if it had crashed (a stopped leader is replaced by automatic failover)."""
     try:
@@ -315,7 +316,7 @@ def _stop(shell: "Shell", args: list[str]) -> None:
     shell.write(f"{args[0]} stopped{note}\n")
 
 
-@command(".start NODE", args=(1, 1), complete=_nodes)
+@command(".start NODE", args=(1, 1), complete=_node_names)
 def _start(shell: "Shell", args: list[str]) -> None:
     """Start a stopped node; one that missed a failover rejoins, its lost writes recorded."""
     try:

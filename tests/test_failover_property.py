@@ -4,7 +4,6 @@ node identical, and every acknowledged write either on the leader or in a lost-w
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -634,7 +634,6 @@ def test_an_applier_still_reading_the_old_leader_never_applies_its_later_entries
         dead = storage.append(old, epoch=1, format="sql-free", payload=b"never applied")
     old.close()
     assert dead == result.lsn + 1
-    conn.execute("INSERT INTO t(v) VALUES ('new leader')")
     # node3's applier as another process would have it before re-reading cluster.toml.
     stale = Applier("node3", str(cluster.path_of("node3")), LeaderFileSource(cluster.path_of("node1")))
     try:
@@ -643,6 +642,7 @@ def test_an_applier_still_reading_the_old_leader_never_applies_its_later_entries
         assert "epoch 1" in stale.held and f"LSN {result.lsn}" in stale.held
     finally:
         stale.close()
+    conn.execute("INSERT INTO t(v) VALUES ('new leader')")
     cluster.wait_for_catchup(nodes=["node3"])  # the real replicator follows node2
     assert [r[1] for r in _rows(cluster.path_of("node3"))] == ["new leader"]
     conn.close()
