@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
 import apsw
@@ -41,11 +40,14 @@ def query_node(cluster: proxy.Cluster, node: str, sql: str, params: Any = ()) ->
         conn.close()
 
 
-def raw_connection(path: Path | str) -> apsw.Connection:
-    """A plain apsw connection to a node file, behind replproxy's back."""
-    conn = apsw.Connection(str(path))
+def behind_replproxy(cluster: proxy.Cluster, node: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on a node file through a plain apsw connection, behind replproxy's back."""
+    conn = apsw.Connection(str(cluster.path_of(node)))
     conn.set_busy_timeout(30_000)
-    return conn
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
 
 
 def status_of(cluster: proxy.Cluster, node: str) -> proxy.NodeStatus:
@@ -54,6 +56,17 @@ def status_of(cluster: proxy.Cluster, node: str) -> proxy.NodeStatus:
 
 def applied(cluster: proxy.Cluster, node: str) -> int:
     return cluster.positions()[node]
+
+
+def assert_stopped_before(cluster: proxy.Cluster, node: str, bad: int, reason: str, lag: int | None = None) -> None:
+    """`node` is in error at log entry `bad`, which it did not apply, and the error says why."""
+    status = status_of(cluster, node)
+    assert status.state == "error"
+    assert status.error_lsn == bad
+    assert f"log entry {bad}" in status.error and reason in status.error
+    assert status.applied_lsn == bad - 1
+    if lag is not None:
+        assert status.lag_entries == lag
 
 
 def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -286,14 +299,11 @@ def test_checksum_mismatch_stops_the_follower_before_the_corrupt_entry(cluster, 
     conn.commit()
     assert bad == good + 1
 
-    leader = raw_connection(cluster.path_of(cluster.leader))
-    try:
-        (payload,) = leader.execute("SELECT payload FROM _replproxy_log WHERE lsn = ?", (bad,)).fetchone()
-        damaged = bytearray(payload)
-        damaged[len(damaged) // 2] ^= 0x5A  # one byte; the stored checksum is left as it was
-        leader.execute("UPDATE _replproxy_log SET payload = ? WHERE lsn = ?", (bytes(damaged), bad))
-    finally:
-        leader.close()
+    [(payload,)] = behind_replproxy(cluster, cluster.leader, "SELECT payload FROM _replproxy_log WHERE lsn = ?", (bad,))
+    damaged = bytearray(payload)
+    damaged[len(damaged) // 2] ^= 0x5A  # one byte; the stored checksum is left as it was
+    behind_replproxy(cluster, cluster.leader, "UPDATE _replproxy_log SET payload = ? WHERE lsn = ?",
+                     (bytes(damaged), bad))
     assert not cluster.entries(bad, 1)[0].checksum_ok
 
     cluster.resume("node2")
@@ -305,12 +315,7 @@ def test_checksum_mismatch_stops_the_follower_before_the_corrupt_entry(cluster, 
 
     stopped = ["node2", "node3"] if other == "stopped" else ["node2"]
     for node in stopped:
-        status = status_of(cluster, node)
-        assert status.state == "error"
-        assert status.error_lsn == bad
-        assert f"log entry {bad}" in status.error and "checksum" in status.error
-        assert status.applied_lsn == bad - 1
-        assert status.lag_entries == 2
+        assert_stopped_before(cluster, node, bad, "checksum", lag=2)
     if other == "paused":
         assert status_of(cluster, "node3").state == "paused"
         assert applied(cluster, "node3") == good
@@ -322,11 +327,7 @@ def test_checksum_mismatch_stops_the_follower_before_the_corrupt_entry(cluster, 
     assert {d.node for d in report.differences if d.object == "position"} == {"node2", "node3"}
 
     # Repairing the entry and resuming lets the followers apply it (and nothing was skipped).
-    leader = raw_connection(cluster.path_of(cluster.leader))
-    try:
-        leader.execute("UPDATE _replproxy_log SET payload = ? WHERE lsn = ?", (payload, bad))
-    finally:
-        leader.close()
+    behind_replproxy(cluster, cluster.leader, "UPDATE _replproxy_log SET payload = ? WHERE lsn = ?", (payload, bad))
     for node in cluster.followers:
         cluster.resume(node)
     cluster.wait_for_catchup(10)
@@ -347,11 +348,7 @@ def test_apply_conflict_on_a_diverged_follower_stops_it_with_lsn_and_table(make_
     conn.commit()
     cluster.wait_for_catchup(10)
 
-    diverged = raw_connection(cluster.path_of("node2"))
-    try:
-        diverged.execute("DELETE FROM accounts WHERE id = 7")
-    finally:
-        diverged.close()
+    behind_replproxy(cluster, "node2", "DELETE FROM accounts WHERE id = 7")
 
     conn.execute("INSERT INTO notes(body) VALUES ('before the conflict')")
     conn.execute("UPDATE accounts SET balance = balance + 5 WHERE id IN (3, 7, 11)")
@@ -367,12 +364,7 @@ def test_apply_conflict_on_a_diverged_follower_stops_it_with_lsn_and_table(make_
     assert applied(cluster, "node3") == last
 
     def check_stopped() -> None:
-        status = status_of(cluster, "node2")
-        assert status.state == "error"
-        assert status.error_lsn == bad
-        assert f"log entry {bad}" in status.error and "'accounts'" in status.error
-        assert status.applied_lsn == bad - 1
-        assert status.lag_entries == last - bad + 1
+        assert_stopped_before(cluster, "node2", bad, "'accounts'", lag=last - bad + 1)
         # Nothing of the failed entry, and nothing after it, was applied on node2.
         assert query_node(cluster, "node2", "SELECT id, balance FROM accounts WHERE id IN (3, 7, 11)") == [
             (3, 300), (11, 1100)]
@@ -389,11 +381,7 @@ def test_apply_conflict_on_a_diverged_follower_stops_it_with_lsn_and_table(make_
     assert [(d.node, d.object) for d in report.differences] == [("node2", "position")]
 
     # Repair the follower by hand; then resume applies everything from the failed entry on.
-    diverged = raw_connection(cluster.path_of("node2"))
-    try:
-        diverged.execute("INSERT INTO accounts VALUES (7, 'owner7', 700)")
-    finally:
-        diverged.close()
+    behind_replproxy(cluster, "node2", "INSERT INTO accounts VALUES (7, 'owner7', 700)")
     cluster.resume("node2")
     assert cluster.wait_for_catchup(10) == last
     assert query_node(cluster, "node2", "SELECT id, balance FROM accounts WHERE id IN (3, 7, 11)") == [
@@ -405,19 +393,13 @@ def test_apply_conflict_on_a_diverged_follower_stops_it_with_lsn_and_table(make_
 def test_full_images_detect_a_changed_value_on_a_follower(cluster, conn):
     setup_accounts(conn)
     cluster.wait_for_catchup(10)
-    diverged = raw_connection(cluster.path_of("node3"))
-    try:
-        diverged.execute("UPDATE accounts SET balance = 0 WHERE id = 4")
-    finally:
-        diverged.close()
+    behind_replproxy(cluster, "node3", "UPDATE accounts SET balance = 0 WHERE id = 4")
     conn.execute("UPDATE accounts SET balance = balance * 2 WHERE id BETWEEN 1 AND 5")
     conn.commit()
     bad = conn.last_write_lsn
     with pytest.raises(proxy.ReplicationTimeout, match="node3"):
         cluster.wait_for_catchup(10)
-    status = status_of(cluster, "node3")
-    assert status.state == "error" and status.error_lsn == bad and status.applied_lsn == bad - 1
-    assert "'accounts'" in status.error and f"log entry {bad}" in status.error
+    assert_stopped_before(cluster, "node3", bad, "'accounts'")
     assert query_node(cluster, "node3", "SELECT balance FROM accounts WHERE id BETWEEN 1 AND 5 ORDER BY id") == [
         (100,), (200,), (300,), (0,), (500,)]
     assert applied(cluster, "node2") == bad
