@@ -11,6 +11,7 @@ schema changes (as SQL), replicated PRAGMAs and AUTOINCREMENT counters (sqlite_s
 
 from __future__ import annotations
 
+import re
 import weakref
 from typing import Any, Sequence
 
@@ -233,18 +234,10 @@ class RowCapture(Capture):
             sequence = read_sequence(self.conn)
         chunks = list(self._chunks)
         refuse_ambiguous_keys(self.conn, chunks, schema_version, schema_version == self._start_version)
-        if sequence is not None:
-            # Counters that moved, and those of every table whose rows changed: a follower's own
-            # counter can move while it applies (a key updated upwards arrives as an insert).
-            changed = [
-                (name, seq)
-                for name, seq in sequence.items()
-                if ((self._sequence or {}).get(name) != seq or (name in self._touched and chunks))
-                and not is_internal_table(name)
-            ]
-            if changed:
-                flat = [value for pair in changed for value in pair]
-                chunks.append((TAG_SEQUENCE, codec.pack_values(flat)))
+        counters = sequence_chunk(self.conn, schema_version, sequence, self._sequence,
+                                  self._touched, bool(chunks))
+        if counters is not None:
+            chunks.append(counters)
         if not chunks:
             return None
         return codec.pack_chunks(chunks)
@@ -254,6 +247,46 @@ class RowCapture(Capture):
 
     def close(self) -> None:
         self._drop_session()
+
+
+def sequence_chunk(conn: apsw.Connection, schema_version: int, sequence: dict[str, int] | None,
+                   before: dict[str, int] | None, touched: set[str], rows_changed: bool
+                   ) -> tuple[bytes, bytes] | None:
+    """The counters chunk of an entry: counters that moved, and those of every table whose rows
+    changed (a follower's own counter can move while it applies: a key updated upwards arrives as
+    an insert). A counter row that is absent on the leader is sent as NULL, so followers drop
+    theirs: a statement that failed midway under OR FAIL keeps its rows without ever writing the
+    counter, while a follower's apply of those rows writes it."""
+    if sequence is None:
+        return None
+    changed: list[tuple[str, int | None]] = [
+        (name, seq) for name, seq in sequence.items()
+        if ((before or {}).get(name) != seq or (name in touched and rows_changed))
+        and not is_internal_table(name)
+    ]
+    gone = set(before or {}) - set(sequence)
+    if rows_changed:
+        gone |= (touched - set(sequence)) & _autoincrement_tables(conn, schema_version)
+    changed += [(name, None) for name in sorted(gone) if not is_internal_table(name)]
+    if not changed:
+        return None
+    return TAG_SEQUENCE, codec.pack_values([value for pair in changed for value in pair])
+
+
+# connection -> (schema_version, names of the AUTOINCREMENT tables); see _SEQUENCE_TABLE
+_AUTOINCREMENT: "weakref.WeakKeyDictionary[apsw.Connection, tuple[int, frozenset[str]]]" = (
+    weakref.WeakKeyDictionary())
+_AUTOINCREMENT_WORD = re.compile(r"\bAUTOINCREMENT\b", re.IGNORECASE)
+
+
+def _autoincrement_tables(conn: apsw.Connection, schema_version: int) -> frozenset[str]:
+    known = _AUTOINCREMENT.get(conn)
+    if known is None or known[0] != schema_version:
+        names = frozenset(name for name, sql in conn.execute(
+            "SELECT name, sql FROM main.sqlite_master WHERE type = 'table'")
+            if sql and _AUTOINCREMENT_WORD.search(sql))
+        known = _AUTOINCREMENT[conn] = (schema_version, names)
+    return known[1]
 
 
 # connection -> (schema_version, nullable keys, untyped keys); keyed by the connection, not the
@@ -506,6 +539,9 @@ def apply_sequence(conn: apsw.Connection, data: bytes) -> None:
     """Set AUTOINCREMENT counters to the leader's values."""
     flat, _ = codec.unpack_values(data)
     for name, seq in zip(flat[0::2], flat[1::2]):
+        if seq is None:  # no counter row on the leader (see sequence_chunk)
+            conn.execute("DELETE FROM main.sqlite_sequence WHERE name=?", (name,))
+            continue
         conn.execute("UPDATE main.sqlite_sequence SET seq=? WHERE name=?", (seq, name))
         if conn.changes() == 0:
             conn.execute("INSERT INTO main.sqlite_sequence(name, seq) VALUES(?, ?)", (name, seq))

@@ -57,7 +57,8 @@ from .base import (
     not_invertible,
     pop_savepoint,
 )
-from .row import TAG_SEQUENCE, TAG_SQL, apply_sequence, read_sequence, read_sequence_at, sql_chunk_reason
+from .row import (TAG_SEQUENCE, TAG_SQL, apply_sequence, read_sequence, read_sequence_at,
+                  sequence_chunk, sql_chunk_reason)
 
 CAPTURE_TABLE = "_replproxy_capture"
 LAYOUT_TABLE = "_replproxy_capture_layout"
@@ -844,15 +845,10 @@ class TriggerCapture(Capture):
             sequence = read_sequence_at(self.conn, schema_version)
         else:
             sequence = read_sequence(self.conn)
-        if sequence is not None:
-            # As the row format: counters that moved, and those of tables whose rows changed.
-            changed = [
-                (name, seq) for name, seq in sequence.items()
-                if ((self._sequence or {}).get(name) != seq or (name in self._touched and chunks))
-                and not is_internal_table(name)
-            ]
-            if changed:
-                chunks.append((TAG_SEQUENCE, codec.pack_values([v for pair in changed for v in pair])))
+        counters = sequence_chunk(self.conn, schema_version, sequence, self._sequence,
+                                  self._touched, bool(chunks))
+        if counters is not None:
+            chunks.append(counters)
         if not chunks:
             return None
         return codec.pack_chunks(chunks)

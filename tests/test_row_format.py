@@ -713,3 +713,24 @@ def test_decoder_shows_tables_operations_and_row_values(make_cluster, row_image)
     assert by_kind["SQL"].sql == "PRAGMA user_version = 3"
     assert update.as_dict()["table"] == "city"
     assert_identical(cluster)
+
+
+@pytest.mark.parametrize("fmt, image", [("row", "full"), ("row", "minimal"), ("trigger", "full")])
+def test_insert_or_fail_that_stops_midway_leaves_no_counter_on_followers_either(make_cluster, fmt, image):
+    # SQLite keeps the rows inserted before the failing one but never writes the AUTOINCREMENT
+    # counter; a follower applying those rows would write one, so the entry says there is none.
+    cluster = make_cluster(format=fmt, row_image=image)
+    conn = proxy.connect(cluster.directory, cluster=cluster)
+    conn.execute("CREATE TABLE t(a, b INTEGER PRIMARY KEY AUTOINCREMENT)")
+    conn.commit()
+    with pytest.raises(proxy.IntegrityError, match="UNIQUE"):
+        conn.execute("INSERT OR FAIL INTO t(a, b) VALUES (1, 4), (2, 4)")
+    conn.commit()
+    rows = same_on_all(cluster, "SELECT a, b FROM t")
+    assert rows == [(1, 4)]
+    assert same_on_all(cluster, "SELECT count(*) FROM sqlite_sequence") == [(0,)]
+    conn.execute("INSERT INTO t(a) VALUES (3)")
+    conn.commit()
+    assert same_on_all(cluster, "SELECT a, b FROM t ORDER BY b") == [(1, 4), (3, 5)]
+    assert_identical(cluster)
+    conn.close()
