@@ -266,7 +266,7 @@ def sequence_chunk(conn: apsw.Connection, schema_version: int, sequence: dict[st
     ]
     gone = set(before or {}) - set(sequence)
     if rows_changed:
-        gone |= (touched - set(sequence)) & _autoincrement_tables(conn, schema_version)
+        gone |= (touched - set(sequence)) & autoincrement_tables(conn, schema_version)
     changed += [(name, None) for name in sorted(gone) if not is_internal_table(name)]
     if not changed:
         return None
@@ -279,7 +279,10 @@ _AUTOINCREMENT: "weakref.WeakKeyDictionary[apsw.Connection, tuple[int, frozenset
 _AUTOINCREMENT_WORD = re.compile(r"\bAUTOINCREMENT\b", re.IGNORECASE)
 
 
-def _autoincrement_tables(conn: apsw.Connection, schema_version: int) -> frozenset[str]:
+def autoincrement_tables(conn: apsw.Connection, schema_version: int | None = None) -> frozenset[str]:
+    """Names of the AUTOINCREMENT tables (cached per connection and PRAGMA schema_version)."""
+    if schema_version is None:
+        schema_version = _schema_version(conn)
     known = _AUTOINCREMENT.get(conn)
     if known is None or known[0] != schema_version:
         names = frozenset(name for name, sql in conn.execute(

@@ -502,17 +502,19 @@ class Cluster:
 
     # -- holding a follower -------------------------------------------------------------------
 
-    def _set_state(self, node: str, **values: Any) -> None:
+    def _set_state(self, node: str, refuse_snapshot_needed: bool = False, **values: Any) -> None:
         if node == self.leader:
             raise ClusterError(f"{node} is the leader; only followers can be paused or resumed")
         self.config.node(node)
         conn = self.open_node(node)
         try:
             storage.read_state(conn)  # a file that is not a replproxy node fails here, naming it
-            conn.execute("BEGIN IMMEDIATE")
-            sets = ", ".join(f"{key}=?" for key in values)
-            conn.execute(f"UPDATE _replproxy_state SET {sets} WHERE id=1", tuple(values.values()))
-            conn.execute("COMMIT")
+            with storage.write_transaction(conn):
+                state = storage.read_state(conn)
+                if refuse_snapshot_needed and storage.needs_snapshot(state):
+                    raise ClusterError(f"{node} cannot simply resume: {state.error}")
+                sets = ", ".join(f"{key}=?" for key in values)
+                conn.execute(f"UPDATE _replproxy_state SET {sets} WHERE id=1", tuple(values.values()))
         finally:
             conn.close()
         self.state_generation += 1
@@ -527,15 +529,8 @@ class Cluster:
         """Let a paused or stopped follower apply again (an apply error is retried). A follower
         that needs a new snapshot (off the current history, or behind retention) is refused:
         applying on top of its data would diverge; `resync` it."""
-        if node != self.leader:
-            conn = self.open_node(node)
-            try:
-                state = storage.read_state(conn)
-            finally:
-                conn.close()
-            if storage.needs_snapshot(state):
-                raise ClusterError(f"{node} cannot simply resume: {state.error}")
-        self._set_state(node, paused=0, error=None, error_lsn=None, error_at=None)
+        self._set_state(node, refuse_snapshot_needed=True, paused=0, error=None, error_lsn=None,
+                        error_at=None)
 
     # -- log ----------------------------------------------------------------------------------
 

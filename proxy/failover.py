@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from logformats import codec
-from logformats.row import TAG_SEQUENCE
+from logformats.row import TAG_SEQUENCE, autoincrement_tables
 
 from . import config as cfg
 from . import modes, storage
@@ -296,11 +295,10 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
                 log.warning("%s: lost writes cannot be undone in place (%s); it needs a resync",
                             old, exc)
         if lost and result.rewound is None:
-            old_conn.execute(
-                "UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
-                (f"{old}: deposed at epoch {epoch} with LSN {lost[0].lsn}..{lost[-1].lsn} not on "
-                 f"{target} (lost writes in {result.lost_file}); it needs a new snapshot "
-                 f"(replproxy resync DIR {old})", lost[0].lsn, time.time()))
+            storage.set_error(
+                old_conn, f"{old}: deposed at epoch {epoch} with LSN {lost[0].lsn}..{lost[-1].lsn} "
+                f"not on {target} (lost writes in {result.lost_file}); it needs a new snapshot "
+                f"(replproxy resync DIR {old})", lost[0].lsn)
         elif not lost:
             old_conn.execute(
                 "UPDATE _replproxy_state SET applied_lsn=?, applied_epoch=?, applied_commit_time=?, "
@@ -319,12 +317,10 @@ def _promote(cluster: "Cluster", config: cfg.ClusterConfig, old: str,
                 state = storage.read_state(conn)
                 if node.name not in (old, target) and state.applied_lsn > target_lsn:
                     # Applied entries the new leader does not have: diverged, like the old leader.
-                    conn.execute(
-                        "UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
-                        (f"{node.name}: applied LSN {state.applied_lsn}, past the new leader "
-                         f"{target} (LSN {target_lsn}) after the forced failover to epoch {epoch}; "
-                         f"it needs a new snapshot (replproxy resync DIR {node.name})",
-                         target_lsn + 1, time.time()))
+                    storage.set_error(
+                        conn, f"{node.name}: applied LSN {state.applied_lsn}, past the new leader "
+                        f"{target} (LSN {target_lsn}) after the forced failover to epoch {epoch}; "
+                        f"it needs a new snapshot (replproxy resync DIR {node.name})", target_lsn + 1)
         finally:
             conn.close()
 
@@ -414,15 +410,10 @@ def _release(cluster: "Cluster", config: cfg.ClusterConfig, name: str, paused: b
 def _autoincrement_counters(conn: apsw.Connection) -> dict[str, int]:
     """Every AUTOINCREMENT table's counter, 0 for one that has not handed out a key here yet
     (sqlite_sequence gets its row at the first insert: the lost writes may have made it)."""
-    counters = {name: 0 for name, sql in conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'table'")
-        if sql and _AUTOINCREMENT.search(sql)}
+    counters = {name: 0 for name in autoincrement_tables(conn)}
     for name, seq in _sequences(conn).items():
         counters[name] = max(counters.get(name, 0), seq)
     return counters
-
-
-_AUTOINCREMENT = re.compile(r"\bAUTOINCREMENT\b", re.IGNORECASE)
 
 
 def _sequences(conn: apsw.Connection) -> dict[str, int]:

@@ -313,9 +313,8 @@ def _rejoin(cluster: "Cluster", config: cfg.ClusterConfig, name: str, conn: apsw
 
 def _hold_for_snapshot(conn: apsw.Connection, name: str, fork: int, reason: str) -> None:
     """Until `resync` replaces it, no applier may touch the node (its data is past the fork)."""
-    conn.execute("UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
-                 (f"{name}: rejoining after a failover, it needs a new snapshot ({reason})",
-                  fork + 1, time.time()))
+    storage.set_error(conn, f"{name}: rejoining after a failover, it needs a new snapshot ({reason})",
+                      fork + 1)
 
 
 def _log_pending_outside_writes(conn: apsw.Connection, config: cfg.ClusterConfig,

@@ -438,8 +438,7 @@ class Maintenance:
             pass  # the leader is busy writing: next time
 
     def _after_round(self, leader_lsn: int, positions: dict[str, int]) -> None:
-        cluster = self.cluster
-        cluster.refresh_config()
+        cluster = self.cluster  # Cluster._after_round has just re-read cluster.toml
         now = time.monotonic()
         if cluster.config.mode == "semi-sync" and now >= self._next_degraded_check:
             self._next_degraded_check = now + 0.05

@@ -139,10 +139,7 @@ class Applier:
                     conn.execute(storage.USER_SQL, (entry.origin, entry.lsn))
         if failure is not None:
             log.error("%s", failure)
-            conn.execute(
-                "UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
-                (str(failure), failure.lsn, time.time()),
-            )
+            storage.set_error(conn, str(failure), failure.lsn)
         return applied, count, last
 
     def _validate(self, entries: list[storage.LogEntry], applied: int

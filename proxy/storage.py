@@ -77,6 +77,12 @@ def table_columns(conn: apsw.Connection) -> dict[str, list[str]]:
 NEEDS_SNAPSHOT = "needs a new snapshot"  # in a follower's error: its data cannot be continued
 
 
+def set_error(conn: apsw.Connection, message: str, lsn: int) -> None:
+    """Stop a follower at entry `lsn` with `message` (its appliers skip it until cleared)."""
+    conn.execute("UPDATE _replproxy_state SET error=?, error_lsn=?, error_at=? WHERE id=1",
+                 (message, lsn, time.time()))
+
+
 def needs_snapshot(state: "NodeState") -> bool:
     """A follower whose data is off the current history (or behind retention): it must not serve
     reads nor be promoted until re-seeded."""
