@@ -9,8 +9,9 @@ Formats work on plain apsw connections and know nothing about clusters, nodes or
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import apsw
 

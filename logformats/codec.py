@@ -7,7 +7,8 @@ Values are `type (1 byte) | data` with SQLite's five storage classes.
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from .base import DecodeError
 
@@ -139,7 +140,7 @@ def unpack_params(data: bytes, pos: int = 0) -> tuple[Any, int]:
     if tag == b"D":
         names, pos = unpack_values(data, pos)
         values, pos = unpack_values(data, pos)
-        return dict(zip(names, values)), pos
+        return dict(zip(names, values, strict=False)), pos
     raise DecodeError(f"unknown parameter tag {tag!r}")
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import apsw
 
@@ -70,7 +71,7 @@ def read_sequence(conn: apsw.Connection) -> dict[str, int] | None:
 # transaction on a database with no AUTOINCREMENT table would prepare a failing query (and raise)
 # twice. Keyed by the connection, not the file name: a file recreated at the same path starts its
 # schema version over and must not inherit the answer.
-_SEQUENCE_TABLE: "weakref.WeakKeyDictionary[apsw.Connection, tuple[int, bool]]" = weakref.WeakKeyDictionary()
+_SEQUENCE_TABLE: weakref.WeakKeyDictionary[apsw.Connection, tuple[int, bool]] = weakref.WeakKeyDictionary()
 
 
 def _schema_version(conn: apsw.Connection) -> int:
@@ -274,7 +275,7 @@ def sequence_chunk(conn: apsw.Connection, schema_version: int, sequence: dict[st
 
 
 # connection -> (schema_version, names of the AUTOINCREMENT tables); see _SEQUENCE_TABLE
-_AUTOINCREMENT: "weakref.WeakKeyDictionary[apsw.Connection, tuple[int, frozenset[str]]]" = (
+_AUTOINCREMENT: weakref.WeakKeyDictionary[apsw.Connection, tuple[int, frozenset[str]]] = (
     weakref.WeakKeyDictionary())
 _AUTOINCREMENT_WORD = re.compile(r"\bAUTOINCREMENT\b", re.IGNORECASE)
 
@@ -294,7 +295,7 @@ def autoincrement_tables(conn: apsw.Connection, schema_version: int | None = Non
 
 # connection -> (schema_version, nullable keys, untyped keys); keyed by the connection, not the
 # file name, for the reason given at _SEQUENCE_TABLE
-_KEY_INFO: "weakref.WeakKeyDictionary[apsw.Connection, tuple[int, list[tuple[str, list[str]]], frozenset[str]]]" = (
+_KEY_INFO: weakref.WeakKeyDictionary[apsw.Connection, tuple[int, list[tuple[str, list[str]]], frozenset[str]]] = (
     weakref.WeakKeyDictionary())
 
 
@@ -541,7 +542,7 @@ def _pk_values(change: apsw.TableChange, values: Any) -> Any:
 def apply_sequence(conn: apsw.Connection, data: bytes) -> None:
     """Set AUTOINCREMENT counters to the leader's values."""
     flat, _ = codec.unpack_values(data)
-    for name, seq in zip(flat[0::2], flat[1::2]):
+    for name, seq in zip(flat[0::2], flat[1::2], strict=False):
         if seq is None:  # no counter row on the leader (see sequence_chunk)
             conn.execute("DELETE FROM main.sqlite_sequence WHERE name=?", (name,))
             continue
@@ -564,7 +565,7 @@ def _image(columns: list[str], values: Any) -> dict[str, Any] | None:
         return None
     return {
         name: value
-        for name, value in zip(columns, values)
+        for name, value in zip(columns, values, strict=False)
         if value is not apsw.no_change
     }
 
@@ -592,7 +593,7 @@ def decode_chunks(payload: bytes, schema: SchemaLookup | None = None) -> list[Ev
                 raise DecodeError(f"corrupt row images: {exc}") from exc
         elif tag == TAG_SEQUENCE:
             flat, _ = codec.unpack_values(data)
-            for name, seq in zip(flat[0::2], flat[1::2]):
+            for name, seq in zip(flat[0::2], flat[1::2], strict=False):
                 events.append(Event("SEQUENCE", table=name, new={"seq": seq}))
         else:
             raise DecodeError(f"unknown chunk tag {tag!r}")

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import struct
 import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import apsw
 
@@ -290,7 +291,7 @@ class StatementPlan:
     check_relevant: bool = False
 
     @classmethod
-    def refused(cls, reason: str) -> "StatementPlan":
+    def refused(cls, reason: str) -> StatementPlan:
         return cls(unsafe=reason)
 
 
@@ -719,7 +720,7 @@ class _ConnState:
         self.has_triggers: bool | None = None
 
 
-_STATES: "weakref.WeakKeyDictionary[apsw.Connection, _ConnState]" = weakref.WeakKeyDictionary()
+_STATES: weakref.WeakKeyDictionary[apsw.Connection, _ConnState] = weakref.WeakKeyDictionary()
 _PLAN_LIMIT = 2048
 
 
@@ -950,7 +951,7 @@ def _unpack_params(data: bytes, pos: int) -> tuple[Any, int]:
     if tag == b"D":
         names, pos = codec.unpack_compact_values(data, pos)
         values, pos = codec.unpack_compact_values(data, pos)
-        return dict(zip(names, values)), pos
+        return dict(zip(names, values, strict=False)), pos
     raise DecodeError(f"unknown parameter tag {tag!r}")
 
 

@@ -37,8 +37,9 @@ import hashlib
 import json
 import struct
 import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import apsw
 
@@ -57,8 +58,15 @@ from .base import (
     not_invertible,
     pop_savepoint,
 )
-from .row import (TAG_SEQUENCE, TAG_SQL, apply_sequence, read_sequence, read_sequence_at,
-                  sequence_chunk, sql_chunk_reason)
+from .row import (
+    TAG_SEQUENCE,
+    TAG_SQL,
+    apply_sequence,
+    read_sequence,
+    read_sequence_at,
+    sequence_chunk,
+    sql_chunk_reason,
+)
 
 CAPTURE_TABLE = "_replproxy_capture"
 LAYOUT_TABLE = "_replproxy_capture_layout"
@@ -428,7 +436,7 @@ def _fetch(conn: apsw.Connection, columns: Sequence[str], rest: str, params: Any
     out = []
     for row in conn.execute(f"SELECT {exprs} {rest}", params):
         values = []
-        for kind, value in zip(row[0::2], row[1::2]):
+        for kind, value in zip(row[0::2], row[1::2], strict=False):
             if kind == "text":
                 try:
                     value = bytes(value).decode("utf-8")
@@ -617,7 +625,7 @@ class _ConnState:
     in_sync: tuple[int, int, int] | None = None  # (schema_version, user_version, application_id) checked
 
 
-_STATE: "weakref.WeakKeyDictionary[apsw.Connection, _ConnState]" = weakref.WeakKeyDictionary()
+_STATE: weakref.WeakKeyDictionary[apsw.Connection, _ConnState] = weakref.WeakKeyDictionary()
 
 
 def _state(conn: apsw.Connection) -> _ConnState:
@@ -658,7 +666,7 @@ def _needs_work(conn: apsw.Connection, state: _ConnState) -> bool:
 class TriggerCapture(Capture):
     """One proxy transaction: the capture rows its statements' triggers wrote, plus its DDL."""
 
-    def __init__(self, conn: apsw.Connection, options: dict[str, Any], fmt: "TriggerFormat"):
+    def __init__(self, conn: apsw.Connection, options: dict[str, Any], fmt: TriggerFormat):
         super().__init__(conn, options)
         self._chunks: list[tuple[bytes, bytes]] = []
         self._marks: list[tuple[str, int, int, bool]] = []
@@ -1051,7 +1059,7 @@ class TriggerFormat(LogFormat):
                     events.append(_event(layout, image))
             elif tag == TAG_SEQUENCE:
                 flat, _ = codec.unpack_values(data)
-                for name, seq in zip(flat[0::2], flat[1::2]):
+                for name, seq in zip(flat[0::2], flat[1::2], strict=False):
                     events.append(Event("SEQUENCE", table=name, new={"seq": seq}))
             elif tag == TAG_ORIGIN:
                 pass
@@ -1135,7 +1143,7 @@ def _apply_statement(layout: Layout, raw: tuple[int, ...]) -> str:
 
 def _event(layout: Layout, image: Sequence[Any]) -> Event:
     def values(names: Sequence[str], vals: Sequence[Any]) -> dict[str, Any]:
-        return dict(zip(names, vals))
+        return dict(zip(names, vals, strict=False))
 
     if layout.op == INSERT:
         return Event("INSERT", table=layout.table, new=values(layout.cols, image))
