@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import apsw
 
@@ -136,6 +136,9 @@ def sql_excerpt(sql: str, limit: int = 80) -> str:
 # Describes columns of a table by position, for decoders: table name -> column names.
 SchemaLookup = Callable[[str], "Sequence[str] | None"]
 
+# Appends one log entry holding `payload` inside the caller's transaction on `conn`; returns its LSN.
+OutsideLog = Callable[[apsw.Connection, bytes], int]
+
 
 def pop_savepoint(marks: list[Any], name: str, keep: bool) -> Any:
     """Savepoint bookkeeping shared by the captures: `marks` holds (name, position...) tuples,
@@ -193,6 +196,12 @@ class LogFormat(abc.ABC):
     name: str = field(default="", init=False)
     options: dict[str, Any] = field(default_factory=dict)
 
+    # Capabilities the proxy reads (ClassVar: not dataclass fields; formats override them).
+    # Followers replay entries with their own triggers firing (True) or disabled (False).
+    follower_triggers: ClassVar[bool] = False
+    # The format also logs what programs bypassing the proxy commit to the leader file.
+    captures_outside_writers: ClassVar[bool] = False
+
     @abc.abstractmethod
     def capture(self, conn: apsw.Connection) -> Capture:
         """Start capturing one write transaction on the leader connection `conn`."""
@@ -216,6 +225,29 @@ class LogFormat(abc.ABC):
 
     def install(self, conn: apsw.Connection) -> None:
         """Prepare a leader database for this format (capture tables, triggers)."""
+
+    # Writers outside the proxy. The defaults are those of a format that does not see them
+    # (captures_outside_writers = False): there is never anything to log, so binding an appender
+    # does nothing, nothing is pending and logging adds no entry. That is what such a format can
+    # truthfully say, and it lets a caller use the three without checking the capability first
+    # (rather than raising, which would turn a forgotten check into a failure of the replicator).
+
+    def bind_outside_log(self, append: OutsideLog | None) -> None:
+        """Give the format `append(conn, payload) -> lsn`, which adds one log entry inside the
+        caller's transaction, for logging changes committed outside the proxy as entries of their
+        own (None unbinds it). The default ignores it: this format never logs such changes."""
+
+    def outside_pending(self, conn: apsw.Connection) -> bool:
+        """Whether the leader `conn` holds changes committed outside the proxy that this format
+        has not logged yet (a read; call it outside a transaction). The default is False: a format
+        that does not capture outside writers has nothing it could log."""
+        return False
+
+    def log_outside(self, conn: apsw.Connection) -> int:
+        """Inside a write transaction on the leader `conn`: log what was committed outside the
+        proxy through the bound appender; return the number of entries added. The default adds
+        none and returns 0, consistent with `outside_pending` being always False."""
+        return 0
 
     # Why the default `invert` refuses; formats that cannot undo their entries say why here.
     not_invertible_reason = "this format does not implement undoing its entries"

@@ -51,6 +51,7 @@ from .base import (
     DecodeError,
     Event,
     LogFormat,
+    OutsideLog,
     SchemaLookup,
     StatementInfo,
     UnsafeStatementError,
@@ -102,8 +103,6 @@ CREATE TABLE IF NOT EXISTS main.{LAYOUT_TABLE}(id INTEGER PRIMARY KEY, tbl TEXT 
 CREATE TABLE IF NOT EXISTS main.{SCHEMA_TABLE}(pos INTEGER PRIMARY KEY, type TEXT NOT NULL,
     name TEXT NOT NULL, tbl_name TEXT, sql TEXT);
 """
-
-OutsideLog = Callable[[apsw.Connection, bytes], int]
 
 
 def _q(name: str) -> str:
