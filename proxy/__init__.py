@@ -6,9 +6,24 @@
 from __future__ import annotations
 
 from .cluster import Cluster, NodeStatus, create_cluster
-from .consistency import LEVELS as CONSISTENCY_LEVELS
-from .consistency import POLICIES as STALE_POLICIES
-from .dbapi import Connection, Cursor, apilevel, connect, paramstyle, threadsafety
+from .cluster.verify import VerifyReport, verify
+from .driver import Connection, Cursor, apilevel, connect, paramstyle, threadsafety
+from .driver.consistency import LEVELS as CONSISTENCY_LEVELS
+from .driver.consistency import POLICIES as STALE_POLICIES
+from .driver.types import (
+    BINARY,
+    DATETIME,
+    NUMBER,
+    ROWID,
+    STRING,
+    Binary,
+    Date,
+    DateFromTicks,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+)
 from .errors import (
     ChecksumError,
     ClusterError,
@@ -28,22 +43,7 @@ from .errors import (
     UnsafeStatementError,
     Warning,
 )
-from .storage import LogEntry
-from .types import (
-    BINARY,
-    DATETIME,
-    NUMBER,
-    ROWID,
-    STRING,
-    Binary,
-    Date,
-    DateFromTicks,
-    Time,
-    TimeFromTicks,
-    Timestamp,
-    TimestampFromTicks,
-)
-from .verify import VerifyReport, verify
+from .store.log import LogEntry
 
 __version__ = "0.1.0"
 

@@ -65,16 +65,22 @@ class ReadOnlyNodeError(OperationalError):
 class ReplicationError(DatabaseError):
     """A follower could not apply a log entry and stopped there."""
 
+    # Why, for programs: a `store.node.StopKind` value ("apply", "checksum", "behind-retention", ...).
+    default_kind = "apply"
+
     def __init__(self, message: str, *, node: str | None = None, lsn: int | None = None,
-                 table: str | None = None):
+                 table: str | None = None, kind: str | None = None):
         super().__init__(message)
         self.node = node
         self.lsn = lsn
         self.table = table
+        self.kind = kind or self.default_kind
 
 
 class ChecksumError(ReplicationError):
     """A log entry's payload does not match its checksum: torn or corrupted."""
+
+    default_kind = "checksum"
 
 
 class ReplicationTimeout(OperationalError):

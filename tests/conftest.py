@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import proxy
-from proxy import dbapi
+from proxy.driver.connection import close_shared_clusters
 
 
 @pytest.fixture
@@ -24,10 +24,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., proxy.Cluster]]:
     yield make
     for cluster in made:
         cluster.close()
-    for key, cluster in list(dbapi._clusters.items()):
-        if key.startswith(str(tmp_path.resolve())):
-            cluster.close()
-            dbapi._clusters.pop(key, None)
+    close_shared_clusters(tmp_path)
 
 
 @pytest.fixture

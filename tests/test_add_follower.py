@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import proxy
-from proxy import config as cfg
-from proxy.cli import main
-from proxy.verify import verify
+from proxy.store import config as cfg
+from proxy.tools.cli import main
+from proxy import verify
 
 WRITER = r'''
 import sys, time
@@ -120,7 +120,7 @@ def test_add_follower_cli_while_another_process_writes(make_cluster):
 def test_running_processes_pick_up_a_new_follower(make_cluster):
     cluster, conn = _setup(make_cluster, followers=1)
     # Another process adds the follower; this process's replicator must start moving it.
-    result = subprocess.run([sys.executable, "-m", "proxy.cli", "add-follower", str(cluster.directory),
+    result = subprocess.run([sys.executable, "-m", "proxy.tools.cli", "add-follower", str(cluster.directory),
                              "extra", "--wait", "0"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     conn.execute("INSERT INTO t(v) VALUES ('after')")
@@ -181,7 +181,7 @@ def test_trigger_format_snapshot_leaves_capture_machinery_on_the_leader(make_clu
 
 
 def test_retention_hold_pins_entries_during_add_and_is_dropped_after(make_cluster, monkeypatch):
-    from proxy import lifecycle
+    from proxy.cluster import retention
 
     cluster, conn = _setup(make_cluster, followers=1)
     cluster.configure(retain_min_entries=0)
@@ -193,7 +193,7 @@ def test_retention_hold_pins_entries_during_add_and_is_dropped_after(make_cluste
     cluster.wait_for_catchup(10, nodes=["node2"])
     cluster.truncate_log()
     assert cluster.entries(1)[0].lsn == lsn + 1  # pinned for the paused new follower
-    monkeypatch.setattr(lifecycle, "HOLD_GRACE", 0.0)
+    monkeypatch.setattr(retention, "HOLD_GRACE", 0.0)
     cluster.truncate_log()
     assert cluster.replication_status()["retention_holds"] == {}
     # A failed add leaves no hold behind.

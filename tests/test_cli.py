@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import proxy
-from proxy.cli import main
+from proxy.tools.cli import main
 
 COMMANDS_WITH_DIR = [
     ["status"], ["status", "--json"], ["verify", "--timeout", "1"], ["log"], ["log", "--json"],
@@ -71,7 +71,7 @@ def digest(directory: Path) -> dict[str, str]:
 
 def replproxy_command() -> list[str]:
     exe = shutil.which("replproxy")
-    return [exe] if exe else [sys.executable, "-m", "proxy.cli"]
+    return [exe] if exe else [sys.executable, "-m", "proxy.tools.cli"]
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from proxy import compare, workloads
-from proxy.cli import main as cli
+from proxy.tools import compare, workloads
+from proxy.tools.cli import main as cli
 
 # The naive statement mode (no_rewrite) diverges by design on nondeterministic functions (the
 # workload made for it), and nowhere else: connection settings travel even in that mode.

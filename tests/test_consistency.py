@@ -28,7 +28,8 @@ import apsw
 import pytest
 
 import proxy
-from proxy.consistency import _TOKEN_PREFIX
+import proxy.driver.connection
+from proxy.driver.consistency import TOKEN_PREFIX
 
 THREAD_SCHEMA = "CREATE TABLE comments(id INTEGER PRIMARY KEY, author TEXT NOT NULL, body TEXT NOT NULL)"
 ALL_COMMENTS = "SELECT author, body FROM comments ORDER BY id"
@@ -538,7 +539,7 @@ def test_session_falls_back_cleanly_when_its_follower_file_is_removed(cluster, c
     assert {s.name: s.state for s in cluster.status()}[failed] == "missing"
     # Connections re-read a follower's state once their cached copy is older than STATE_MAX_AGE;
     # make that at once rather than sleeping.
-    monkeypatch.setattr(proxy.dbapi, "STATE_MAX_AGE", 0.0)
+    monkeypatch.setattr(proxy.driver.connection, "STATE_MAX_AGE", 0.0)
     # The eventual session that used the failed follower moves too, though it asks for no position.
     for _ in range(3):
         rows, node, _ = read(browsing)
@@ -609,13 +610,13 @@ def test_policy_wait_is_served_by_the_follower_that_catches_up(cluster, conn, mo
     written = post(conn, "judy", "is this thing on?")
     conn.on_stale, conn.wait_timeout = "wait", 30
     waiting = threading.Event()
-    real_wait = cluster._wait_progress
+    real_wait = cluster.wait_progress
 
     def wait_progress(seconds: float) -> None:
         waiting.set()  # the read found no follower and is now waiting
         real_wait(seconds)
 
-    monkeypatch.setattr(cluster, "_wait_progress", wait_progress)
+    monkeypatch.setattr(cluster, "wait_progress", wait_progress)
 
     def resume_when_waiting() -> None:
         assert waiting.wait(30)
@@ -784,7 +785,7 @@ def test_session_token_continues_the_session_in_another_connection_and_process(c
         cluster.pause(node)
     written = post(conn, "mia", "posted from the laptop")
     token = conn.session_token
-    assert token.startswith(_TOKEN_PREFIX)
+    assert token.startswith(TOKEN_PREFIX)
     own = "SELECT body FROM comments WHERE author = 'mia' ORDER BY id"
 
     # Another connection with the token reads mia's write (no follower has it: the leader).
@@ -836,13 +837,13 @@ def test_session_tokens_of_another_cluster_or_damaged_are_refused(make_cluster):
     with pytest.raises(proxy.ProgrammingError, match="another cluster"):
         connect(ours, session_token=foreign.session_token)
     good = connect(ours).session_token
-    body = good[len(_TOKEN_PREFIX):]
+    body = good[len(TOKEN_PREFIX):]
     damaged = [
-        "", "hello", good[len(_TOKEN_PREFIX):], "rp1.", "rp1.!!!!", good[:-3] + "@@@", good + "x" * 5,
-        _TOKEN_PREFIX + body[::-1],
-        _TOKEN_PREFIX + "W10",  # "[]" encoded
-        _TOKEN_PREFIX + "eyJjIjoiYSJ9",  # {"c":"a"}: fields missing
-        _TOKEN_PREFIX + "eyJjIjoiYSIsInciOiJ4IiwiciI6MX0",  # {"c":"a","w":"x","r":1}
+        "", "hello", good[len(TOKEN_PREFIX):], "rp1.", "rp1.!!!!", good[:-3] + "@@@", good + "x" * 5,
+        TOKEN_PREFIX + body[::-1],
+        TOKEN_PREFIX + "W10",  # "[]" encoded
+        TOKEN_PREFIX + "eyJjIjoiYSJ9",  # {"c":"a"}: fields missing
+        TOKEN_PREFIX + "eyJjIjoiYSIsInciOiJ4IiwiciI6MX0",  # {"c":"a","w":"x","r":1}
     ]
     for token in damaged:
         with pytest.raises(proxy.ProgrammingError):

@@ -11,7 +11,7 @@ import unittest
 import dbapi20
 
 import proxy
-from proxy import dbapi
+from proxy.driver.connection import close_shared_clusters
 
 
 class ReplproxyDBAPI20Test(dbapi20.DatabaseAPI20Test):
@@ -28,8 +28,7 @@ class ReplproxyDBAPI20Test(dbapi20.DatabaseAPI20Test):
     def tearDown(self) -> None:
         super().tearDown()
         self.cluster.close()
-        for key in [k for k in dbapi._clusters if k.startswith(self.directory)]:
-            dbapi._clusters.pop(key).close()
+        close_shared_clusters(self.directory)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # SQLite has no stored procedures and a single result set per statement.

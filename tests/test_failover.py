@@ -13,10 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 import proxy
-import proxy.dbapi as dbapi_module
-from proxy import failover, storage
-from proxy.cli import main
-from proxy.verify import verify
+import proxy.driver.connection as dbapi_module
+from proxy.cluster import failover
+from proxy.store import log as store_log
+from proxy.store import node as store_node
+from proxy.tools.cli import main
+from proxy import verify
 
 from checks import file_meta, file_rows
 
@@ -33,9 +35,9 @@ def test_promoted_node_continues_lsns_after_its_applied_position(cluster, conn):
         # It keeps the entries it applied, to serve them once promoted.
         assert follower.execute("SELECT count(*), max(lsn) FROM _replproxy_log").fetchone() == (last, last)
         follower.execute("DELETE FROM _replproxy_log")  # even without them it continues after them
-        assert storage.last_lsn(follower) == last
+        assert store_log.last_lsn(follower) == last
         follower.execute("BEGIN IMMEDIATE")
-        lsn = storage.append(follower, epoch=2, format="row", payload=b"x")
+        lsn = store_log.append(follower, epoch=2, format="row", payload=b"x")
         follower.execute("ROLLBACK")
     finally:
         follower.close()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import proxy
-from proxy import config as cfg
-from proxy.verify import verify
+from proxy.store import config as cfg
+from proxy import verify
 
 from checks import file_rows
 
@@ -92,7 +92,7 @@ def test_failover_killed_at_random_points_is_finished_or_undone(tmp_path: Path) 
                 break
             except proxy.OperationalError as exc:
                 assert time.monotonic() < deadline, f"{context}: never writable again: {exc}"
-                cluster._wait_progress(0.05)
+                cluster.wait_progress(0.05)
         _settle(cluster)
         report = verify(cluster)
         assert report.identical, (context, report.differences)

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import proxy
-from proxy import config as cfg
-from proxy.verify import verify
+from proxy.store import config as cfg
+from proxy import verify
 
 from checks import file_rows
 

@@ -17,7 +17,8 @@ import apsw
 import pytest
 
 import proxy
-from proxy import storage
+from proxy.store import log as store_log
+from proxy.store import node as store_node
 
 MakeCluster = Callable[..., proxy.Cluster]
 
@@ -129,7 +130,7 @@ def test_followers_apply_strictly_in_lsn_order_and_end_identical_after_200_trans
     try:
         while any(t.is_alive() for t in threads) or len(snapshots) < 5:
             follower.execute("BEGIN")
-            lsn = storage.read_state(follower).applied_lsn
+            lsn = store_node.read_state(follower).applied_lsn
             ids = {r[0] for r in follower.execute("SELECT id FROM moves")}
             row = follower.execute("SELECT n FROM counter WHERE id = 1").fetchone()
             follower.execute("COMMIT")

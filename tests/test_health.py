@@ -15,10 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 import proxy
-from proxy import config as cfg
-from proxy import storage
-from proxy.cli import main
-from proxy.verify import verify
+from proxy.store import config as cfg
+from proxy.store import log as store_log
+from proxy.store import node as store_node
+from proxy.tools.cli import main
+from proxy import verify
 
 from checks import file_meta, file_rows
 
@@ -36,7 +37,7 @@ def _wait_leader_change(cluster: proxy.Cluster, old: str, timeout: float = 10.0)
         if name != old:
             cluster.refresh_config()
             return name
-        cluster._wait_progress(0.02)
+        cluster.wait_progress(0.02)
     raise AssertionError(f"no failover from {old} within {timeout}s")
 
 
@@ -69,10 +70,10 @@ def test_stopped_follower_serves_no_reads_applies_nothing_then_catches_up(cluste
     _workload(conn, 0, 5, "a")
     cluster.wait_for_catchup()
     cluster.stop_node("node2")
-    held = storage.read_state(cluster.open_node("node2")).applied_lsn
+    held = store_node.read_state(cluster.open_node("node2")).applied_lsn
     _workload(conn, 5, 5, "b")
     cluster.wait_for_catchup(nodes=["node3"])
-    assert storage.read_state(cluster.open_node("node2")).applied_lsn == held
+    assert store_node.read_state(cluster.open_node("node2")).applied_lsn == held
     for _ in range(6):
         cur = conn.cursor().execute("SELECT count(*) FROM t", consistency="eventual")
         assert cur.node != "node2"
@@ -175,7 +176,7 @@ def test_anti_flapping_window_holds_a_second_failover(cluster):
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
         assert _leader_of(cluster.directory) == first
-        cluster._wait_progress(0.05)
+        cluster.wait_progress(0.05)
     health = cluster.health()
     assert not health["leader_ok"] and health["held_until"] is not None
     status = CliRunner().invoke(main, ["status", str(cluster.directory)])
@@ -355,7 +356,7 @@ def test_cli_stop_start_and_config(cluster):
 def test_shell_stop_start_and_the_next_write_goes_to_the_new_leader(cluster):
     import io
 
-    from proxy.shell import Shell
+    from proxy.tools.shell.repl import Shell
 
     cluster.configure(**FAST)
     out = io.StringIO()
@@ -477,9 +478,9 @@ def test_a_leader_file_that_disappears_is_detected_and_replaced(cluster):
             Path(f"{old}{suffix}").rename(f"{old}{suffix}.gone")
     new = _wait_leader_change(cluster, "node1")
     deadline = time.monotonic() + 10  # the monitor records it just after rewriting cluster.toml
-    while cluster._monitor.last_failover is None and time.monotonic() < deadline:
-        cluster._wait_progress(0.01)
-    made = cluster._monitor.last_failover
+    while cluster.monitor.last_failover is None and time.monotonic() < deadline:
+        cluster.wait_progress(0.01)
+    made = cluster.monitor.last_failover
     assert made.automatic and "node1.db) is missing" in made.reason and not made.old_leader_reachable
     cur = conn.execute("INSERT INTO t(v) VALUES ('after')")
     assert cur.node == new
@@ -497,7 +498,7 @@ def test_monitors_in_several_processes_make_exactly_one_failover(cluster):
         print("ready", flush=True)
         sys.stdin.readline()
         c.close()
-        m = c._monitor
+        m = c.monitor
         print(m.last_failover.epoch if m and m.last_failover else 0, flush=True)
     """)
     children = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
@@ -511,7 +512,7 @@ def test_monitors_in_several_processes_make_exactly_one_failover(cluster):
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:
             assert cfg.read(cluster.directory).epoch == 2
-            cluster._wait_progress(0.05)
+            cluster.wait_progress(0.05)
         made = []
         for child in children:
             child.stdin.write("done\n")
@@ -521,7 +522,7 @@ def test_monitors_in_several_processes_make_exactly_one_failover(cluster):
     finally:
         for child in children:
             child.kill()
-    mine = cluster._monitor.last_failover
+    mine = cluster.monitor.last_failover
     made.append(mine.epoch if mine else 0)
     config = cfg.read(cluster.directory)
     assert len(config.epochs) == 1 and config.epoch == 2
@@ -531,12 +532,12 @@ def test_monitors_in_several_processes_make_exactly_one_failover(cluster):
 def test_a_failover_made_by_another_process_is_seen_without_writing(cluster):
     cluster.configure(auto_failover=False)
     cluster.stop_node("node1")
-    done = subprocess.run([sys.executable, "-m", "proxy.cli", "failover", str(cluster.directory)],
+    done = subprocess.run([sys.executable, "-m", "proxy.tools.cli", "failover", str(cluster.directory)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     deadline = time.monotonic() + 10
     while cluster.leader == "node1" and time.monotonic() < deadline:
-        cluster._wait_progress(0.02)  # the replicator re-reads cluster.toml every round
+        cluster.wait_progress(0.02)  # the replicator re-reads cluster.toml every round
     assert cluster.leader == "node2"
 
 
@@ -618,8 +619,8 @@ def test_unreachable_old_leader_moves_counters_of_tables_without_a_counter_row_y
 
 
 def test_an_applier_still_reading_the_old_leader_never_applies_its_later_entries(cluster):
-    from proxy.logsource import LeaderFileSource
-    from proxy.replication import Applier
+    from proxy.store.source import LeaderFileSource
+    from proxy.store.applier import Applier
 
     cluster.configure(auto_failover=False)
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
@@ -629,9 +630,9 @@ def test_an_applier_still_reading_the_old_leader_never_applies_its_later_entries
     result = cluster.failover("node2")
     # A write the old leader took anyway (as if fenced too late): the dead branch at base + 1.
     old = apsw.Connection(str(cluster.path_of("node1")))
-    with storage.write_transaction(old):
+    with store_node.write_transaction(old):
         old.execute("INSERT INTO t(v) VALUES ('dead branch')")
-        dead = storage.append(old, epoch=1, format="sql-free", payload=b"never applied")
+        dead = store_log.append(old, epoch=1, format="sql-free", payload=b"never applied")
     old.close()
     assert dead == result.lsn + 1
     # node3's applier as another process would have it before re-reading cluster.toml.

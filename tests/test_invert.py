@@ -25,8 +25,9 @@ import proxy
 from logformats import ApplyError, NotInvertibleError, codec
 from logformats.row import TAG_CHANGESET
 from logformats.statement import payload_items
-from proxy import storage
-from proxy.verify import fingerprint
+from proxy.store import log as store_log
+from proxy.store import node as store_node
+from proxy.cluster.verify import fingerprint
 
 MakeCluster = Callable[..., proxy.Cluster]
 
@@ -187,7 +188,7 @@ def run_workload(make_cluster: MakeCluster, format: str = "row", row_image: str 
 
 def held_follower(work: Workload) -> apsw.Connection:
     conn = work.cluster.open_node(work.follower)
-    assert storage.read_state(conn).applied_lsn == work.start, "the follower must be held at the start"
+    assert store_node.read_state(conn).applied_lsn == work.start, "the follower must be held at the start"
     return conn
 
 

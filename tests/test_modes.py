@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import proxy
-from proxy import config as cfg
-from proxy import modes
-from proxy.cli import main
+from proxy.store import config as cfg
+from proxy.cluster import modes
+from proxy.tools.cli import main
 
 
 def _applied(cluster: proxy.Cluster, node: str) -> int:
@@ -119,7 +119,7 @@ def test_mode_change_in_another_process_is_picked_up_without_reconnecting(make_c
     conn.execute("CREATE TABLE t(a)")
     cluster.pause("node2")
     conn.execute("INSERT INTO t VALUES (1)")  # async: returns at once
-    result = subprocess.run([sys.executable, "-m", "proxy.cli", "config", str(cluster.directory),
+    result = subprocess.run([sys.executable, "-m", "proxy.tools.cli", "config", str(cluster.directory),
                              "--mode", "sync", "--sync-followers", "node2", "--timeout", "0.2"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -149,7 +149,7 @@ def test_sync_waits_on_another_process_replicator(make_cluster):
     cluster.configure(mode="sync", sync_followers=["node2"], sync_timeout=10)
     cluster.close()
     writer = proxy.Cluster(cluster.directory, replicate=False)
-    mover = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", str(cluster.directory)],
+    mover = subprocess.Popen([sys.executable, "-m", "proxy.tools.cli", "serve", str(cluster.directory)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         conn = proxy.connect(cluster.directory, cluster=writer, autocommit=True)

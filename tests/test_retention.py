@@ -10,8 +10,8 @@ import apsw
 from click.testing import CliRunner
 
 import proxy
-from proxy.cli import main
-from proxy.verify import verify
+from proxy.tools.cli import main
+from proxy import verify
 
 
 def _log_span(cluster: proxy.Cluster) -> tuple[int | None, int | None, int]:
@@ -130,9 +130,9 @@ def test_leader_file_does_not_grow_under_a_steady_workload(make_cluster):
 
 
 def test_replicator_truncates_by_itself(make_cluster, monkeypatch):
-    from proxy import lifecycle
+    from proxy.cluster import retention
 
-    monkeypatch.setattr(lifecycle, "RETENTION_INTERVAL", 0.02)
+    monkeypatch.setattr(retention, "RETENTION_INTERVAL", 0.02)
     cluster = _no_history(make_cluster(followers=1))
     conn = _writes(cluster, 40)
     cluster.wait_for_catchup(10)
@@ -157,9 +157,9 @@ def test_the_last_entries_are_kept_as_history_by_default(make_cluster):
 
 
 def test_auto_resync_reseeds_a_follower_left_behind(make_cluster, monkeypatch):
-    from proxy import lifecycle
+    from proxy.cluster import retention
 
-    monkeypatch.setattr(lifecycle, "RETENTION_INTERVAL", 0.05)
+    monkeypatch.setattr(retention, "RETENTION_INTERVAL", 0.05)
     cluster = _no_history(make_cluster(followers=2))
     result = CliRunner().invoke(main, ["config", str(cluster.directory), "--retain-max-bytes", "1500",
                                        "--auto-resync"])

@@ -15,7 +15,8 @@ import pytest
 
 import proxy
 from checks import assert_identical, nodes, query_all, same_on_all
-from proxy import storage
+from proxy.store import log as store_log
+from proxy.store import node as store_node
 
 IMAGES = pytest.mark.parametrize("row_image", ["full", "minimal"])
 
@@ -589,7 +590,7 @@ def test_log_has_one_entry_per_committed_write_transaction_gapless_with_epoch_fo
     for entry in entries:
         assert entry.epoch == 1
         assert entry.format == "row"
-        assert entry.checksum_ok and entry.checksum == storage.checksum(entry.payload)
+        assert entry.checksum_ok and entry.checksum == store_log.checksum(entry.payload)
         assert started - 1 <= entry.committed_at <= finished + 1
     assert [e.committed_at for e in entries] == sorted(e.committed_at for e in entries)
     assert same_on_all(cluster, "SELECT count(*) FROM kv") == [(8 * 5 - 8,)]
@@ -653,7 +654,7 @@ def test_internal_tables_are_refused_through_the_proxy_not_replicated_and_ignore
             mine = follower.execute("SELECT lsn, checksum FROM _replproxy_log ORDER BY lsn").fetchall()
             assert mine == [(e.lsn, e.checksum) for e in cluster.entries()]
             assert dict(follower.execute("SELECT key, value FROM _replproxy_meta"))["node"] == name
-            assert storage.read_state(follower).applied_lsn == cluster.leader_lsn()
+            assert store_node.read_state(follower).applied_lsn == cluster.leader_lsn()
             user_tables = [r[0] for r in follower.execute(
                 "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE '\\_replproxy\\_%' ESCAPE '\\' "
                 "ORDER BY name")]

@@ -22,9 +22,9 @@ from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
 import proxy
-from proxy import dotcommands
-from proxy.cli import main
-from proxy.shell import (
+from proxy.tools.shell import dotcommands
+from proxy.tools.cli import main
+from proxy.tools.shell.repl import (
     CtrlC,
     Shell,
     ShellCompleter,

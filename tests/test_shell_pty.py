@@ -22,7 +22,7 @@ ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELEC
 
 def spawn(directory: Path, history: Path) -> "pexpect.spawn":
     exe = shutil.which("replproxy")
-    command, args = (exe, []) if exe else (sys.executable, ["-m", "proxy.cli"])
+    command, args = (exe, []) if exe else (sys.executable, ["-m", "proxy.tools.cli"])
     env = dict(os.environ, TERM="xterm", HOME=str(history.parent), REPLPROXY_HISTORY=str(history),
                PROMPT_TOOLKIT_NO_CPR="1")  # a pty that never answers cursor-position requests
     return pexpect.spawn(command, [*args, "shell", str(directory)], env=env, dimensions=(30, 120),

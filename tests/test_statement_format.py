@@ -26,7 +26,7 @@ import logformats
 import proxy
 from logformats import determinism, statement
 from logformats.base import StatementInfo
-from proxy.cli import main as cli
+from proxy.tools.cli import main as cli
 
 MakeCluster = Callable[..., proxy.Cluster]
 

@@ -15,7 +15,8 @@ import pytest
 import proxy
 from checks import assert_identical, nodes, query_all, same_on_all
 from logformats import trigger as trig
-from proxy import storage
+from proxy.store import log as store_log
+from proxy.store import node as store_node
 
 MakeCluster = Callable[..., proxy.Cluster]
 
@@ -456,7 +457,7 @@ def test_entries_decode_for_humans(make_cluster):
     assert report.tables == 1
     entry = cluster.entries(cluster.leader_lsn(), 1)[0]
     assert not trig.is_outside_entry(entry.payload)
-    assert storage.checksum(entry.payload) == entry.checksum
+    assert store_log.checksum(entry.payload) == entry.checksum
 
 
 def test_odd_names_wide_tables_and_a_rowid_column(make_cluster):

@@ -1,0 +1,84 @@
+"""Replication and failover settings in cluster.toml, and the replication status.
+
+`configure` changes the mode and roles in cluster.toml (under its lock file, written atomically);
+every process notices the new mtime at its next commit or replicator round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from ..errors import ClusterError
+from ..store import config as cfg
+from ..store import node as store
+from . import modes
+from .core import ClusterCore
+
+
+def configure(cluster: ClusterCore, *, mode: str | None = None, sync_followers: list[str] | None = None,
+              semi_sync_k: int | None = None, sync_timeout: float | None = None,
+              retain_min_entries: int | None = None, retain_max_bytes: int | None = None,
+              retain_max_age: float | None = None, auto_resync: bool | None = None,
+              auto_failover: bool | None = None, failover_timeout: float | None = None,
+              failover_cooldown: float | None = None, failover_key_gap: int | None = None
+              ) -> cfg.ClusterConfig:
+    """Change replication settings; `sync_followers`: the followers whose role becomes sync (the
+    others become async)."""
+
+    def change(config: cfg.ClusterConfig) -> cfg.ClusterConfig:
+        values: dict[str, Any] = {}
+        for key, value in (("mode", mode), ("semi_sync_k", semi_sync_k),
+                           ("sync_timeout", sync_timeout), ("retain_min_entries", retain_min_entries),
+                           ("retain_max_bytes", retain_max_bytes),
+                           ("retain_max_age", retain_max_age), ("auto_resync", auto_resync),
+                           ("auto_failover", auto_failover), ("failover_timeout", failover_timeout),
+                           ("failover_cooldown", failover_cooldown),
+                           ("failover_key_gap", failover_key_gap)):
+            if value is not None:
+                values[key] = value
+        if sync_followers is not None:
+            for name in sync_followers:
+                if config.node(name).role != "follower":
+                    raise ClusterError(f"{name} is the leader; only followers have a sync role")
+            values["nodes"] = tuple(
+                replace(n, replication="sync" if n.name in sync_followers else "async")
+                if n.role == "follower" else n for n in config.nodes)
+        new = replace(config, **values)
+        if new.mode == "sync" and not new.sync_followers:
+            raise ClusterError("sync mode needs at least one sync follower (--sync-followers)")
+        return new
+
+    return cluster.change_config(change)
+
+
+def replication_status(cluster: ClusterCore) -> dict[str, Any]:
+    cluster.refresh_config()
+    config = cluster.config
+    with cluster.node(cluster.leader) as conn:
+        degraded = modes.read_degraded(conn)
+        first, last, count, size = conn.execute(
+            "SELECT min(lsn), max(lsn), count(*), coalesce(sum(length(payload)), 0) FROM _replproxy_log"
+        ).fetchone()
+        holds = store.retention_holds(conn)
+    return {
+        "mode": config.mode,
+        "semi_sync_k": config.semi_sync_k,
+        "sync_timeout": config.sync_timeout,
+        "sync_followers": list(config.sync_followers),
+        "degraded": degraded is not None,
+        "degraded_since": degraded[0] if degraded else None,
+        "degraded_reason": degraded[1] if degraded else None,
+        "retained_entries": count,
+        "retained_bytes": size,
+        "retained_from_lsn": first,
+        "retained_to_lsn": last,
+        "retain_min_entries": config.retain_min_entries,
+        "retain_max_bytes": config.retain_max_bytes,
+        "retain_max_age": config.retain_max_age,
+        "auto_resync": config.auto_resync,
+        "retention_holds": {name: lsn for name, (lsn, _) in holds.items()},
+    }
+
+

@@ -1,0 +1,102 @@
+"""`status`: role, file, applied LSN, lag and state of every node."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import apsw
+
+from ..errors import ClusterError
+from ..store import log, node
+from .core import ClusterCore
+
+STOPPED_LEADER = "stopped with replproxy stop-node: no writes until a failover or start-node"
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node as `status()` reports it."""
+
+    name: str
+    role: str
+    file: str
+    applied_lsn: int
+    lag_entries: int
+    lag_seconds: float
+    state: str  # "ok", "paused", "error", "needs-snapshot", "missing", "stopped"
+    error: str | None = None
+    error_lsn: int | None = None
+    # A follower's replication role ("sync" or "async"); empty for the leader.
+    replication: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def status(cluster: ClusterCore) -> list[NodeStatus]:
+    cluster.refresh_config()
+    with cluster.node(cluster.leader) as leader_conn:
+        leader_lsn = log.last_lsn(leader_conn)
+        now = time.time()
+        down = cluster.config.leader.stopped
+        result = [NodeStatus(cluster.leader, "leader", str(cluster.path_of(cluster.leader)), leader_lsn,
+                             0, 0.0, "stopped" if down else "ok", STOPPED_LEADER if down else None)]
+        for follower in cluster.config.followers:
+            row = _follower_status(cluster, follower.name, leader_conn, leader_lsn, now)
+            if follower.stopped:
+                # What its file holds: for a deposed leader, its own last LSN.
+                position = _position_of(cluster, follower.name, row.applied_lsn)
+                row = NodeStatus(follower.name, "follower", row.file, position,
+                                 max(0, leader_lsn - position), row.lag_seconds,
+                                 "stopped", "stopped with replproxy stop-node", None,
+                                 follower.replication)
+            result.append(row)
+        return result
+
+
+def _position_of(cluster: ClusterCore, name: str, default: int) -> int:
+    try:
+        with cluster.node(name) as conn:
+            return log.last_lsn(conn)
+    except (ClusterError, apsw.Error):
+        return default
+
+
+def _follower_status(cluster: ClusterCore, name: str, leader_conn: apsw.Connection, leader_lsn: int,
+                     now: float) -> NodeStatus:
+    path = str(cluster.path_of(name))
+    try:
+        conn = cluster.open_node(name)
+    except ClusterError as exc:
+        return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "missing", str(exc))
+    try:
+        state = node.read_state(conn)
+    except (apsw.Error, ClusterError) as exc:
+        return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "error", str(exc))
+    finally:
+        conn.close()
+    lag = max(0, leader_lsn - state.applied_lsn)
+    lag_seconds = 0.0
+    if lag:
+        first_missing = log.commit_time(leader_conn, state.applied_lsn + 1)
+        if first_missing is not None:
+            lag_seconds = max(0.0, now - first_missing)
+    if state.error:
+        node_state = "error"
+    elif state.paused:
+        node_state = "paused"
+    else:
+        node_state = "ok"
+    error = state.error
+    if error is None and cluster.replicator is not None:
+        error = cluster.replicator.errors.get(name)
+    if state.needs_snapshot:
+        node_state = "needs-snapshot"
+    elif lag and log.first_missing_gone(leader_conn, state.applied_lsn):
+        node_state = "needs-snapshot"
+        error = error or (f"{name}: log entry {state.applied_lsn + 1} is no longer retained; "
+                          f"re-seed it with `replproxy resync DIR {name}`")
+    return NodeStatus(name, "follower", path, state.applied_lsn, lag, round(lag_seconds, 3),
+                      node_state, error, state.error_lsn, cluster.config.node(name).replication)

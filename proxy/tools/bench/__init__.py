@@ -1,0 +1,14 @@
+"""`replproxy bench`: measured costs against plain SQLite in the same run (docs/performance.md).
+
+- writes.py: the leader's commit cost and the follower apply rate (the main table);
+- reads.py: point and range reads through the driver against Python's sqlite3;
+- formats.py: the trigger format's breakdown and log bytes per transaction;
+- modes.py: the cost of sync and semi-sync commits, and a new follower's catch-up rate;
+- common.py: what they share.
+"""
+
+from __future__ import annotations
+
+from .writes import run_bench
+
+__all__ = ["run_bench"]

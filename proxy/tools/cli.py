@@ -1,0 +1,536 @@
+"""The `replproxy` command line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+import logformats
+
+from ..cluster import Cluster, create_cluster
+from ..cluster.verify import verify as verify_cluster
+from ..driver import connect
+from ..errors import Error, ReplicationTimeout
+from ..store import config as cfg
+from .render import render
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def _open(directory: str, replicate: bool = True, require_leader: bool = True) -> Cluster:
+    try:
+        return Cluster(directory, replicate=replicate, require_leader=require_leader)
+    except Error as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+@contextlib.contextmanager
+def _cluster(directory: str, replicate: bool = True, require_leader: bool = True) -> Iterator[Cluster]:
+    """The cluster for one command: its errors end the command with their message."""
+    cluster = _open(directory, replicate, require_leader)
+    try:
+        yield cluster
+    except Error as exc:
+        _fail(str(exc))
+    finally:
+        cluster.close()
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    """A failover or start-node result: its lines, or JSON."""
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        for line in result.lines():
+            click.echo(line)
+
+
+def _parse_param(text: str) -> Any:
+    """`--param` values: JSON numbers, null, true/false and "quoted strings" keep their type;
+    `x'ABCD'` is a BLOB; anything else is text."""
+    if len(text) >= 3 and text[:2] in ("x'", "X'") and text.endswith("'"):
+        try:
+            return bytes.fromhex(text[2:-1])
+        except ValueError:
+            pass
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, (int, float, str)) or value is None:
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    return text
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record comes (it may be replaced after setup)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="replproxy")
+def main() -> None:
+    """replproxy: a SQL replication proxy over SQLite.
+
+    Writes go to a leader database and are captured in a replication log; followers replay the
+    log; reads go to followers that have caught up with you. Start with `replproxy demo`.
+    """
+    # Background events (an automatic failover, a follower stopping on an error) as one line each.
+    root = logging.getLogger("replproxy")
+    if not root.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("replproxy: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--followers", "-n", default=2, show_default=True, type=click.IntRange(0, 64),
+              help="Number of follower nodes.")
+@click.option("--format", "log_format", default="row", show_default=True,
+              type=click.Choice(logformats.names()), help="Replication log format.")
+@click.option("--row-image", default="full", show_default=True, type=click.Choice(cfg.ROW_IMAGES),
+              help="Row format: full = before and after images (changesets), minimal = key and changed "
+                   "values (patchsets).")
+@click.option("--from", "from_db", type=click.Path(exists=True, dir_okay=False),
+              help="Seed every node from this existing SQLite database (it is copied, not changed).")
+@click.option("--synchronous", default="full", show_default=True, type=click.Choice(cfg.SYNCHRONOUS_LEVELS),
+              help="PRAGMA synchronous on the leader (full: an acknowledged commit survives power loss).")
+@click.option("--follower-synchronous", default="normal", show_default=True,
+              type=click.Choice(cfg.SYNCHRONOUS_LEVELS),
+              help="PRAGMA synchronous on followers (after a power loss they re-apply from their own "
+                   "position).")
+@click.option("--no-rewrite", is_flag=True,
+              help="Statement format: log statements as written, without making them deterministic or "
+                   "refusing unsafe ones (naive mode for demonstrations: followers may diverge).")
+@click.option("--mixed-policy", type=click.Choice(["statement", "smallest"]),
+              help="Mixed format: log safe statements as statements (default), or as whichever of "
+                   "statement and row images is smaller.")
+def init(directory: str, followers: int, log_format: str, row_image: str, from_db: str | None,
+         synchronous: str, follower_synchronous: str, no_rewrite: bool, mixed_policy: str | None) -> None:
+    """Create a cluster in DIRECTORY: cluster.toml and one SQLite file per node (WAL mode)."""
+    options: dict[str, Any] = {}
+    if no_rewrite:
+        if log_format != "statement":
+            _fail("--no-rewrite applies to --format statement only")
+        options["no_rewrite"] = True
+    if mixed_policy is not None:
+        if log_format != "mixed":
+            _fail("--mixed-policy applies to --format mixed only")
+        options["mixed_policy"] = mixed_policy
+    try:
+        config = create_cluster(directory, followers=followers, format=log_format, row_image=row_image,
+                                from_db=from_db, synchronous=synchronous,
+                                follower_synchronous=follower_synchronous, options=options)
+    except (Error, ValueError) as exc:
+        _fail(str(exc))
+        return
+    extra = "".join(f", {key.replace('_', ' ')} {value}" for key, value in sorted(options.items()))
+    click.echo(f"Created cluster in {directory} (format {config.format}, row image {config.row_image}{extra})")
+    for node in config.nodes:
+        click.echo(f"  {node.name:8} {node.role:8} {Path(directory) / node.file}")
+
+
+@main.command("exec")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("sql")
+@click.option("--param", "-p", "params", multiple=True,
+              help="Bind a ? parameter (repeat in order). JSON literals keep their type "
+                   "(5, 1.5, null, \"5\"); x'00ff' is a BLOB; anything else is text.")
+@click.option("--node", help="Read from this node only (writes are refused unless it is the leader).")
+@click.option("--mode", type=click.Choice(["table", "box", "csv", "json", "line"]), default="table",
+              show_default=True, help="Output format for rows.")
+@click.option("--settle", default=2.0, show_default=True, type=float,
+              help="Seconds to let followers catch up before exiting (0: exit at once).")
+def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, mode: str,
+          settle: float) -> None:
+    """Run one SQL statement through the proxy and print its rows."""
+    with _cluster(directory) as cluster:
+        conn = connect(directory, cluster=cluster, autocommit=True, node=node)
+        cursor = conn.cursor()
+        cursor.execute(sql, [_parse_param(p) for p in params])
+        rows = cursor.fetchall() if cursor.description else []
+        if cursor.description:
+            headers = [d[0] for d in cursor.description]
+            click.echo(render(headers, rows, mode), nl=False)
+        elif cursor.rowcount >= 0:
+            click.echo(f"{cursor.rowcount} row(s) changed", err=True)
+        where = f"served by {cursor.node}"
+        if cursor.lsn:
+            where += f" at LSN {cursor.lsn}"
+        click.echo(f"-- {where}", err=True)
+        conn.close()
+        if settle > 0:
+            try:
+                cluster.wait_for_catchup(settle)
+            except (ReplicationTimeout, Error):
+                pass
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def status(directory: str, as_json: bool) -> None:
+    """Per node: role, file, applied LSN, lag in entries and seconds, and state; failover
+    settings, leader health and lost writes."""
+    with _cluster(directory, replicate=False) as cluster:
+        nodes = cluster.status()
+        replication = cluster.replication_status()
+        health = cluster.health()
+    if as_json:
+        click.echo(json.dumps({"format": cluster.config.format, "row_image": cluster.config.row_image,
+                               "epoch": cluster.epoch, "replication": replication,
+                               "failover": health, "lost_writes": health["lost_writes"],
+                               "nodes": [n.as_dict() for n in nodes]}, indent=2))
+        return
+    headers = ["node", "role", "sync", "applied LSN", "lag", "lag (s)", "state", "file", "error"]
+    rows = [[n.name, n.role, n.replication, n.applied_lsn, n.lag_entries, n.lag_seconds, n.state, n.file,
+             n.error or ""] for n in nodes]
+    click.echo(f"format {cluster.config.format} (row image {cluster.config.row_image}), epoch {cluster.epoch}")
+    click.echo(_mode_line(replication))
+    click.echo(_failover_line(health))
+    for lost in health["lost_writes"]:
+        span = (f"LSN {lost['first_lsn']}..{lost['last_lsn']}" if lost.get("first_lsn") is not None
+                else lost.get("error", "empty"))
+        click.echo(f"LOST WRITES: {lost['entries']} entries ({span}) in {lost['file']}")
+    click.echo(render(headers, rows), nl=False)
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def _failover_line(h: dict[str, Any]) -> str:
+    if h["auto_failover"]:
+        text = (f"failover automatic after {h['failover_timeout']:g}s, not within "
+                f"{h['failover_cooldown']:g}s of the last")
+    else:
+        text = "failover manual only (auto_failover off)"
+    if h["last_failover_at"]:
+        text += f"; last failover {_clock(h['last_failover_at'])} (epoch {h['epoch']})"
+    if not h["leader_ok"]:
+        text += f"\nLEADER DOWN: {h['leader_problem']}"
+        if h["held_until"]:
+            text += f"; automatic failover held until {_clock(h['held_until'])} (anti-flapping)"
+        elif h["failover_due_at"]:
+            text += (f"; automatic failover due at {_clock(h['failover_due_at'])} by any process "
+                     "with the cluster open (replproxy serve)")
+    return text
+
+
+def _mode_line(r: dict[str, Any]) -> str:
+    mode = r["mode"]
+    if mode == "sync":
+        mode += f" (waits for {', '.join(r['sync_followers'])}; timeout {r['sync_timeout']:g}s)"
+    elif mode == "semi-sync":
+        mode += f" (k={r['semi_sync_k']}; timeout {r['sync_timeout']:g}s)"
+        if r["degraded"]:
+            mode += f" DEGRADED to async since {time.strftime('%H:%M:%S', time.localtime(r['degraded_since']))}: " \
+                    f"{r['degraded_reason']}"
+    span = (f"LSN {r['retained_from_lsn']}..{r['retained_to_lsn']}" if r["retained_entries"] else "empty")
+    limit = f"keep last {r['retain_min_entries']}, max "
+    limit += f"{r['retain_max_bytes']} bytes" if r["retain_max_bytes"] else "no size limit"
+    if r["retain_max_age"]:
+        limit += f", {r['retain_max_age']:g} s"
+    if r.get("auto_resync"):
+        limit += ", auto-resync"
+    holds = "".join(f", hold {name} at {lsn}" for name, lsn in r["retention_holds"].items())
+    return (f"mode {mode}\nlog retained: {r['retained_entries']} entries, {r['retained_bytes']} bytes "
+            f"({span}; limit {limit}{holds})")
+
+
+@main.command("config")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--mode", type=click.Choice(cfg.MODES), help="Replication mode.")
+@click.option("--sync-followers", help="Comma-separated followers whose role becomes sync (others: async).")
+@click.option("--semi-sync-k", type=click.IntRange(1), help="semi-sync: followers that must apply a commit.")
+@click.option("--timeout", "sync_timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a commit waits for acknowledgements (sync: then fails; semi-sync: then degrades).")
+@click.option("--retain-min-entries", type=click.IntRange(0),
+              help="Keep at least the last N log entries even when every follower applied them.")
+@click.option("--retain-max-bytes", type=click.IntRange(0), help="Log retention size limit (0: none).")
+@click.option("--retain-max-age", type=click.FloatRange(0), help="Log retention age limit in seconds (0: none).")
+@click.option("--auto-resync/--no-auto-resync", default=None,
+              help="Re-seed followers left behind by retention from a new snapshot automatically.")
+@click.option("--auto-failover/--no-auto-failover", default=None,
+              help="Promote the most up-to-date follower when the leader fails (default on).")
+@click.option("--failover-timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds without an answer from the leader before automatic failover (default 5).")
+@click.option("--failover-cooldown", type=click.FloatRange(0),
+              help="No automatic failover within this many seconds of the last one (default 60).")
+@click.option("--failover-key-gap", type=click.IntRange(0),
+              help="AUTOINCREMENT counters jump by this much when the old leader was unreachable.")
+def config_(directory: str, mode: str | None, sync_followers: str | None, semi_sync_k: int | None,
+            sync_timeout: float | None, retain_min_entries: int | None, retain_max_bytes: int | None,
+            retain_max_age: float | None, auto_resync: bool | None, auto_failover: bool | None,
+            failover_timeout: float | None, failover_cooldown: float | None,
+            failover_key_gap: int | None) -> None:
+    """Show or change replication and failover settings; running clients pick them up at their
+    next commit."""
+    with _cluster(directory, replicate=False) as cluster:
+        names = None
+        if sync_followers is not None:
+            names = [n.strip() for n in sync_followers.split(",") if n.strip()]
+        cluster.configure(mode=mode, sync_followers=names, semi_sync_k=semi_sync_k,
+                          sync_timeout=sync_timeout, retain_min_entries=retain_min_entries,
+                          retain_max_bytes=retain_max_bytes,
+                          retain_max_age=retain_max_age, auto_resync=auto_resync,
+                          auto_failover=auto_failover, failover_timeout=failover_timeout,
+                          failover_cooldown=failover_cooldown, failover_key_gap=failover_key_gap)
+        click.echo(_mode_line(cluster.replication_status()))
+        click.echo(_failover_line(cluster.health()))
+
+
+@main.command("add-follower")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("name")
+@click.option("--file", "file_name", help="Database file in DIRECTORY (default NAME.db).")
+@click.option("--sync", "sync_role", is_flag=True, help="Give the new follower the sync role.")
+@click.option("--wait", default=30.0, show_default=True, type=float,
+              help="Seconds to wait for it to catch up (0: return after the snapshot).")
+def add_follower(directory: str, name: str, file_name: str | None, sync_role: bool, wait: float) -> None:
+    """Add follower NAME online: a snapshot of the leader (backup API) at an exact LSN, then catch-up."""
+    with _cluster(directory) as cluster:
+        lsn = cluster.add_follower(name, file=file_name, replication="sync" if sync_role else "async")
+        click.echo(f"{name}: snapshot at LSN {lsn} ({cluster.path_of(name)})")
+        if wait > 0:
+            target = cluster.wait_for_catchup(wait, nodes=[name])
+            click.echo(f"{name}: caught up with LSN {target}")
+
+
+@main.command("remove-follower")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("name")
+@click.option("--delete-file", is_flag=True, help="Also delete its database file.")
+def remove_follower(directory: str, name: str, delete_file: bool) -> None:
+    """Unregister follower NAME (its log retention slot goes with it)."""
+    with _cluster(directory, replicate=False) as cluster:
+        cluster.remove_follower(name, delete_file=delete_file)
+        click.echo(f"{name} removed")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+@click.option("--wait", default=30.0, show_default=True, type=float,
+              help="Seconds to wait for it to catch up (0: return after the snapshot).")
+def resync(directory: str, node: str, wait: float) -> None:
+    """Re-seed follower NODE from a new snapshot of the leader (after it fell behind retention)."""
+    with _cluster(directory) as cluster:
+        lsn = cluster.resync(node)
+        click.echo(f"{node}: re-seeded from a snapshot at LSN {lsn}")
+        if wait > 0:
+            click.echo(f"{node}: caught up with LSN {cluster.wait_for_catchup(wait, nodes=[node])}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--to", "to", default=None, help="Follower to promote (default: the most up-to-date).")
+@click.option("--force", is_flag=True,
+              help="Promote a target that is behind; the old leader's later entries are recorded "
+                   "in DIR/lost-writes-epoch<N>.jsonl.")
+@click.option("--timeout", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for the old leader's lock and for the target to catch up.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def failover(directory: str, to: str | None, force: bool, timeout: float, as_json: bool) -> None:
+    """Make a follower the leader: fence the old leader, carry its log over, bump the epoch.
+
+    Works with the leader stopped or its file gone; then the most up-to-date follower is promoted
+    as it is, and the old leader is fenced and its unreplicated writes undone when it starts again."""
+    with _cluster(directory, replicate=False, require_leader=False) as cluster:
+        result = cluster.failover(to, force=force, timeout=timeout)
+    _print_result(result, as_json)
+
+
+@main.command("stop-node")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+def stop_node(directory: str, node: str) -> None:
+    """Stop NODE as if it had crashed: no process reads, writes or applies to it until
+    start-node. A stopped leader is replaced by automatic failover after failover_timeout."""
+    with _cluster(directory, replicate=False, require_leader=False) as cluster:
+        cluster.stop_node(node)
+        config = cluster.config
+        click.echo(f"{node} stopped")
+        if node == config.leader.name:
+            if config.auto_failover:
+                click.echo(f"automatic failover after {config.failover_timeout:g}s without the leader, "
+                           "done by any process that has the cluster open (e.g. replproxy serve)")
+            else:
+                click.echo("automatic failover is off: writes fail until `replproxy failover` or "
+                           "`replproxy start-node`")
+
+
+@main.command("start-node")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+@click.option("--timeout", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for the node's write lock.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def start_node(directory: str, node: str, timeout: float, as_json: bool) -> None:
+    """Start a stopped NODE. If it missed a failover it rejoins as a follower: its writes that never
+    reached the new leader are written to DIR/lost-writes-epoch<N>.jsonl and undone."""
+    with _cluster(directory, replicate=False, require_leader=False) as cluster:
+        result = cluster.start_node(node, timeout=timeout)
+    _print_result(result, as_json)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--timeout", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for followers to catch up before comparing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def verify(directory: str, timeout: float, as_json: bool) -> None:
+    """Compare schema and content of every user table on every node; exit 0 only if identical."""
+    with _cluster(directory) as cluster:
+        report = verify_cluster(cluster, timeout=timeout)
+        stopped = [n.name for n in cluster.config.nodes if n.stopped]
+    if stopped and not as_json:
+        click.echo(f"not compared: {', '.join(stopped)} (stopped; start-node brings it back)")
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    elif report.identical:
+        click.echo(f"OK: {len(report.nodes)} nodes identical at LSN {report.lsn} "
+                   f"({report.tables} tables compared)")
+    else:
+        click.echo(f"DIFFERENT at LSN {report.lsn}:")
+        for diff in report.differences:
+            click.echo(f"  {diff.node}: {diff.object}: {diff.detail}")
+    sys.exit(0 if report.identical else 1)
+
+
+@main.command("log")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--from", "from_lsn", default=1, show_default=True, type=click.IntRange(1),
+              help="First LSN to show.")
+@click.option("--limit", type=click.IntRange(0), help="Show at most this many entries.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry, one per line.")
+def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> None:
+    """Decode log entries for humans, like mysqlbinlog: LSN, epoch, time, and the changes."""
+    with _cluster(directory, replicate=False) as cluster:
+        decoded = cluster.decode(cluster.entries(from_lsn, limit))
+    for item in decoded:
+        if as_json:
+            click.echo(json.dumps(item.as_dict(), ensure_ascii=False))
+        else:
+            click.echo("\n".join(item.lines()))
+
+
+def _hold(directory: str, node: str, action: str) -> None:
+    with _cluster(directory, replicate=False) as cluster:
+        getattr(cluster, action)(node)
+    click.echo(f"{node} {action}d")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+def pause(directory: str, node: str) -> None:
+    """Hold follower NODE at its current LSN (for every process) to inject lag."""
+    _hold(directory, node, "pause")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("node")
+def resume(directory: str, node: str) -> None:
+    """Let follower NODE apply again (also retries a follower stopped by an apply error)."""
+    _hold(directory, node, "resume")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+def serve(directory: str) -> None:
+    """Keep the followers of DIRECTORY moving and watch the leader's health (automatic failover)
+    until interrupted. Optional: any process that opens the cluster does both too."""
+    cluster = _open(directory)
+    click.echo(f"replicating {directory} (Ctrl-C to stop)")
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.close()
+
+
+@main.command()
+@click.argument("directory", default="replproxy-demo", type=click.Path(file_okay=False))
+def demo(directory: str) -> None:
+    """Create a demo cluster (leader + 2 followers) and show replication working, step by step."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(directory))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--create", is_flag=True,
+              help="If DIRECTORY holds no cluster, create one (a leader and two followers) without asking.")
+@click.option("--history", "history_file", type=click.Path(dir_okay=False), envvar="REPLPROXY_HISTORY",
+              help="History file [default: ~/.local/share/replproxy/shell_history; env REPLPROXY_HISTORY].")
+@click.option("--mode", type=click.Choice(["table", "box", "csv", "json", "line"]), default="table",
+              show_default=True, help="Output format for rows (the shell's .mode changes it).")
+def shell(directory: str, create: bool, history_file: str | None, mode: str) -> None:
+    """Interactive SQL shell on the cluster in DIRECTORY; each result says which node served it and at
+    which LSN. With stdin not a terminal it runs the script it reads. `.help` lists dot-commands."""
+    from .shell import run_shell
+
+    sys.exit(run_shell(directory, create=create, history=Path(history_file) if history_file else None,
+                       mode=mode))
+
+
+@main.command()
+@click.option("--transactions", "-n", default=2000, show_default=True, type=click.IntRange(100),
+              help="Transactions per measurement.")
+@click.option("--synchronous", "sync_levels", multiple=True, type=click.Choice(cfg.SYNCHRONOUS_LEVELS),
+              help="PRAGMA synchronous levels to measure (default: full and normal).")
+@click.option("--dir", "workdir", type=click.Path(file_okay=False),
+              help="Where to create the benchmark databases (default: a temporary directory).")
+@click.option("--format", "log_format", default="row", show_default=True,
+              type=click.Choice(logformats.names()),
+              help="Log format of the proxy's clusters (trigger adds where a commit's time goes).")
+def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None, log_format: str) -> None:
+    """Measure the leader's cost against plain apsw, and the follower apply rate."""
+    from .bench import run_bench
+
+    sys.exit(run_bench(transactions=transactions, sync_levels=sync_levels or ("full", "normal"),
+                       workdir=workdir, log_format=log_format))
+
+
+from .compare import compare_command  # noqa: E402  (replproxy compare: log formats on sample workloads)
+
+main.add_command(compare_command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""The shell's dot-commands: one registry, whose docstrings build `.help`.
+
+Each command is a function `(shell, args) -> None` registered with `@command(usage)`. The first
+line of its docstring is its line in `.help`; the whole docstring is `.help NAME`. Arguments are
+split like a shell's words (quotes group words). A command reports misuse by raising CommandError;
+errors from the cluster (proxy.Error) are printed by the shell the same way as SQL errors.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shlex
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ...cluster.verify import verify
+from ...driver import consistency
+from ...errors import Error, ReplicationTimeout
+from ..render import MODES, render
+
+if TYPE_CHECKING:
+    from .repl import Shell
+
+Handler = Callable[["Shell", list[str]], None]
+# Candidates for one argument: (shell, index of the argument) -> words; None: complete file names.
+ArgCompleter = Callable[["Shell", int], "list[str] | None"]
+
+
+class CommandError(Exception):
+    """A dot-command was misused or cannot do what was asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class DotCommand:
+    """One dot-command: its name, usage line, handler and how its arguments complete."""
+
+    name: str
+    usage: str
+    handler: Handler
+    min_args: int = 0
+    max_args: int = 0
+    aliases: tuple[str, ...] = ()
+    complete: ArgCompleter | None = None
+
+    @property
+    def summary(self) -> str:
+        return self.help.splitlines()[0] if self.help else ""
+
+    @property
+    def help(self) -> str:
+        return inspect.getdoc(self.handler) or ""
+
+
+COMMANDS: dict[str, DotCommand] = {}  # every name and alias -> its command
+
+
+def command(usage: str, *, args: tuple[int, int] = (0, 0), aliases: tuple[str, ...] = (),
+            complete: ArgCompleter | None = None) -> Callable[[Handler], Handler]:
+    """Register the decorated function as the dot-command named by the first word of `usage`."""
+
+    def register(handler: Handler) -> Handler:
+        name = usage.split()[0].lstrip(".")
+        cmd = DotCommand(name, usage, handler, args[0], args[1], aliases, complete)
+        for key in (name, *aliases):
+            if key in COMMANDS:
+                raise ValueError(f"dot-command .{key} is registered twice")
+            COMMANDS[key] = cmd
+        return handler
+
+    return register
+
+
+def commands() -> list[DotCommand]:
+    """Every command once, sorted by name."""
+    unique = {cmd.name: cmd for cmd in COMMANDS.values()}
+    return [unique[name] for name in sorted(unique)]
+
+
+def lookup(name: str) -> DotCommand:
+    """The command called `name`, or the only one it is a prefix of (like sqlite3: `.sch`)."""
+    if name in COMMANDS:
+        return COMMANDS[name]
+    matches = {cmd.name: cmd for key, cmd in COMMANDS.items() if key.startswith(name)}
+    if len(matches) == 1:
+        return next(iter(matches.values()))
+    if matches:
+        raise CommandError(f"ambiguous dot-command .{name}: " + ", ".join(f".{n}" for n in sorted(matches)))
+    raise CommandError(f"unknown dot-command .{name}; enter .help for the list")
+
+
+def dispatch(shell: "Shell", line: str) -> None:
+    """Run one dot-command line such as `.schema notes`."""
+    try:
+        words = shlex.split(line.strip()[1:])
+    except ValueError as exc:
+        raise CommandError(f"cannot parse {line.strip()!r}: {exc}") from None
+    if not words:
+        raise CommandError("empty dot-command; enter .help for the list")
+    cmd = lookup(words[0])
+    args = words[1:]
+    if not cmd.min_args <= len(args) <= cmd.max_args:
+        raise CommandError(f"usage: {cmd.usage}")
+    cmd.handler(shell, args)
+
+
+def _switch(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("on", "yes", "true", "1"):
+        return True
+    if lowered in ("off", "no", "false", "0"):
+        return False
+    raise CommandError(f"expected on or off, not {value!r}")
+
+
+# -- argument completers -----------------------------------------------------------------------
+
+def _on_off(shell: "Shell", index: int) -> list[str]:
+    return ["on", "off"]
+
+
+def _followers(shell: "Shell", index: int) -> list[str]:
+    return list(shell.cluster.followers)
+
+
+def _tables(shell: "Shell", index: int) -> list[str]:
+    return sorted(shell.schema())
+
+
+def _files(shell: "Shell", index: int) -> None:
+    return None
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+@command(".help ?COMMAND?", args=(0, 1), complete=lambda shell, i: [c.name for c in commands()])
+def _help(shell: "Shell", args: list[str]) -> None:
+    """Show the dot-commands, or the full help of one.
+
+    Anything that is not a dot-command is SQL: end a statement with `;` to run it.
+    """
+    if args:
+        cmd = lookup(args[0].lstrip("."))
+        shell.write(f"{cmd.usage}\n" + textwrap.indent(cmd.help, "    ").rstrip() + "\n")
+        return
+    width = max(len(cmd.usage) for cmd in commands())
+    lines = []
+    for cmd in commands():
+        alias = f"; also .{', .'.join(cmd.aliases)}" if cmd.aliases else ""
+        lines.append(f"{cmd.usage.ljust(width)}  {cmd.summary.rstrip('.')}{alias}")
+    shell.write("\n".join(lines) + "\n")
+
+
+@command(".tables ?PATTERN?", args=(0, 1), complete=_tables)
+def _tables_cmd(shell: "Shell", args: list[str]) -> None:
+    """List tables and views (PATTERN is a LIKE pattern)."""
+    names = shell.object_names(("table", "view"), args[0] if args else None)
+    if not names:
+        return
+    # Columns across the screen, like sqlite3.
+    width = max(len(n) for n in names) + 2
+    per_line = max(1, 80 // width)
+    rows = [names[i:i + per_line] for i in range(0, len(names), per_line)]
+    shell.write("".join("".join(n.ljust(width) for n in row).rstrip() + "\n" for row in rows))
+
+
+@command(".schema ?PATTERN?", args=(0, 1), complete=_tables)
+def _schema(shell: "Shell", args: list[str]) -> None:
+    """Show the CREATE statements of matching tables, their indexes and triggers."""
+    for sql in shell.schema_sql(args[0] if args else None):
+        shell.write(sql + ";\n")
+
+
+@command(".nodes")
+def _nodes(shell: "Shell", args: list[str]) -> None:
+    """Show every node: role, applied LSN, lag (entries and seconds) and state.
+
+    State is ok, paused (held by .pause), error (stopped by an entry it could not apply), missing,
+    needs-snapshot or stopped (.stop).
+    """
+    nodes = shell.cluster.status()
+    headers = ["node", "role", "applied LSN", "lag", "lag (s)", "state", "error"]
+    rows = [[n.name, n.role, n.applied_lsn, n.lag_entries, n.lag_seconds, n.state, n.error or ""]
+            for n in nodes]
+    shell.write(render(headers, rows, shell.settings.mode, shell.settings.headers))
+
+
+@command(".consistency ?LEVEL?", args=(0, 1), complete=lambda shell, i: list(consistency.LEVELS))
+def _consistency_cmd(shell: "Shell", args: list[str]) -> None:
+    """Show or set the read consistency of this session.
+
+    strong            every read goes to the leader
+    session           read-your-writes and monotonic reads (the default)
+    read-your-writes  a follower serves a read once it has applied your last write
+    monotonic         never read an older state than one you have already seen
+    eventual          any follower, however far behind: your own write may be missing
+    """
+    conn = shell.conn
+    if args:
+        conn.consistency = args[0]
+    shell.write(f"consistency {conn.consistency}\n")
+
+
+@command(".format")
+def _format(shell: "Shell", args: list[str]) -> None:
+    """Show the log format, the row image and the synchronous settings."""
+    config = shell.cluster.config
+    image = {"full": "changesets: before and after images",
+             "minimal": "patchsets: key and changed values"}.get(config.row_image, "")
+    shell.write(f"log format   {config.format}\n"
+                f"row image    {config.row_image} ({image})\n"
+                f"synchronous  leader {config.synchronous}, followers {config.follower_synchronous}\n")
+
+
+@command(".log ?N?", args=(0, 1))
+def _log(shell: "Shell", args: list[str]) -> None:
+    """Show the last N log entries decoded (default 10), like `replproxy log`."""
+    try:
+        count = int(args[0]) if args else 10
+    except ValueError:
+        raise CommandError(f"N must be a number, not {args[0]!r}") from None
+    if count < 1:
+        raise CommandError("N must be at least 1")
+    cluster = shell.cluster
+    first = max(1, cluster.leader_lsn() - count + 1)
+    for item in cluster.decode(cluster.entries(first, count)):
+        shell.write("\n".join(item.lines()) + "\n")
+
+
+@command(".pause NODE", args=(1, 1), complete=_followers)
+def _pause(shell: "Shell", args: list[str]) -> None:
+    """Hold follower NODE at its applied LSN, for every process (injects lag)."""
+    shell.cluster.pause(args[0])
+    shell.message(f"{args[0]} paused")
+
+
+@command(".resume NODE", args=(1, 1), complete=_followers)
+def _resume(shell: "Shell", args: list[str]) -> None:
+    """Let follower NODE apply the log again; it catches up from its own position."""
+    shell.cluster.resume(args[0])
+    shell.message(f"{args[0]} resumed")
+
+
+@command(".wait ?SECONDS?", args=(0, 1))
+def _wait(shell: "Shell", args: list[str]) -> None:
+    """Wait until every follower that is not paused has applied the whole log.
+
+    SECONDS is how long to wait at most (default 10).
+    """
+    try:
+        timeout = float(args[0]) if args else 10.0
+    except ValueError:
+        raise CommandError(f"SECONDS must be a number, not {args[0]!r}") from None
+    moving = [n.name for n in shell.cluster.status() if n.role == "follower" and n.state == "ok"]
+    lsn = shell.cluster.wait_for_catchup(timeout, nodes=moving)
+    shell.message(f"{', '.join(moving) or 'no follower'} at LSN {lsn}")
+
+
+@command(".verify")
+def _verify(shell: "Shell", args: list[str]) -> None:
+    """Compare every follower with the leader, like `replproxy verify`.
+
+    Schema and content of every user table are compared at one LSN.
+
+    Followers that are not paused are first given up to 10 s to catch up; a paused follower is
+    reported as behind.
+    """
+    cluster = shell.cluster
+    moving = [n.name for n in cluster.status() if n.role == "follower" and n.state == "ok"]
+    try:
+        cluster.wait_for_catchup(10.0, nodes=moving)
+    except ReplicationTimeout:
+        pass  # verify reports who is behind
+    report = verify(cluster, timeout=0)
+    if report.identical:
+        shell.write(f"OK: {len(report.nodes)} nodes identical at LSN {report.lsn} "
+                    f"({report.tables} tables compared)\n")
+        return
+    shell.write(f"DIFFERENT at LSN {report.lsn}:\n")
+    shell.write("".join(f"  {d.node}: {d.object}: {d.detail}\n" for d in report.differences))
+    shell.errors += 1
+
+
+@command(".failover ?NODE?", args=(0, 1), complete=_followers)
+def _failover(shell: "Shell", args: list[str]) -> None:
+    """Promote a follower to leader (default: the most up-to-date one); the old leader is fenced."""
+    try:
+        result = shell.cluster.failover(args[0] if args else None)
+    except Error as exc:
+        raise CommandError(str(exc)) from None
+    if shell._meta is not None:  # the schema connection follows the new leader
+        shell._meta.close()
+        shell._meta = None
+    for line in result.lines():
+        shell.write(line + "\n")
+
+
+def _node_names(shell: "Shell", index: int) -> list[str]:
+    return [n.name for n in shell.cluster.config.nodes]
+
+
+@command(".stop NODE", args=(1, 1), complete=_node_names)
+def _stop(shell: "Shell", args: list[str]) -> None:
+    """Stop a node as if it had crashed (a stopped leader is replaced by automatic failover)."""
+    try:
+        shell.cluster.stop_node(args[0])
+    except Error as exc:
+        raise CommandError(str(exc)) from None
+    config = shell.cluster.config
+    note = ""
+    if args[0] == config.leader.name:
+        note = (f"; automatic failover in {config.failover_timeout:g}s" if config.auto_failover
+                else "; automatic failover is off (.failover)")
+    shell.write(f"{args[0]} stopped{note}\n")
+
+
+@command(".start NODE", args=(1, 1), complete=_node_names)
+def _start(shell: "Shell", args: list[str]) -> None:
+    """Start a stopped node; one that missed a failover rejoins, its lost writes recorded."""
+    try:
+        result = shell.cluster.start_node(args[0])
+    except Error as exc:
+        raise CommandError(str(exc)) from None
+    if shell._meta is not None:
+        shell._meta.close()
+        shell._meta = None
+    for line in result.lines():
+        shell.write(line + "\n")
+
+
+@command(".mode ?MODE?", args=(0, 1), complete=lambda shell, i: list(MODES))
+def _mode(shell: "Shell", args: list[str]) -> None:
+    """Show results as table, box, csv, json or line (no argument: show the mode)."""
+    if args:
+        if args[0] not in MODES:
+            raise CommandError(f"unknown mode {args[0]!r}; choose one of {', '.join(MODES)}")
+        shell.settings.mode = args[0]
+    else:
+        shell.write(f"mode {shell.settings.mode}\n")
+
+
+@command(".headers on|off", args=(1, 1), complete=_on_off)
+def _headers(shell: "Shell", args: list[str]) -> None:
+    """Show column names above results (table, box, csv)."""
+    shell.settings.headers = _switch(args[0])
+
+
+@command(".timer on|off", args=(1, 1), complete=_on_off)
+def _timer(shell: "Shell", args: list[str]) -> None:
+    """Show how long each statement took."""
+    shell.settings.timer = _switch(args[0])
+
+
+@command(".nodeinfo on|off", args=(1, 1), complete=_on_off)
+def _nodeinfo(shell: "Shell", args: list[str]) -> None:
+    """Say which node served each result and at which LSN (on by default)."""
+    shell.settings.nodeinfo = _switch(args[0])
+
+
+@command(".read FILE", args=(1, 1), complete=_files)
+def _read(shell: "Shell", args: list[str]) -> None:
+    """Run the SQL and dot-commands in FILE."""
+    path = Path(args[0]).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {path}: {exc}") from None
+    shell.run_script(text.splitlines(keepends=True), source=str(path))
+
+
+@command(".output ?FILE?", args=(0, 1), complete=_files)
+def _output(shell: "Shell", args: list[str]) -> None:
+    """Send results to FILE (replacing it); with no FILE, back to the screen."""
+    shell.set_output(Path(args[0]).expanduser() if args else None)
+
+
+@command(".quit", aliases=("exit",))
+def _quit(shell: "Shell", args: list[str]) -> None:
+    """Leave the shell; Ctrl-D does too."""
+    shell.done = True

@@ -1,0 +1,627 @@
+"""`replproxy shell`: an interactive SQL shell on a cluster that shows where every result came from.
+
+`Shell` holds the logic and writes to the streams it is given, so it runs the same on a terminal,
+on a script piped to stdin and in tests. `run_shell` opens (or offers to create) the cluster and
+picks the front end: prompt_toolkit when stdin is a terminal, plain line reading otherwise.
+Results go to stdout (or the `.output` file); the node/LSN line, timings and errors go to stderr,
+so `replproxy shell DIR < script.sql > out.csv` leaves clean data in out.csv.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, TextIO
+
+import apsw
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
+from prompt_toolkit.document import Document
+
+import logformats
+
+from ...cluster import Cluster
+from ...driver import Connection, Cursor, connect
+from ...errors import Error
+from ...store import config as cfg
+from ..render import MODES, render
+from . import dotcommands
+
+PROMPT = "replproxy> "
+CONTINUATION = "...> "
+HISTORY_ENV = "REPLPROXY_HISTORY"
+MAX_READ_DEPTH = 16  # .read of a file that reads itself must stop somewhere
+
+
+def default_history_path() -> Path:
+    """Where history is kept: $REPLPROXY_HISTORY, else the user's data directory (XDG)."""
+    override = os.environ.get(HISTORY_ENV)
+    if override:
+        return Path(override).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "replproxy" / "shell_history"
+
+
+# -- reading SQL --------------------------------------------------------------------------------
+
+def is_blank(text: str) -> bool:
+    """Only whitespace and comments: nothing to run (sqlite3's shell skips these too)."""
+    index, end = 0, len(text)
+    while index < end:
+        if text[index].isspace():
+            index += 1
+        elif text.startswith("--", index):
+            index = text.find("\n", index)
+            if index < 0:
+                return True
+        elif text.startswith("/*", index):
+            index = text.find("*/", index + 2)
+            if index < 0:
+                return True  # an unfinished comment is still only a comment
+            index += 2
+        else:
+            return False
+    return True
+
+
+def is_dot_command(text: str) -> bool:
+    return text.lstrip().startswith(".")
+
+
+def is_complete(text: str) -> bool:
+    """Whether Enter should run the input: a dot-command, nothing at all, or SQL that SQLite's
+    own parser (sqlite3_complete) says ends with a `;` outside any string, comment or trigger body."""
+    # The newline lets a trailing `-- comment` end, as it would in a file.
+    return is_dot_command(text) or is_blank(text) or apsw.complete(text + "\n")
+
+
+def split_statements(text: str) -> list[str]:
+    """The statements of a complete input, split where SQLite's parser would end them."""
+    out, start = [], 0
+    for index, char in enumerate(text):
+        if char == ";" and apsw.complete(text[start:index + 1]):
+            out.append(text[start:index + 1])
+            start = index + 1
+    out.append(text[start:])  # a last statement without `;` still runs, as in sqlite3
+    return [s.strip() for s in out if not is_blank(s)]
+
+
+# -- the shell ----------------------------------------------------------------------------------
+
+@dataclass
+class Settings:
+    """What the display dot-commands change."""
+
+    mode: str = "table"
+    headers: bool = True
+    timer: bool = False
+    nodeinfo: bool = True
+
+
+class Shell:
+    """The shell's state and logic, writing to the streams it is given."""
+
+    def __init__(self, cluster: Cluster, *, stdout: TextIO, stderr: TextIO,
+                 conn: Connection | None = None, mode: str = "table"):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.cluster = cluster
+        # autocommit, like the sqlite3 shell: each statement commits unless inside BEGIN...COMMIT.
+        self.conn = conn if conn is not None else connect(cluster.directory, cluster=cluster, autocommit=True)
+        self.stdout = stdout
+        self.stderr = stderr
+        self.out: IO[str] = stdout
+        self._output_file: IO[str] | None = None
+        self.settings = Settings(mode=mode)
+        self.errors = 0
+        self.done = False
+        self.ctrl_c: CtrlC | None = None  # set by the terminal front end: Ctrl-C stops a statement
+        self._depth = 0
+        self._meta: apsw.Connection | None = None
+        self._meta_node: str | None = None
+        self._schema_version: object = None  # PRAGMA schema_version when _columns was read
+        self._columns: dict[str, list[str]] = {}
+        self._functions: list[str] | None = None
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write(self, text: str) -> None:
+        """Results: to stdout or the `.output` file."""
+        self.out.write(text)
+        self.out.flush()
+
+    def message(self, text: str) -> None:
+        """Status for the person at the terminal (never mixed into results)."""
+        self.stdout.flush()
+        self.stderr.write(text + "\n")
+        self.stderr.flush()
+
+    def error(self, text: str, where: str | None = None) -> None:
+        self.errors += 1
+        self.message(f"Error{f' {where}' if where else ''}: {text}")
+
+    def set_output(self, path: Path | None) -> None:
+        if path is not None:
+            try:
+                handle = open(path, "w", encoding="utf-8")
+            except OSError as exc:
+                raise dotcommands.CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+        if self._output_file is not None:
+            self._output_file.close()
+            self._output_file = None
+        if path is None:
+            self.out = self.stdout
+        else:
+            self._output_file = self.out = handle
+
+    # -- running input ------------------------------------------------------------------------
+
+    def handle(self, text: str, where: str | None = None) -> bool:
+        """Run one complete input: a dot-command or one or more SQL statements. A failing statement
+        stops the rest of its input, as in sqlite3. Return False if something failed."""
+        if is_dot_command(text):
+            return self.run_dot(text.strip(), where)
+        for sql in split_statements(text):
+            if not self.run_sql(sql, where):
+                return False
+        return True
+
+    def run_dot(self, line: str, where: str | None = None) -> bool:
+        try:
+            dotcommands.dispatch(self, line)
+        except (dotcommands.CommandError, Error) as exc:
+            self.error(str(exc), where)
+            return False
+        return True
+
+    def run_sql(self, sql: str, where: str | None = None) -> bool:
+        cursor = self.conn.cursor()
+        started = time.perf_counter()
+        try:
+            with self.ctrl_c.armed() if self.ctrl_c is not None else nullcontext():
+                cursor.execute(sql)
+                rows = cursor.fetchall() if cursor.description else []
+        except Error as exc:
+            self.error(str(exc), where)  # SQLite's own message
+            return False
+        elapsed = time.perf_counter() - started
+        if cursor.description and rows:
+            headers = [d[0] for d in cursor.description]
+            self.write(render(headers, rows, self.settings.mode, self.settings.headers))
+        if self.settings.nodeinfo:
+            info = self.describe(cursor, len(rows))
+            if info:
+                self.message(info)
+        if self.settings.timer:
+            self.message(f"Run Time: real {elapsed:.3f}")
+        return True
+
+    def interrupt(self) -> None:
+        """sqlite3_interrupt on the connections a statement may be running on."""
+        public = getattr(self.conn, "interrupt", None)
+        if callable(public):
+            public()  # sqlite3's Connection.interrupt(), when the driver has it
+            return
+        # Until then, reach the driver's SQLite connections (leader and followers) directly.
+        targets = [getattr(self.conn, "_leader", None), *getattr(self.conn, "_followers", {}).values()]
+        for target in targets:
+            if isinstance(target, apsw.Connection):
+                target.interrupt()
+
+    def describe(self, cursor: Cursor, count: int) -> str:
+        """`-- 2 rows · node2 (follower) at LSN 7`: what a statement did and where."""
+        parts = []
+        if cursor.description is not None:
+            parts.append(f"{count} row{'' if count == 1 else 's'}")
+        elif cursor.rowcount >= 0:
+            parts.append(f"{cursor.rowcount} row{'' if cursor.rowcount == 1 else 's'} changed")
+        node = cursor.node
+        if node is not None:
+            where = f"{node} ({self.role(node)})"
+            if cursor.lsn is not None:
+                where += f" at LSN {cursor.lsn}"
+            if self.conn.in_transaction:
+                where += ", transaction open"
+            parts.append(where)
+        elif self.conn.in_transaction:
+            parts.append("transaction open")
+        return "-- " + " · ".join(parts) if parts else ""
+
+    def role(self, node: str) -> str:
+        try:
+            return self.cluster.config.node(node).role
+        except Error:
+            return "node"
+
+    def run_script(self, lines: Iterable[str], source: str = "stdin") -> None:
+        """Run SQL and dot-commands read line by line (stdin that is not a terminal, `.read`).
+        An error is reported with its line and the script goes on, as in sqlite3."""
+        if self._depth >= MAX_READ_DEPTH:
+            raise dotcommands.CommandError(f"{source}: .read nested more than {MAX_READ_DEPTH} deep")
+        self._depth += 1
+        try:
+            buffer, first = "", 0
+            for number, line in enumerate(lines, 1):
+                if self.done:
+                    return
+                if not buffer and is_dot_command(line):
+                    self.handle(line, f"in {source} line {number}")
+                    continue
+                if not buffer:
+                    first = number
+                buffer += line
+                if is_blank(buffer):
+                    buffer = ""
+                elif apsw.complete(buffer):
+                    self.handle(buffer, f"in {source} line {first}")
+                    buffer = ""
+            if buffer and not self.done:
+                self.handle(buffer, f"in {source} line {first}")
+        finally:
+            self._depth -= 1
+
+    # -- schema, for .tables, .schema and completion ------------------------------------------
+
+    def _leader_meta(self) -> apsw.Connection:
+        if self._meta is not None and self._meta_node != self.cluster.leader:
+            self._meta.close()  # a failover (maybe automatic, in another process) moved the leader
+            self._meta = None
+        if self._meta is None:
+            self._meta_node = self.cluster.leader
+            self._meta = self.cluster.open_node(self.cluster.leader)
+            self._meta.execute("PRAGMA query_only=1")  # this connection only looks
+        return self._meta
+
+    def schema(self) -> dict[str, list[str]]:
+        """Columns of every user table and view on the leader, reloaded when the schema changes."""
+        meta = self._leader_meta()
+        (version,) = meta.execute("PRAGMA schema_version").fetchall()[0]
+        if version != self._schema_version:
+            self._columns = {
+                name: [row[1] for row in meta.execute("SELECT * FROM pragma_table_info(?)", (name,))]
+                for name in self.object_names(("table", "view"))
+            }
+            self._schema_version = version
+        return self._columns
+
+    def object_names(self, types: tuple[str, ...], pattern: str | None = None) -> list[str]:
+        """User objects of these types, without replproxy's and SQLite's internal tables."""
+        marks = ", ".join("?" * len(types))
+        rows = self._leader_meta().execute(
+            f"SELECT name FROM sqlite_master WHERE type IN ({marks}) AND name LIKE ? "
+            "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name", (*types, pattern or "%"))
+        return [name for (name,) in rows if not logformats.is_internal_table(name)]
+
+    def schema_sql(self, pattern: str | None = None) -> list[str]:
+        rows = self._leader_meta().execute(
+            "SELECT tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL AND tbl_name LIKE ? "
+            "AND tbl_name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+            "ORDER BY tbl_name, type DESC, name", (pattern or "%",))
+        return [sql for table, sql in rows if not logformats.is_internal_table(table)]
+
+    def functions(self) -> list[str]:
+        if self._functions is None:  # SQLite's built-in functions do not change while we run
+            rows = self._leader_meta().execute("SELECT DISTINCT name FROM pragma_function_list")
+            self._functions = sorted(name for (name,) in rows if not name.startswith("sqlite_"))
+        return self._functions
+
+    # -- the interactive front end's helpers --------------------------------------------------
+
+    def toolbar(self) -> str:
+        """One line of cluster state under the prompt: each node's position, the consistency."""
+        try:
+            nodes = self.cluster.status()
+        except Error as exc:
+            return f" cluster: {exc}"
+        parts = []
+        for n in nodes:
+            state = "" if n.state == "ok" else f" {n.state}"
+            parts.append(f"{n.name}{'*' if n.role == 'leader' else ''} LSN {n.applied_lsn}{state}")
+        return (" " + "  ".join(parts) + f"  │ consistency {self.conn.consistency}"
+                f"  │ mode {self.settings.mode}  │ .help")
+
+    def banner(self) -> str:
+        config = self.cluster.config
+        followers = ", ".join(self.cluster.followers) or "none"
+        return (f"replproxy shell on {self.cluster.directory}\n"
+                f"leader {self.cluster.leader}, followers {followers}; {config.format} log "
+                f"({config.row_image} row images); consistency {self.conn.consistency}\n"
+                "Enter SQL ending with ';' or a dot-command (.help). Ctrl-C cancels, Ctrl-D exits.")
+
+    def close(self) -> None:
+        self.set_output(None)
+        if self._meta is not None:
+            self._meta.close()
+            self._meta = None
+        self.conn.close()
+
+
+class CtrlC:
+    """Ctrl-C while a statement runs asks SQLite to stop it (sqlite3_interrupt); it then fails with
+    "interrupted" and the shell carries on.
+
+    The main thread is inside SQLite then, where no Python signal handler can run. The C-level
+    handler still writes the signal number to the wakeup fd, and a watcher thread reading it makes
+    the call (SQLite allows it from any thread). A second Ctrl-C raises KeyboardInterrupt, for a
+    wait during which no statement is running.
+    """
+
+    def __init__(self, interrupt: Callable[[], None]):
+        self._interrupt = interrupt
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)  # set_wakeup_fd needs it
+        self._armed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="replproxy-shell-ctrl-c", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                data = self._reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return  # closed
+            # Repeat until the statement is over: a read interrupted on a follower may be retried
+            # on the leader by the driver.
+            while signal.SIGINT in data and self._armed.is_set():
+                self._interrupt()
+                time.sleep(0.02)
+
+    @contextmanager
+    def armed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        pressed = 0
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            nonlocal pressed
+            pressed += 1
+            if pressed > 1:
+                raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._armed.set()
+        try:
+            yield
+        finally:
+            self._armed.clear()
+            signal.set_wakeup_fd(previous_fd)
+            signal.signal(signal.SIGINT, previous)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._thread.join(1.0)
+        self._reader.close()
+
+
+# -- completion ---------------------------------------------------------------------------------
+
+_WORD = re.compile(r"(?:([\w$]+)\.)?([\w$]*)$")
+_TABLE_CONTEXT = {"FROM", "JOIN", "INTO", "UPDATE", "TABLE", "EXISTS"}
+_ALIAS = re.compile(r"\b(?:FROM|JOIN|UPDATE|INTO)\s+([\w$]+)(?:\s+(?:AS\s+)?([\w$]+))?", re.I)
+
+
+class ShellCompleter(Completer):
+    """Dot-commands and their arguments; SQL keywords, tables, columns and functions, with tables
+    first after FROM/JOIN/INTO/UPDATE and columns of `t.` (or of an alias of t) after a dot."""
+
+    def __init__(self, shell: Shell):
+        self.shell = shell
+        self._paths = PathCompleter(expanduser=True)
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterator[Completion]:
+        text = document.text_before_cursor
+        try:
+            if is_dot_command(document.text):
+                yield from self._dot(text.lstrip(), complete_event)
+            else:
+                yield from self._sql(text, document.text, complete_event)
+        except (apsw.Error, Error):
+            return  # a cluster that cannot be read offers no completions, it does not crash the prompt
+
+    def _dot(self, text: str, event: CompleteEvent) -> Iterator[Completion]:
+        words = text.split(" ")
+        if len(words) == 1:
+            for name in sorted(dotcommands.COMMANDS):
+                if ("." + name).startswith(words[0]):
+                    cmd = dotcommands.COMMANDS[name]
+                    yield Completion("." + name, -len(words[0]), display_meta=cmd.summary)
+            return
+        try:
+            cmd = dotcommands.lookup(words[0][1:])
+        except dotcommands.CommandError:
+            return
+        if cmd.complete is None:
+            return
+        current = words[-1]
+        candidates = cmd.complete(self.shell, len(words) - 2)
+        if candidates is None:
+            yield from self._paths.get_completions(Document(current), event)
+            return
+        for word in candidates:
+            if word.startswith(current):
+                yield Completion(word, -len(current))
+
+    def _sql(self, text: str, whole: str, event: CompleteEvent) -> Iterator[Completion]:
+        match = _WORD.search(text)
+        qualifier, word = (match.group(1), match.group(2)) if match else (None, "")
+        if not word and not qualifier and not event.completion_requested:
+            return  # while typing, a popup on every space would be noise
+        schema = self.shell.schema()
+        if qualifier:
+            table = self._resolve(qualifier, whole, schema)
+            for column in schema.get(table or "", []):
+                if column.lower().startswith(word.lower()):
+                    yield Completion(column, -len(word), display_meta="column")
+            return
+        before = text[:len(text) - len(word)]
+        previous = re.findall(r"[A-Za-z_]+", before)
+        after_table_word = bool(previous) and previous[-1].upper() in _TABLE_CONTEXT
+        mentioned = [t for t in schema if re.search(rf"\b{re.escape(t)}\b", whole, re.I)]
+        columns = [c for t in mentioned for c in schema[t]] + [c for t in schema for c in schema[t]]
+        groups: list[tuple[str, Iterable[str]]] = [("table", sorted(schema))]
+        if not after_table_word:
+            groups.insert(0, ("column", columns))
+            groups += [("keyword", self._keywords(word)), ("function", self.shell.functions())]
+        seen = set()
+        lowered = word.lower()
+        for meta, names in groups:
+            for name in names:
+                if name.lower().startswith(lowered) and name.lower() not in seen:
+                    seen.add(name.lower())
+                    yield Completion(name, -len(word), display_meta=meta)
+
+    @staticmethod
+    def _keywords(word: str) -> list[str]:
+        # Follow the user's case: `sel` completes to `select`, `SEL` to `SELECT`.
+        lower = word.islower()
+        return sorted(k.lower() if lower else k for k in apsw.keywords)
+
+    @staticmethod
+    def _resolve(name: str, whole: str, schema: dict[str, list[str]]) -> str | None:
+        """The table a qualifier names: itself, or the table it is an alias of."""
+        for table in schema:
+            if table.lower() == name.lower():
+                return table
+        for table, alias in _ALIAS.findall(whole):
+            if alias.lower() == name.lower():
+                for known in schema:
+                    if known.lower() == table.lower():
+                        return known
+        return None
+
+
+# -- front ends ---------------------------------------------------------------------------------
+
+def interact(shell: Shell, history: Path | None) -> None:
+    """The prompt_toolkit loop: history, multi-line SQL, completion, highlighting, a status bar."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.application.current import get_app
+    from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+    from prompt_toolkit.filters import Condition
+    from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+    from prompt_toolkit.lexers import PygmentsLexer
+    from pygments.lexers.sql import SqlLexer
+
+    store: History = InMemoryHistory()
+    if history is not None:
+        try:
+            history.parent.mkdir(parents=True, exist_ok=True)
+            history.touch()
+            store = FileHistory(str(history))
+        except OSError as exc:
+            shell.message(f"(history not saved: cannot write {history}: {exc.strerror or exc})")
+
+    # Enter inserts a newline until the input is complete (litecli does the same); Esc-Enter
+    # runs it anyway.
+    multiline = Condition(lambda: not is_complete(get_app().current_buffer.text))
+    session: PromptSession[str] = PromptSession(
+        history=store, lexer=PygmentsLexer(SqlLexer), completer=ShellCompleter(shell),
+        complete_while_typing=True, auto_suggest=AutoSuggestFromHistory(), multiline=multiline,
+        prompt_continuation=lambda width, line, soft: CONTINUATION.rjust(width),
+        enable_history_search=False, search_ignore_case=True)
+    shell.ctrl_c = CtrlC(shell.interrupt)
+    shell.message(shell.banner())
+    try:
+        while not shell.done:
+            try:
+                text = session.prompt(PROMPT, bottom_toolbar=shell.toolbar())
+            except KeyboardInterrupt:
+                continue  # Ctrl-C drops the input being typed
+            except EOFError:
+                break  # Ctrl-D
+            try:
+                shell.handle(text)
+            except KeyboardInterrupt:
+                shell.error("interrupted")
+            except Exception as exc:  # a bug must not cost the user the session; say what it was
+                shell.error(f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        shell.ctrl_c.close()
+        shell.ctrl_c = None
+
+
+def _leaving(shell: Shell, timeout: float = 2.0) -> None:
+    """Before exit: say that an open transaction is rolled back, give followers a moment to apply
+    what this session wrote (no daemon is required, so this process may be the one moving them),
+    and say which followers stay paused after we leave."""
+    if shell.conn.in_transaction:
+        shell.message("note: the open transaction is rolled back (COMMIT to keep its changes)")
+    try:
+        nodes = shell.cluster.status()
+        if shell.conn.last_write_lsn:
+            moving = [n.name for n in nodes if n.role == "follower" and n.state == "ok"]
+            shell.cluster.wait_for_catchup(timeout, nodes=moving)
+    except Error:
+        return
+    paused = [n.name for n in nodes if n.state == "paused"]
+    if paused:
+        shell.message(f"note: {', '.join(paused)} stay{'s' if len(paused) == 1 else ''} paused "
+                      f"for every process (.resume NODE or `replproxy resume DIR NODE`)")
+
+
+def _offer_cluster(directory: Path, create: bool, interactive: bool, stdin: TextIO,
+                   stderr: TextIO) -> bool:
+    """Whether to create a demo cluster in a directory that holds none (missing or empty)."""
+    if create:
+        return True
+    if not interactive:
+        stderr.write(f"Error: no cluster at {directory}; pass --create to make one there "
+                     f"(a leader and two followers), or run `replproxy init {directory}`\n")
+        return False
+    stderr.write(f"No cluster at {directory}. Create a demo cluster there "
+                 "(a leader and two followers)? [Y/n] ")
+    stderr.flush()
+    answer = stdin.readline()
+    return answer.strip().lower() in ("", "y", "yes")
+
+
+def run_shell(directory: str | os.PathLike[str], *, create: bool = False, history: Path | None = None,
+              mode: str = "table", stdin: TextIO | None = None, stdout: TextIO | None = None,
+              stderr: TextIO | None = None, interactive: bool | None = None) -> int:
+    """Open the cluster in `directory` (offering to create one) and run the shell; return the exit
+    status: 1 when a script had errors or the cluster could not be opened, else 0."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    if interactive is None:
+        interactive = stdin.isatty()
+    path = Path(directory)
+    try:
+        if not cfg.config_path(path).exists() and (not path.exists() or (path.is_dir() and not any(path.iterdir()))):
+            if not _offer_cluster(path, create, interactive, stdin, stderr):
+                return 1
+            cluster = Cluster.init(path, followers=2)
+            stderr.write(f"Created a cluster in {path}: {cluster.leader} (leader), "
+                         f"{', '.join(cluster.followers)} (followers)\n")
+        else:
+            cluster = Cluster(path)
+    except Error as exc:
+        stderr.write(f"Error: {exc}\n")
+        return 1
+    try:
+        shell = Shell(cluster, stdout=stdout, stderr=stderr, mode=mode)
+    except Error as exc:
+        cluster.close()
+        stderr.write(f"Error: {exc}\n")
+        return 1
+    try:
+        if interactive:
+            interact(shell, history if history is not None else default_history_path())
+        else:
+            shell.run_script(stdin)
+        _leaving(shell)
+    finally:
+        shell.close()
+        cluster.close()
+    return 1 if shell.errors and not interactive else 0
