@@ -114,7 +114,8 @@ COUNTRIES = ("KR", "DE", "FR", "US", "JP", "BR", "IN", "NG", "SE", "CA")
 
 
 def _day(rng: random.Random) -> str:
-    return f"2025-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00"
+    day = f"2025-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    return f"{day} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00"
 
 
 def _text(rng: random.Random, words: int) -> str:

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import proxy
+from proxy import verify
 from proxy.store import config as cfg
 from proxy.tools.cli import main
-from proxy import verify
 
 WRITER = r'''
 import sys, time

@@ -10,13 +10,12 @@ import json
 import os
 import shutil
 import sqlite3
-
-import apsw
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 from click.testing import CliRunner, Result
 

@@ -22,7 +22,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apsw
 import pytest

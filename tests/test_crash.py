@@ -348,7 +348,7 @@ def test_writer_killed_at_random_points(tmp_path: Path) -> None:
 # -- the applier is killed ------------------------------------------------------------------------
 
 
-def _write_backlog(directory: Path, cluster: proxy.Cluster, first: int, count: int) -> None:
+def write_backlog(directory: Path, cluster: proxy.Cluster, first: int, count: int) -> None:
     conn = proxy.connect(directory, cluster=cluster)
     try:
         for seq in range(first, first + count):
@@ -359,7 +359,7 @@ def _write_backlog(directory: Path, cluster: proxy.Cluster, first: int, count: i
         conn.close()
 
 
-def _check_follower_at_its_position(path: Path, base: int, context: str) -> int:
+def check_follower_at_its_position(path: Path, base: int, context: str) -> int:
     """A follower's data is exactly the first (applied LSN - base) transactions, each once."""
     conn = open_plain(path)
     try:
@@ -397,7 +397,7 @@ def test_applier_killed_mid_catch_up(tmp_path: Path) -> None:
             behind = leader_lsn - min(applied_lsn(p) for p in follower_paths)
             if behind < 1000:
                 count = 2000 if written == 0 else 1200
-                _write_backlog(directory, cluster, written + 1, count)
+                write_backlog(directory, cluster, written + 1, count)
                 written += count
                 leader_lsn = cluster.leader_lsn()
             assert leader_lsn == base + written
@@ -419,8 +419,8 @@ def test_applier_killed_mid_catch_up(tmp_path: Path) -> None:
                 child.kill_and_drain()
             finally:
                 child.close()
-            positions = [_check_follower_at_its_position(p, base, context) for p in follower_paths]
-            progressed = any(lsn > start[p] for p, lsn in zip(follower_paths, positions))
+            positions = [check_follower_at_its_position(p, base, context) for p in follower_paths]
+            progressed = any(lsn > start[p] for p, lsn in zip(follower_paths, positions, strict=True))
             if progressed and any(lsn < leader_lsn for lsn in positions):
                 mid_catch_up += 1  # killed with work done and work left
             print(f"{context}: killed with followers at {positions} of {leader_lsn}")
@@ -432,5 +432,5 @@ def test_applier_killed_mid_catch_up(tmp_path: Path) -> None:
     report = check_cluster(directory, f"seed {SEED + 1}, final")
     assert report.lsn == base + written
     for path in follower_paths:
-        assert _check_follower_at_its_position(path, base, "final") == base + written
+        assert check_follower_at_its_position(path, base, "final") == base + written
         assert len(rows_of(path)) == written

@@ -20,23 +20,23 @@ from pathlib import Path
 
 import apsw
 import pytest
-
-import proxy
 from test_crash import (
     APPLIER_SCRIPT,
     SEED,
     Child,
-    _check_follower_at_its_position,
-    _write_backlog,
     applied_lsn,
     check_cluster,
+    check_follower_at_its_position,
     check_groups,
     counter_of,
     create_tables,
     open_plain,
     rows_of,
     state_error,
+    write_backlog,
 )
+
+import proxy
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
@@ -133,12 +133,12 @@ def test_new_follower_catch_up_killed_mid_apply(tmp_path: Path) -> None:
     directory = tmp_path / "cluster"
     cluster = proxy.Cluster.init(directory, followers=1, replicate=False)
     base = create_tables(directory, cluster)
-    _write_backlog(directory, cluster, 1, 300)
+    write_backlog(directory, cluster, 1, 300)
     snapshot_lsn = cluster.add_follower("node9")
     assert snapshot_lsn == base + 300
     path = cluster.path_of("node9")
     assert len(rows_of(path)) == 300 and applied_lsn(path) == snapshot_lsn
-    _write_backlog(directory, cluster, 301, 1500)
+    write_backlog(directory, cluster, 301, 1500)
     leader_lsn = cluster.leader_lsn()
     script = tmp_path / "applier.py"
     script.write_text(APPLIER_SCRIPT)
@@ -158,7 +158,7 @@ def test_new_follower_catch_up_killed_mid_apply(tmp_path: Path) -> None:
                 child.kill_and_drain()
             finally:
                 child.close()
-            _check_follower_at_its_position(path, base, context)
+            check_follower_at_its_position(path, base, context)
     finally:
         cluster.close()
     report = check_cluster(directory, f"seed {SEED + 8}, final")

@@ -4,11 +4,10 @@ and the routing of statements to nodes."""
 from __future__ import annotations
 
 import sqlite3
-
-import apsw
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 import proxy
@@ -476,7 +475,7 @@ def test_connection_context_manager(cluster: proxy.Cluster, conn: proxy.Connecti
         with pytest.raises(ZeroDivisionError):
             with db:
                 db.execute("INSERT INTO w(x) VALUES ('dropped')")
-                1 / 0
+                raise ZeroDivisionError
         assert not db.in_transaction
         with pytest.raises(db.IntegrityError):
             with db:

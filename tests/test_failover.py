@@ -10,17 +10,15 @@ from pathlib import Path
 
 import apsw
 import pytest
+from checks import file_meta, file_rows
 from click.testing import CliRunner
 
 import proxy
 import proxy.driver.connection as dbapi_module
+from proxy import verify
 from proxy.cluster import failover
 from proxy.store import log as store_log
-from proxy.store import node as store_node
 from proxy.tools.cli import main
-from proxy import verify
-
-from checks import file_meta, file_rows
 
 
 def test_promoted_node_continues_lsns_after_its_applied_position(cluster, conn):

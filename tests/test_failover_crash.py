@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from checks import file_rows
 
 import proxy
-from proxy.store import config as cfg
 from proxy import verify
-
-from checks import file_rows
+from proxy.store import config as cfg
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 

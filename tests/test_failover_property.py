@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from checks import file_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import proxy
-from proxy.store import config as cfg
 from proxy import verify
-
-from checks import file_rows
+from proxy.store import config as cfg
 
 OPS = st.one_of(
     st.tuples(st.just("write"), st.integers(1, 3)),

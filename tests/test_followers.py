@@ -11,13 +11,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import apsw
 import pytest
 
 import proxy
-from proxy.store import log as store_log
 from proxy.store import node as store_node
 
 MakeCluster = Callable[..., proxy.Cluster]

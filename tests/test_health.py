@@ -12,16 +12,15 @@ from pathlib import Path
 
 import apsw
 import pytest
+from checks import file_meta, file_rows
 from click.testing import CliRunner
 
 import proxy
+from proxy import verify
 from proxy.store import config as cfg
 from proxy.store import log as store_log
 from proxy.store import node as store_node
 from proxy.tools.cli import main
-from proxy import verify
-
-from checks import file_meta, file_rows
 
 FAST = dict(failover_timeout=0.3, failover_cooldown=0.0)
 
@@ -400,7 +399,7 @@ def test_rejoin_names_plain_rowid_keys_the_new_leader_gave_to_other_rows(cluster
     _wait_leader_change(cluster, "node1")
     conn.execute("INSERT INTO p(v) VALUES ('new')")  # id 2 again, on the new leader
     result = cluster.start_node("node1")
-    assert result.keys_reused == 1 and any("now belong to other rows" in l for l in result.lines())
+    assert result.keys_reused == 1 and any("now belong to other rows" in line for line in result.lines())
     record = json.loads(Path(result.lost_file).read_text().splitlines()[0])
     assert record["keys_reused"] == [{"table": "p", "key": {"id": 2}, "now": {"id": 2, "v": "new"}}]
     cluster.wait_for_catchup()
@@ -571,7 +570,7 @@ def test_fork_point_is_the_lowest_base_of_the_failovers_a_node_missed(cluster):
     assert result.lsn == 2 and cfg.read(cluster.directory).fork_lsn(1) == 2
     started = cluster.start_node("node1")
     assert started.fork_lsn == 2 and started.lost_lsns == (3, base)
-    records = [json.loads(l) for l in Path(started.lost_file).read_text().splitlines()]
+    records = [json.loads(line) for line in Path(started.lost_file).read_text().splitlines()]
     # Decoded with node1's own schema: only_old exists nowhere else.
     assert {"kind": "INSERT", "table": "only_old", "new": {"rowid": 1, "x": "x1"}} in [
         e for r in records for e in r["events"]]
@@ -619,8 +618,8 @@ def test_unreachable_old_leader_moves_counters_of_tables_without_a_counter_row_y
 
 
 def test_an_applier_still_reading_the_old_leader_never_applies_its_later_entries(cluster):
-    from proxy.store.source import LeaderFileSource
     from proxy.store.applier import Applier
+    from proxy.store.source import LeaderFileSource
 
     cluster.configure(auto_failover=False)
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)

@@ -11,9 +11,10 @@ follower held at the starting position.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import apsw
 import pytest
@@ -25,9 +26,8 @@ import proxy
 from logformats import ApplyError, NotInvertibleError, codec
 from logformats.row import TAG_CHANGESET
 from logformats.statement import payload_items
-from proxy.store import log as store_log
-from proxy.store import node as store_node
 from proxy.cluster.verify import fingerprint
+from proxy.store import node as store_node
 
 MakeCluster = Callable[..., proxy.Cluster]
 

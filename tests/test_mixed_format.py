@@ -16,10 +16,6 @@ import apsw
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import logformats
-import proxy
-from logformats import statement
 from test_statement_format import (
     BASE_SCHEMA,
     REWRITTEN,
@@ -33,6 +29,10 @@ from test_statement_format import (
     run_generated,
     write_statements,
 )
+
+import logformats
+import proxy
+from logformats import statement
 
 ROW_KINDS = {"INSERT", "UPDATE", "DELETE"}
 

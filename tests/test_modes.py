@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 import proxy
-from proxy.store import config as cfg
 from proxy.cluster import modes
+from proxy.store import config as cfg
 from proxy.tools.cli import main
 
 

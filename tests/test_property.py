@@ -86,7 +86,7 @@ class Schema:
     tables: dict[str, Table] = field(default_factory=dict)
     indexes: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)  # name -> table, columns
 
-    def copy(self) -> "Schema":
+    def copy(self) -> Schema:
         return copy.deepcopy(self)
 
     def table_names_lower(self) -> set[str]:
@@ -328,7 +328,7 @@ class ProxyMachine(RuleBasedStateMachine):
             types[pk_at] = "INTEGER"
         pk: list[str] = []
         defs = []
-        for index, (column, type_) in enumerate(zip(columns, types)):
+        for index, (column, type_) in enumerate(zip(columns, types, strict=True)):
             text = f"{q(column)} {type_}".rstrip()
             if pk_kind in ("ipk", "single") and index == pk_at:
                 text += " PRIMARY KEY" + (" AUTOINCREMENT" if autoincrement else "")
@@ -351,7 +351,7 @@ class ProxyMachine(RuleBasedStateMachine):
                                     unique=True))
             if data.draw(st.booleans()):
                 # Rowid tables accept NULL in key columns (a SQLite quirk) unless declared NOT NULL.
-                defs = [d + " NOT NULL" if c in pk else d for c, d in zip(columns, defs)]
+                defs = [d + " NOT NULL" if c in pk else d for c, d in zip(columns, defs, strict=True)]
             defs.append(f"PRIMARY KEY({', '.join(q(c) for c in pk)})")
         sql = f"CREATE TABLE {q(name)}({', '.join(defs)})" + (" WITHOUT ROWID" if without_rowid else "")
         assert self.run(sql, tolerate=())

@@ -10,8 +10,8 @@ import apsw
 from click.testing import CliRunner
 
 import proxy
-from proxy.tools.cli import main
 from proxy import verify
+from proxy.tools.cli import main
 
 
 def _log_span(cluster: proxy.Cluster) -> tuple[int | None, int | None, int]:
@@ -30,7 +30,7 @@ def _no_history(cluster: proxy.Cluster) -> proxy.Cluster:
 def _writes(cluster: proxy.Cluster, count: int, size: int = 100) -> proxy.Connection:
     conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
     conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v)")
-    for i in range(count):
+    for _ in range(count):
         conn.execute("INSERT INTO t(v) VALUES (?)", ("x" * size,))
     return conn
 
@@ -115,7 +115,7 @@ def test_leader_file_does_not_grow_under_a_steady_workload(make_cluster):
     conn.execute("INSERT INTO t VALUES (1, '')")
     leader = cluster.path_of(cluster.leader)
     sizes = []
-    for rnd in range(5):
+    for _ in range(5):
         for i in range(300):  # rewrites one row: the data does not grow, only the log would
             conn.execute("UPDATE t SET v = ? WHERE id = 1", ("y" * 500 + str(i),))
         cluster.wait_for_catchup(10)

@@ -8,13 +8,14 @@ both `row_image="full"` (changesets) and `row_image="minimal"` (patchsets).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import apsw
 import pytest
+from checks import assert_identical, same_on_all
 
 import proxy
-from checks import assert_identical, nodes, query_all, same_on_all
 from proxy.store import log as store_log
 from proxy.store import node as store_node
 
@@ -74,7 +75,7 @@ def test_create_table_inside_an_implicit_dml_transaction_commits_with_it(make_cl
     conn.execute("CREATE TABLE order_lines(order_id INTEGER, line INTEGER, sku TEXT, PRIMARY KEY(order_id, line))")
     assert conn.in_transaction, "DDL inside an open DML transaction joins it"
     conn.executemany("INSERT INTO order_lines VALUES (?, ?, ?)",
-                     [(o, l, f"sku-{o}-{l}") for o in range(1, 21) for l in range(3)])
+                     [(o, n, f"sku-{o}-{n}") for o in range(1, 21) for n in range(3)])
     assert cluster.leader_lsn() == before, "nothing is logged before commit()"
     conn.commit()
 
@@ -610,7 +611,8 @@ def test_internal_tables_are_refused_through_the_proxy_not_replicated_and_ignore
     lsn = cluster.wait_for_catchup(10)
 
     refused = [
-        "INSERT INTO _replproxy_log(lsn, epoch, format, payload, checksum, committed_at) VALUES (99, 1, 'row', x'', 0, 0)",
+        "INSERT INTO _replproxy_log(lsn, epoch, format, payload, checksum, committed_at) "
+        "VALUES (99, 1, 'row', x'', 0, 0)",
         "UPDATE _replproxy_state SET applied_lsn = 0",
         "DELETE FROM _replproxy_meta",
         "UPDATE _replproxy_log SET payload = x'00'",
@@ -680,7 +682,8 @@ def test_decoder_shows_tables_operations_and_row_values(make_cluster, row_image)
     cluster, conn = new_cluster(make_cluster, row_image)
     conn.execute("CREATE TABLE city(id INTEGER PRIMARY KEY, name TEXT, pop INTEGER)")
     conn.execute("CREATE TABLE tags(label TEXT, weight REAL)")  # captured by rowid
-    conn.executemany("INSERT INTO city VALUES (?, ?, ?)", [(1, "Oslo", 700000), (2, "東京", 14000000), (3, "Lima", None)])
+    conn.executemany("INSERT INTO city VALUES (?, ?, ?)",
+                     [(1, "Oslo", 700000), (2, "東京", 14000000), (3, "Lima", None)])
     conn.executemany("INSERT INTO tags VALUES (?, ?)", [("a", 0.5), ("b", 1.5)])
     conn.commit()
     conn.execute("UPDATE city SET pop = 710000 WHERE id = 1")

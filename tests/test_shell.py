@@ -13,8 +13,8 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from click.testing import CliRunner
@@ -22,8 +22,8 @@ from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
 import proxy
-from proxy.tools.shell import dotcommands
 from proxy.tools.cli import main
+from proxy.tools.shell import dotcommands
 from proxy.tools.shell.repl import (
     CtrlC,
     Shell,

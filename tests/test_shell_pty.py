@@ -20,7 +20,7 @@ UP = "\x1b[A"
 ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c;"
 
 
-def spawn(directory: Path, history: Path) -> "pexpect.spawn":
+def spawn(directory: Path, history: Path) -> pexpect.spawn:
     exe = shutil.which("replproxy")
     command, args = (exe, []) if exe else (sys.executable, ["-m", "proxy.tools.cli"])
     env = dict(os.environ, TERM="xterm", HOME=str(history.parent), REPLPROXY_HISTORY=str(history),

@@ -7,16 +7,16 @@ Writers outside the proxy are tested in tests/test_outside_writers.py.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import apsw
 import pytest
+from checks import assert_identical, same_on_all
 
 import proxy
-from checks import assert_identical, nodes, query_all, same_on_all
 from logformats import trigger as trig
 from proxy.store import log as store_log
-from proxy.store import node as store_node
 
 MakeCluster = Callable[..., proxy.Cluster]
 

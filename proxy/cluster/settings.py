@@ -6,7 +6,6 @@ every process notices the new mtime at its next commit or replicator round.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 

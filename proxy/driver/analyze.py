@@ -203,7 +203,7 @@ def _classify(sql: str, traced: dict[str, Any], actions: list[tuple[int, Any, An
     if kind == "ddl":
         # DROP TABLE drops the table's capture triggers with it.
         dropped = {str(a[1]).lower() for a in actions if a[0] == apsw.SQLITE_DROP_TABLE}
-        for code, arg1, arg2, dbname, trigger in actions:
+        for code, arg1, arg2, _dbname, trigger in actions:
             if (code == apsw.SQLITE_DROP_TRIGGER and isinstance(arg2, str) and arg2.lower() in dropped
                     and not arg2.lower().startswith("_replproxy_")):
                 continue

@@ -14,8 +14,9 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import apsw
 
@@ -24,11 +25,6 @@ from logformats import StatementInfo
 
 from .. import errors
 from ..cluster import Cluster
-from ..store import log as entries_log
-from ..store import node as store
-from .analyze import Analyzer
-from .consistency import DEFAULT_LEVEL, DEFAULT_POLICY, DEFAULT_WAIT, Session, check_level, check_policy
-from .types import adapt_params
 from ..errors import (
     DatabaseError,
     DataError,
@@ -43,6 +39,11 @@ from ..errors import (
     Warning,
     translate,
 )
+from ..store import log as entries_log
+from ..store import node as store
+from .analyze import Analyzer
+from .consistency import DEFAULT_LEVEL, DEFAULT_POLICY, DEFAULT_WAIT, Session, check_level, check_policy
+from .types import adapt_params
 
 apilevel = "2.0"
 threadsafety = 1  # threads may share the module, not connections
@@ -74,7 +75,7 @@ def connect(directory: str | os.PathLike[str], *, autocommit: bool = False, node
             consistency: str = DEFAULT_LEVEL, max_lag: int | None = None,
             max_staleness: float | None = None, on_stale: str = DEFAULT_POLICY,
             wait_timeout: float = DEFAULT_WAIT, session_token: str | None = None,
-            user: str | None = None, cluster: Cluster | None = None) -> "Connection":
+            user: str | None = None, cluster: Cluster | None = None) -> Connection:
     """Open a DB-API connection to the cluster in `directory`.
 
     `autocommit`: commit every statement by itself (default False: DML opens a transaction that
@@ -214,7 +215,7 @@ class Connection:
 
     # -- PEP 249 ------------------------------------------------------------------------------
 
-    def cursor(self) -> "Cursor":
+    def cursor(self) -> Cursor:
         self._check_open()
         return Cursor(self)
 
@@ -250,7 +251,7 @@ class Connection:
         """True while a transaction is open (BEGIN, or DML not yet committed)."""
         return self._txn is not None
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         self._check_open()
         return self
 
@@ -271,13 +272,13 @@ class Connection:
             follower.interrupt()
 
     # sqlite3-style shortcuts
-    def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
+    def execute(self, sql: str, parameters: Any = ()) -> Cursor:
         return self.cursor().execute(sql, parameters)
 
-    def executemany(self, sql: str, seq_of_parameters: Iterable[Any]) -> "Cursor":
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any]) -> Cursor:
         return self.cursor().executemany(sql, seq_of_parameters)
 
-    def executescript(self, script: str) -> "Cursor":
+    def executescript(self, script: str) -> Cursor:
         return self.cursor().executescript(script)
 
     # -- transactions -------------------------------------------------------------------------
@@ -785,7 +786,7 @@ class Cursor:
         self._check_open()
 
     def execute(self, operation: str, parameters: Any = (), *, consistency: str | None = None
-                ) -> "Cursor":
+                ) -> Cursor:
         """Run one statement. `consistency` overrides the cursor's and connection's level for it."""
         self._check_open()
         conn = self.connection
@@ -797,7 +798,7 @@ class Cursor:
         self._run(stmt, operation, _params(parameters), level=level)
         return self
 
-    def executemany(self, operation: str, seq_of_parameters: Iterable[Any]) -> "Cursor":
+    def executemany(self, operation: str, seq_of_parameters: Iterable[Any]) -> Cursor:
         self._check_open()
         conn = self.connection
         stmt = conn._analyze(operation)
@@ -813,7 +814,7 @@ class Cursor:
         self.description = None
         return self
 
-    def executescript(self, script: str) -> "Cursor":
+    def executescript(self, script: str) -> Cursor:
         """Run several statements; a transaction left open by DML is committed first, as sqlite3 does."""
         self._check_open()
         conn = self.connection
@@ -869,7 +870,7 @@ class Cursor:
             self._rows = None
         return rows
 
-    def __iter__(self) -> "Cursor":
+    def __iter__(self) -> Cursor:
         return self
 
     def __next__(self) -> tuple[Any, ...]:
@@ -878,7 +879,7 @@ class Cursor:
             raise StopIteration
         return row
 
-    def __enter__(self) -> "Cursor":
+    def __enter__(self) -> Cursor:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -159,7 +159,7 @@ class ClusterConfig:
     def format_options(self) -> dict[str, Any]:
         return {"row_image": self.row_image, **self.options}
 
-    def with_nodes(self, nodes: tuple[NodeConfig, ...]) -> "ClusterConfig":
+    def with_nodes(self, nodes: tuple[NodeConfig, ...]) -> ClusterConfig:
         return replace(self, nodes=nodes)
 
 

@@ -70,7 +70,7 @@ DEGRADED_REASON_KEY = "semi_sync_degraded_reason"
 HOLD_PREFIX = "retention_hold:"  # leader: a snapshot in progress keeps the entries after an LSN
 
 
-class StopKind(str, enum.Enum):
+class StopKind(enum.StrEnum):
     """Why a follower stopped applying, stored in `_replproxy_state.error_kind`."""
 
     APPLY = "apply"  # an entry cannot be applied here (a conflict); `resume` retries it

@@ -25,8 +25,8 @@ class Replicator(threading.Thread):
 
     def __init__(self, make_source: Callable[[], LogSource],
                  make_appliers: Callable[[LogSource], list[Applier]], *, poll_interval: float = 0.01,
-                 linger: float = 0.002, watcher: "Watcher | None" = None,
-                 after_round: "Callable[[int, dict[str, int]], None] | None" = None):
+                 linger: float = 0.002, watcher: Watcher | None = None,
+                 after_round: Callable[[int, dict[str, int]], None] | None = None):
         super().__init__(name="replproxy-replicator", daemon=True)
         # Called after every round with the leader's LSN and the followers' positions (modes.py:
         # semi-sync recovery, config changes, log retention); its errors never stop the thread.

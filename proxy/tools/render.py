@@ -16,7 +16,7 @@ MODES = ("table", "box", "csv", "json", "line")
 def render(headers: Sequence[str], rows: Sequence[Sequence[Any]], mode: str = "table",
            show_headers: bool = True) -> str:
     if mode == "json":
-        return json.dumps([dict(zip(headers, map(jsonable, row))) for row in rows], ensure_ascii=False,
+        return json.dumps([dict(zip(headers, map(jsonable, row), strict=True)) for row in rows], ensure_ascii=False,
                           indent=None) + "\n"
     if mode == "csv":
         buffer = io.StringIO()
@@ -28,7 +28,7 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[Any]], mode: str = "t
         return buffer.getvalue()
     if mode == "line":
         width = max((len(h) for h in headers), default=0)
-        blocks = ["\n".join(f"{h.rjust(width)} = {show(v)}" for h, v in zip(headers, row)) for row in rows]
+        blocks = ["\n".join(f"{h.rjust(width)} = {show(v)}" for h, v in zip(headers, row, strict=True)) for row in rows]
         return "\n\n".join(blocks) + ("\n" if blocks else "")
     return _grid(headers, rows, box=(mode == "box"), show_headers=show_headers)
 
@@ -50,7 +50,7 @@ def _grid(headers: Sequence[str], rows: Sequence[Sequence[Any]], box: bool, show
         return parts[0] + parts[1].join(line * (w + 2) for w in widths) + parts[2]
 
     def fmt(values: Sequence[str]) -> str:
-        return bar + bar.join(f" {v.ljust(w)} " for v, w in zip(values, widths)) + bar
+        return bar + bar.join(f" {v.ljust(w)} " for v, w in zip(values, widths, strict=True)) + bar
 
     out = [rule(top)]
     if show_headers:

@@ -15,7 +15,8 @@ safe for the statement format's rules; a format that refuses a statement makes t
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import apsw
 
@@ -307,15 +308,15 @@ def describe(name: str) -> str:
 
 
 class PlainCursor:
-    def __init__(self, owner: "PlainConnection"):
+    def __init__(self, owner: PlainConnection):
         self._owner = owner
 
-    def execute(self, sql: str, params: Any = ()) -> "PlainCursor":
+    def execute(self, sql: str, params: Any = ()) -> PlainCursor:
         self._owner._begin(sql)
         self._owner.conn.execute(sql, params).fetchall()
         return self
 
-    def executemany(self, sql: str, seq: Any) -> "PlainCursor":
+    def executemany(self, sql: str, seq: Any) -> PlainCursor:
         self._owner._begin(sql)
         self._owner.conn.executemany(sql, seq).fetchall()
         return self

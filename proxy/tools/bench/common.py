@@ -120,7 +120,7 @@ def plain_multi(path: Path, synchronous: str, batches: list[list[tuple]], warm: 
 def paired_ratio(numerator: Samples, denominator: Samples) -> float:
     """Median of the per-repetition ratios: both sides of a pair ran seconds apart, so a disk that
     slows down for a while moves both and the ratio stays honest."""
-    pairs = [a / b for a, b in zip(numerator.values, denominator.values) if b]
+    pairs = [a / b for a, b in zip(numerator.values, denominator.values, strict=False) if b]
     return statistics.median(pairs) if pairs else float("nan")
 
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import apsw
 
@@ -42,12 +42,11 @@ from .common import (
     TARGET_SINGLE,
     WARMUP_OPS,
     Samples,
+    bench_rows,
     paired_ratio,
     plain_single,
-    bench_rows,
     settle,
     timed_plain,
-    verdict,
 )
 
 LEVEL_BUDGET_SECONDS = 20.0

@@ -12,7 +12,8 @@ from typing import Any
 from ...cluster import Cluster
 from ...driver import connect
 
-MODES: tuple[tuple[str, dict[str, Any]], ...] = (("async", {}), ("sync", {"sync_followers": ["node2"]}), ("semi-sync", {"semi_sync_k": 1}))
+MODES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("async", {}), ("sync", {"sync_followers": ["node2"]}), ("semi-sync", {"semi_sync_k": 1}))
 REPETITIONS = 3
 WARMUP = 30
 
@@ -90,7 +91,7 @@ def report(workdir: Path | None, transactions: int = 2000) -> list[str]:
         f"{'mode':>10} {'µs/commit':>10} {'vs async':>9}",
     ]
     for name, _ in MODES:
-        ratios = [t / b for t, b in zip(times[name], base)]
+        ratios = [t / b for t, b in zip(times[name], base, strict=True)]
         lines.append(f"{name:>10} {statistics.median(times[name]):10.1f} {statistics.median(ratios):8.2f}x")
     lines.append(f"new follower: snapshot of a 10,000-row leader (backup API) in {snapshot_s * 1000:.0f} ms "
                  f"at LSN {lsn}; catch-up of {entries} entries at {rate:,.0f} entries/s")

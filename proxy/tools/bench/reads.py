@@ -7,8 +7,8 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ...cluster import Cluster
 from ...driver import connect

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,6 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import apsw
 
@@ -47,26 +45,24 @@ from ...store.source import LeaderFileSource
 from .common import (
     CATCHUP_TIMEOUT,
     FOLLOWERS,
+    INSERT,
     LEVEL_BUDGET_SECONDS,
+    MIN_REPETITIONS,
+    REPETITIONS,
+    ROWS_PER_TXN,
+    SCHEMA,
     TARGET_APPLY,
     TARGET_MULTI,
     TARGET_SINGLE,
     TARGET_SINGLE_BY_FORMAT,
     WARMUP_OPS,
     WARMUP_ROUND,
-    INSERT,
-    MIN_REPETITIONS,
-    REPETITIONS,
-    ROWS_PER_TXN,
-    SCHEMA,
     Samples,
-    insert_batches,
-    insert_each,
+    bench_rows,
     paired_ratio,
     plain_multi,
     plain_single,
     remove_tree,
-    bench_rows,
     settle,
     verdict,
 )

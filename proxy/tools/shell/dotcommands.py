@@ -11,9 +11,10 @@ from __future__ import annotations
 import inspect
 import shlex
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ...cluster.verify import verify
 from ...driver import consistency
@@ -90,7 +91,7 @@ def lookup(name: str) -> DotCommand:
     raise CommandError(f"unknown dot-command .{name}; enter .help for the list")
 
 
-def dispatch(shell: "Shell", line: str) -> None:
+def dispatch(shell: Shell, line: str) -> None:
     """Run one dot-command line such as `.schema notes`."""
     try:
         words = shlex.split(line.strip()[1:])
@@ -116,26 +117,26 @@ def _switch(value: str) -> bool:
 
 # -- argument completers -----------------------------------------------------------------------
 
-def _on_off(shell: "Shell", index: int) -> list[str]:
+def _on_off(shell: Shell, index: int) -> list[str]:
     return ["on", "off"]
 
 
-def _followers(shell: "Shell", index: int) -> list[str]:
+def _followers(shell: Shell, index: int) -> list[str]:
     return list(shell.cluster.followers)
 
 
-def _tables(shell: "Shell", index: int) -> list[str]:
+def _tables(shell: Shell, index: int) -> list[str]:
     return sorted(shell.schema())
 
 
-def _files(shell: "Shell", index: int) -> None:
+def _files(shell: Shell, index: int) -> None:
     return None
 
 
 # -- the commands ------------------------------------------------------------------------------
 
 @command(".help ?COMMAND?", args=(0, 1), complete=lambda shell, i: [c.name for c in commands()])
-def _help(shell: "Shell", args: list[str]) -> None:
+def _help(shell: Shell, args: list[str]) -> None:
     """Show the dot-commands, or the full help of one.
 
     Anything that is not a dot-command is SQL: end a statement with `;` to run it.
@@ -153,7 +154,7 @@ def _help(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".tables ?PATTERN?", args=(0, 1), complete=_tables)
-def _tables_cmd(shell: "Shell", args: list[str]) -> None:
+def _tables_cmd(shell: Shell, args: list[str]) -> None:
     """List tables and views (PATTERN is a LIKE pattern)."""
     names = shell.object_names(("table", "view"), args[0] if args else None)
     if not names:
@@ -166,14 +167,14 @@ def _tables_cmd(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".schema ?PATTERN?", args=(0, 1), complete=_tables)
-def _schema(shell: "Shell", args: list[str]) -> None:
+def _schema(shell: Shell, args: list[str]) -> None:
     """Show the CREATE statements of matching tables, their indexes and triggers."""
     for sql in shell.schema_sql(args[0] if args else None):
         shell.write(sql + ";\n")
 
 
 @command(".nodes")
-def _nodes(shell: "Shell", args: list[str]) -> None:
+def _nodes(shell: Shell, args: list[str]) -> None:
     """Show every node: role, applied LSN, lag (entries and seconds) and state.
 
     State is ok, paused (held by .pause), error (stopped by an entry it could not apply), missing,
@@ -187,7 +188,7 @@ def _nodes(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".consistency ?LEVEL?", args=(0, 1), complete=lambda shell, i: list(consistency.LEVELS))
-def _consistency_cmd(shell: "Shell", args: list[str]) -> None:
+def _consistency_cmd(shell: Shell, args: list[str]) -> None:
     """Show or set the read consistency of this session.
 
     strong            every read goes to the leader
@@ -203,7 +204,7 @@ def _consistency_cmd(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".format")
-def _format(shell: "Shell", args: list[str]) -> None:
+def _format(shell: Shell, args: list[str]) -> None:
     """Show the log format, the row image and the synchronous settings."""
     config = shell.cluster.config
     image = {"full": "changesets: before and after images",
@@ -214,7 +215,7 @@ def _format(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".log ?N?", args=(0, 1))
-def _log(shell: "Shell", args: list[str]) -> None:
+def _log(shell: Shell, args: list[str]) -> None:
     """Show the last N log entries decoded (default 10), like `replproxy log`."""
     try:
         count = int(args[0]) if args else 10
@@ -229,21 +230,21 @@ def _log(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".pause NODE", args=(1, 1), complete=_followers)
-def _pause(shell: "Shell", args: list[str]) -> None:
+def _pause(shell: Shell, args: list[str]) -> None:
     """Hold follower NODE at its applied LSN, for every process (injects lag)."""
     shell.cluster.pause(args[0])
     shell.message(f"{args[0]} paused")
 
 
 @command(".resume NODE", args=(1, 1), complete=_followers)
-def _resume(shell: "Shell", args: list[str]) -> None:
+def _resume(shell: Shell, args: list[str]) -> None:
     """Let follower NODE apply the log again; it catches up from its own position."""
     shell.cluster.resume(args[0])
     shell.message(f"{args[0]} resumed")
 
 
 @command(".wait ?SECONDS?", args=(0, 1))
-def _wait(shell: "Shell", args: list[str]) -> None:
+def _wait(shell: Shell, args: list[str]) -> None:
     """Wait until every follower that is not paused has applied the whole log.
 
     SECONDS is how long to wait at most (default 10).
@@ -258,7 +259,7 @@ def _wait(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".verify")
-def _verify(shell: "Shell", args: list[str]) -> None:
+def _verify(shell: Shell, args: list[str]) -> None:
     """Compare every follower with the leader, like `replproxy verify`.
 
     Schema and content of every user table are compared at one LSN.
@@ -283,7 +284,7 @@ def _verify(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".failover ?NODE?", args=(0, 1), complete=_followers)
-def _failover(shell: "Shell", args: list[str]) -> None:
+def _failover(shell: Shell, args: list[str]) -> None:
     """Promote a follower to leader (default: the most up-to-date one); the old leader is fenced."""
     try:
         result = shell.cluster.failover(args[0] if args else None)
@@ -296,12 +297,12 @@ def _failover(shell: "Shell", args: list[str]) -> None:
         shell.write(line + "\n")
 
 
-def _node_names(shell: "Shell", index: int) -> list[str]:
+def _node_names(shell: Shell, index: int) -> list[str]:
     return [n.name for n in shell.cluster.config.nodes]
 
 
 @command(".stop NODE", args=(1, 1), complete=_node_names)
-def _stop(shell: "Shell", args: list[str]) -> None:
+def _stop(shell: Shell, args: list[str]) -> None:
     """Stop a node as if it had crashed (a stopped leader is replaced by automatic failover)."""
     try:
         shell.cluster.stop_node(args[0])
@@ -316,7 +317,7 @@ def _stop(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".start NODE", args=(1, 1), complete=_node_names)
-def _start(shell: "Shell", args: list[str]) -> None:
+def _start(shell: Shell, args: list[str]) -> None:
     """Start a stopped node; one that missed a failover rejoins, its lost writes recorded."""
     try:
         result = shell.cluster.start_node(args[0])
@@ -330,7 +331,7 @@ def _start(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".mode ?MODE?", args=(0, 1), complete=lambda shell, i: list(MODES))
-def _mode(shell: "Shell", args: list[str]) -> None:
+def _mode(shell: Shell, args: list[str]) -> None:
     """Show results as table, box, csv, json or line (no argument: show the mode)."""
     if args:
         if args[0] not in MODES:
@@ -341,25 +342,25 @@ def _mode(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".headers on|off", args=(1, 1), complete=_on_off)
-def _headers(shell: "Shell", args: list[str]) -> None:
+def _headers(shell: Shell, args: list[str]) -> None:
     """Show column names above results (table, box, csv)."""
     shell.settings.headers = _switch(args[0])
 
 
 @command(".timer on|off", args=(1, 1), complete=_on_off)
-def _timer(shell: "Shell", args: list[str]) -> None:
+def _timer(shell: Shell, args: list[str]) -> None:
     """Show how long each statement took."""
     shell.settings.timer = _switch(args[0])
 
 
 @command(".nodeinfo on|off", args=(1, 1), complete=_on_off)
-def _nodeinfo(shell: "Shell", args: list[str]) -> None:
+def _nodeinfo(shell: Shell, args: list[str]) -> None:
     """Say which node served each result and at which LSN (on by default)."""
     shell.settings.nodeinfo = _switch(args[0])
 
 
 @command(".read FILE", args=(1, 1), complete=_files)
-def _read(shell: "Shell", args: list[str]) -> None:
+def _read(shell: Shell, args: list[str]) -> None:
     """Run the SQL and dot-commands in FILE."""
     path = Path(args[0]).expanduser()
     try:
@@ -370,12 +371,12 @@ def _read(shell: "Shell", args: list[str]) -> None:
 
 
 @command(".output ?FILE?", args=(0, 1), complete=_files)
-def _output(shell: "Shell", args: list[str]) -> None:
+def _output(shell: Shell, args: list[str]) -> None:
     """Send results to FILE (replacing it); with no FILE, back to the screen."""
     shell.set_output(Path(args[0]).expanduser() if args else None)
 
 
 @command(".quit", aliases=("exit",))
-def _quit(shell: "Shell", args: list[str]) -> None:
+def _quit(shell: Shell, args: list[str]) -> None:
     """Leave the shell; Ctrl-D does too."""
     shell.done = True

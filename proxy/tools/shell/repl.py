@@ -16,10 +16,11 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, TextIO
+from typing import IO, Any, TextIO
 
 import apsw
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
