@@ -1,18 +1,11 @@
-"""The shell's dot-commands: one registry, whose docstrings build `.help`.
+"""The shell's dot-commands, registered in registry.py (whose docstrings build `.help`).
 
-Each command is a function `(shell, args) -> None` registered with `@command(usage)`. The first
-line of its docstring is its line in `.help`; the whole docstring is `.help NAME`. Arguments are
-split like a shell's words (quotes group words). A command reports misuse by raising CommandError;
-errors from the cluster (proxy.Error) are printed by the shell the same way as SQL errors.
+Importing this module registers them; the shell package does it once.
 """
 
 from __future__ import annotations
 
-import inspect
-import shlex
 import textwrap
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,91 +13,10 @@ from ...cluster.verify import verify
 from ...driver import consistency
 from ...errors import Error, ReplicationTimeout
 from ..render import MODES, render
+from .registry import CommandError, command, commands, lookup
 
 if TYPE_CHECKING:
     from .repl import Shell
-
-Handler = Callable[["Shell", list[str]], None]
-# Candidates for one argument: (shell, index of the argument) -> words; None: complete file names.
-ArgCompleter = Callable[["Shell", int], "list[str] | None"]
-
-
-class CommandError(Exception):
-    """A dot-command was misused or cannot do what was asked; the message says why."""
-
-
-@dataclass(frozen=True)
-class DotCommand:
-    """One dot-command: its name, usage line, handler and how its arguments complete."""
-
-    name: str
-    usage: str
-    handler: Handler
-    min_args: int = 0
-    max_args: int = 0
-    aliases: tuple[str, ...] = ()
-    complete: ArgCompleter | None = None
-
-    @property
-    def summary(self) -> str:
-        return self.help.splitlines()[0] if self.help else ""
-
-    @property
-    def help(self) -> str:
-        return inspect.getdoc(self.handler) or ""
-
-
-COMMANDS: dict[str, DotCommand] = {}  # every name and alias -> its command
-
-
-def command(usage: str, *, args: tuple[int, int] = (0, 0), aliases: tuple[str, ...] = (),
-            complete: ArgCompleter | None = None) -> Callable[[Handler], Handler]:
-    """Register the decorated function as the dot-command named by the first word of `usage`."""
-
-    def register(handler: Handler) -> Handler:
-        name = usage.split()[0].lstrip(".")
-        cmd = DotCommand(name, usage, handler, args[0], args[1], aliases, complete)
-        for key in (name, *aliases):
-            if key in COMMANDS:
-                raise ValueError(f"dot-command .{key} is registered twice")
-            COMMANDS[key] = cmd
-        return handler
-
-    return register
-
-
-def commands() -> list[DotCommand]:
-    """Every command once, sorted by name."""
-    unique = {cmd.name: cmd for cmd in COMMANDS.values()}
-    return [unique[name] for name in sorted(unique)]
-
-
-def lookup(name: str) -> DotCommand:
-    """The command called `name`, or the only one it is a prefix of (like sqlite3: `.sch`)."""
-    if name in COMMANDS:
-        return COMMANDS[name]
-    matches = {cmd.name: cmd for key, cmd in COMMANDS.items() if key.startswith(name)}
-    if len(matches) == 1:
-        return next(iter(matches.values()))
-    if matches:
-        raise CommandError(f"ambiguous dot-command .{name}: " + ", ".join(f".{n}" for n in sorted(matches)))
-    raise CommandError(f"unknown dot-command .{name}; enter .help for the list")
-
-
-def dispatch(shell: Shell, line: str) -> None:
-    """Run one dot-command line such as `.schema notes`."""
-    try:
-        words = shlex.split(line.strip()[1:])
-    except ValueError as exc:
-        raise CommandError(f"cannot parse {line.strip()!r}: {exc}") from None
-    if not words:
-        raise CommandError("empty dot-command; enter .help for the list")
-    cmd = lookup(words[0])
-    args = words[1:]
-    if not cmd.min_args <= len(args) <= cmd.max_args:
-        raise CommandError(f"usage: {cmd.usage}")
-    cmd.handler(shell, args)
-
 
 def _switch(value: str) -> bool:
     lowered = value.lower()
@@ -290,9 +202,7 @@ def _failover(shell: Shell, args: list[str]) -> None:
         result = shell.cluster.failover(args[0] if args else None)
     except Error as exc:
         raise CommandError(str(exc)) from None
-    if shell._meta is not None:  # the schema connection follows the new leader
-        shell._meta.close()
-        shell._meta = None
+    shell.forget_leader()  # the schema connection follows the new leader
     for line in result.lines():
         shell.write(line + "\n")
 
@@ -323,9 +233,7 @@ def _start(shell: Shell, args: list[str]) -> None:
         result = shell.cluster.start_node(args[0])
     except Error as exc:
         raise CommandError(str(exc)) from None
-    if shell._meta is not None:
-        shell._meta.close()
-        shell._meta = None
+    shell.forget_leader()
     for line in result.lines():
         shell.write(line + "\n")
 

@@ -33,7 +33,7 @@ from ...driver import Connection, Cursor, connect
 from ...errors import Error
 from ...store import config as cfg
 from ..render import MODES, render
-from . import dotcommands
+from . import registry
 
 PROMPT = "replproxy> "
 CONTINUATION = "...> "
@@ -153,7 +153,7 @@ class Shell:
             try:
                 handle = open(path, "w", encoding="utf-8")
             except OSError as exc:
-                raise dotcommands.CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+                raise registry.CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
         if self._output_file is not None:
             self._output_file.close()
             self._output_file = None
@@ -176,8 +176,8 @@ class Shell:
 
     def run_dot(self, line: str, where: str | None = None) -> bool:
         try:
-            dotcommands.dispatch(self, line)
-        except (dotcommands.CommandError, Error) as exc:
+            registry.dispatch(self, line)
+        except (registry.CommandError, Error) as exc:
             self.error(str(exc), where)
             return False
         return True
@@ -245,7 +245,7 @@ class Shell:
         """Run SQL and dot-commands read line by line (stdin that is not a terminal, `.read`).
         An error is reported with its line and the script goes on, as in sqlite3."""
         if self._depth >= MAX_READ_DEPTH:
-            raise dotcommands.CommandError(f"{source}: .read nested more than {MAX_READ_DEPTH} deep")
+            raise registry.CommandError(f"{source}: .read nested more than {MAX_READ_DEPTH} deep")
         self._depth += 1
         try:
             buffer, first = "", 0
@@ -336,11 +336,15 @@ class Shell:
                 f"({config.row_image} row images); consistency {self.conn.consistency}\n"
                 "Enter SQL ending with ';' or a dot-command (.help). Ctrl-C cancels, Ctrl-D exits.")
 
-    def close(self) -> None:
-        self.set_output(None)
+    def forget_leader(self) -> None:
+        """Close the schema connection; the next look reopens it on the current leader."""
         if self._meta is not None:
             self._meta.close()
             self._meta = None
+
+    def close(self) -> None:
+        self.set_output(None)
+        self.forget_leader()
         self.conn.close()
 
 
@@ -433,14 +437,14 @@ class ShellCompleter(Completer):
     def _dot(self, text: str, event: CompleteEvent) -> Iterator[Completion]:
         words = text.split(" ")
         if len(words) == 1:
-            for name in sorted(dotcommands.COMMANDS):
+            for name in sorted(registry.COMMANDS):
                 if ("." + name).startswith(words[0]):
-                    cmd = dotcommands.COMMANDS[name]
+                    cmd = registry.COMMANDS[name]
                     yield Completion("." + name, -len(words[0]), display_meta=cmd.summary)
             return
         try:
-            cmd = dotcommands.lookup(words[0][1:])
-        except dotcommands.CommandError:
+            cmd = registry.lookup(words[0][1:])
+        except registry.CommandError:
             return
         if cmd.complete is None:
             return
