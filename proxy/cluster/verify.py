@@ -166,8 +166,7 @@ def verify(cluster: ClusterCore, timeout: float = 10.0) -> VerifyReport:
     deadline = time.monotonic() + timeout
     leader = cluster.leader
     while True:
-        leader_conn = cluster.open_node(leader)
-        try:
+        with cluster.node(leader) as leader_conn:
             leader_conn.execute("BEGIN")
             lsn = entries_log.last_lsn(leader_conn)
             ref = fingerprint(leader_conn)
@@ -175,8 +174,6 @@ def verify(cluster: ClusterCore, timeout: float = 10.0) -> VerifyReport:
             # leader's content but not at this LSN; log them, then compare.
             unlogged = outside.pending(cluster, leader_conn)
             leader_conn.execute("COMMIT")
-        finally:
-            leader_conn.close()
         if unlogged and time.monotonic() < deadline:
             outside.log_outside_writes(cluster)
             continue

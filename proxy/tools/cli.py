@@ -520,9 +520,17 @@ def shell(directory: str, create: bool, history_file: str | None, mode: str) -> 
 @click.option("--format", "log_format", default="row", show_default=True,
               type=click.Choice(logformats.names()),
               help="Log format of the proxy's clusters (trigger adds where a commit's time goes).")
-def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None, log_format: str) -> None:
-    """Measure the leader's cost against plain apsw, and the follower apply rate."""
+@click.option("--imports", "imports_only", is_flag=True,
+              help="Only measure the start-up cost: `import proxy` and `replproxy --help`.")
+def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None, log_format: str,
+          imports_only: bool) -> None:
+    """Measure the leader's cost against plain apsw, the follower apply rate, reads, modes and start-up."""
     from .bench import run_bench
+    from .bench.imports import report
+
+    if imports_only:
+        click.echo("\n".join(report()).lstrip("\n"))
+        sys.exit(0)
 
     sys.exit(run_bench(transactions=transactions, sync_levels=sync_levels or ("full", "normal"),
                        workdir=workdir, log_format=log_format))

@@ -125,12 +125,9 @@ def run_one(base: Path, workload: str, fmt: str, scale: int, synchronous: str) -
                 conn.close()
             except Exception:
                 pass
-        leader = cluster.open_node(cluster.leader)
-        try:
+        with cluster.node(cluster.leader) as leader:
             count, size = leader.execute(
                 "SELECT count(*), coalesce(sum(length(payload)), 0) FROM _replproxy_log").fetchone()
-        finally:
-            leader.close()
         result.transactions, result.log_bytes = count, size
         result.bytes_per_txn = round(size / count, 1) if count else 0.0
         if result.status != "ok":

@@ -150,11 +150,8 @@ def _check_replicated(cluster: Cluster, expected_rows: int) -> None:
     """The benchmark must have replicated what it wrote: every follower holds every row."""
     cluster.wait_for_catchup(timeout=CATCHUP_TIMEOUT)
     for name in cluster.followers:
-        conn = cluster.open_node(name)
-        try:
+        with cluster.node(name) as conn:
             (count,) = conn.execute("SELECT count(*) FROM bench").fetchone()
-        finally:
-            conn.close()
         if count != expected_rows:
             raise RuntimeError(f"follower {name} holds {count} rows, expected {expected_rows}")
 
@@ -465,5 +462,10 @@ def run_bench(transactions: int = 2000, sync_levels: tuple[str, ...] = ("full", 
             say(line)
     except Exception:  # a report, not a test
         say("\nERROR: the replication modes measurement stopped:\n" + traceback.format_exc().rstrip())
+    progress("[bench] start-up cost")
+    from .imports import report as imports_report
+
+    for line in imports_report():
+        say(line)
     say(f"\n(total {time.perf_counter() - started:.0f} s)")
     return 0
