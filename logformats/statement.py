@@ -131,6 +131,7 @@ class StatementCapture(Capture):
         plan = state.plans.get(key)
         if plan is None:
             # Read for every new plan: the application may register functions at any time.
+            # (build_plan is looked up in this module: tests replace statement.build_plan.)
             plan = build_plan(self.conn, state.schema, stmt, sql, application_functions(self.conn))
             if len(state.plans) >= _PLAN_LIMIT:
                 state.plans.clear()
