@@ -31,13 +31,9 @@ from .base import (
     sql_excerpt,
 )
 from .row import RowCapture, invert_chunks
-from .statement import (
-    StatementCapture,
-    StatementPayloadFormat,
-    encode,
-    encode_item_size,
-    payload_items,
-)
+from .statement import StatementCapture
+from .statement_apply import StatementPayloadFormat
+from .statement_payload import encode, encode_item_size, payload_items
 
 POLICIES = ("statement", "smallest")
 
