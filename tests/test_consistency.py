@@ -29,7 +29,7 @@ import apsw
 import pytest
 
 import proxy
-import proxy.driver.connection
+import proxy.driver.routing
 from proxy.driver.consistency import TOKEN_PREFIX
 
 THREAD_SCHEMA = "CREATE TABLE comments(id INTEGER PRIMARY KEY, author TEXT NOT NULL, body TEXT NOT NULL)"
@@ -540,7 +540,7 @@ def test_session_falls_back_cleanly_when_its_follower_file_is_removed(cluster, c
     assert {s.name: s.state for s in cluster.status()}[failed] == "missing"
     # Connections re-read a follower's state once their cached copy is older than STATE_MAX_AGE;
     # make that at once rather than sleeping.
-    monkeypatch.setattr(proxy.driver.connection, "STATE_MAX_AGE", 0.0)
+    monkeypatch.setattr(proxy.driver.routing, "STATE_MAX_AGE", 0.0)
     # The eventual session that used the failed follower moves too, though it asks for no position.
     for _ in range(3):
         rows, node, _ = read(browsing)

@@ -14,7 +14,7 @@ from checks import file_meta, file_rows
 from click.testing import CliRunner
 
 import proxy
-import proxy.driver.connection as dbapi_module
+import proxy.driver.leader as dbapi_module
 from proxy import verify
 from proxy.cluster import failover
 from proxy.store import log as store_log

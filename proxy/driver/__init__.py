@@ -1,7 +1,8 @@
 """The driver layer: PEP 249 (DB-API 2.0), the proxy as applications see it.
 
 analyze.py classifies statements with SQLite; consistency.py holds sessions and levels;
-connection.py the connection (leader side, read routing) and its cursor; types.py the type objects.
+connection.py the connection and its transactions, leader.py its leader side (fence, failover,
+COMMIT with the log entry), routing.py its read routing, cursor.py the cursor; types.py the type objects.
 """
 
 from __future__ import annotations

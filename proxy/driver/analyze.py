@@ -7,7 +7,9 @@ and an exec tracer that stops it before it runs; the read-only flag comes from
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import apsw
 
@@ -29,6 +31,8 @@ _TEMP_DDL = {
 _WRITE = {apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE}
 _SCHEMA_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
 _NULL_BINDINGS = getattr(apsw, "_null_bindings", None)
+# What the authorizer is called with: action code, two arguments, database name, trigger name.
+_Action = tuple[int, Any, Any, Any, Any]
 CACHE_LIMIT = 2048
 
 
@@ -58,27 +62,25 @@ class Analyzer:
     def _analyze(self, sql: str) -> StatementInfo:
         if not isinstance(sql, str):
             raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
-        actions: list[tuple[int, Any, Any, Any, Any]] = []
+        traced, actions = self._prepare(sql)
+        if not traced:
+            # Only whitespace or comments: SQLite has nothing to run.
+            return StatementInfo(sql=sql, readonly=True, kind="empty")
+        self._check_one_statement(sql, traced["first"])
+        return _classify(sql, traced, actions)
+
+    def _prepare(self, sql: str) -> tuple[dict[str, Any], list[_Action]]:
+        """Prepare the first statement of `sql` without running it: what the exec tracer saw of it,
+        and every action SQLite asked the authorizer about."""
+        actions: list[_Action] = []
         traced: dict[str, Any] = {}
 
         def authorizer(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
             actions.append((code, arg1, arg2, dbname, trigger))
             return apsw.SQLITE_OK
 
-        def tracer(cursor: apsw.Cursor, first: str, bindings: Any) -> bool:
-            traced["first"] = first
-            traced["readonly"] = cursor.is_readonly
-            traced["explain"] = cursor.is_explain
-            traced["count"] = cursor.bindings_count
-            traced["names"] = cursor.bindings_names
-            try:
-                traced["columns"] = len(cursor.get_description())
-            except Exception:  # unknown: returns_rows stays True, the safe answer
-                pass
-            return False
-
         cursor = self.conn.cursor()
-        cursor.exec_trace = tracer
+        cursor.exec_trace = _tracer_into(traced)
         previous = self.conn.authorizer
         self.conn.authorizer = authorizer
         try:
@@ -91,17 +93,34 @@ class Analyzer:
         finally:
             self.conn.authorizer = previous
             cursor.exec_trace = None
-        if not traced:
-            # Only whitespace or comments: SQLite has nothing to run.
-            return StatementInfo(sql=sql, readonly=True, kind="empty")
-        first: str = traced["first"]
+        return traced, actions
+
+    def _check_one_statement(self, sql: str, first: str) -> None:
+        """Refuse `sql` when more than comments follow its first statement."""
         if sql[len(first):].strip(" \t\r\n;"):
             rest = sql[len(first):].strip()
             if _has_statement(self.conn, rest):
                 raise MultipleStatementsError(
                     "You can only execute one statement at a time; use executescript() for several"
                 )
-        return _classify(sql, traced, actions)
+
+
+def _tracer_into(traced: dict[str, Any]) -> Callable[[apsw.Cursor, str, Any], bool]:
+    """An exec tracer that records what SQLite says of the prepared statement, then stops it."""
+
+    def tracer(cursor: apsw.Cursor, first: str, bindings: Any) -> bool:
+        traced["first"] = first
+        traced["readonly"] = cursor.is_readonly
+        traced["explain"] = cursor.is_explain
+        traced["count"] = cursor.bindings_count
+        traced["names"] = cursor.bindings_names
+        try:
+            traced["columns"] = len(cursor.get_description())
+        except Exception:  # unknown: returns_rows stays True, the safe answer
+            pass
+        return False
+
+    return tracer
 
 
 def _has_statement(conn: apsw.Connection, sql: str) -> bool:
@@ -137,81 +156,102 @@ def _begin_mode(sql: str) -> str:
     return "BEGIN"
 
 
-def _classify(sql: str, traced: dict[str, Any], actions: list[tuple[int, Any, Any, Any, Any]]) -> StatementInfo:
+def _classify(sql: str, traced: dict[str, Any], actions: list[_Action]) -> StatementInfo:
     readonly = bool(traced["readonly"])
-    codes = {a[0] for a in actions}
-    written: set[str] = set()
-    read: set[str] = set()
-    created: list[str] = []
-    functions: set[str] = set()
-    uses_temp = False
-    is_insert = False
-    operation = savepoint = pragma = pragma_value = None
-    kind = "read" if readonly else "other"
-
-    for code, arg1, arg2, dbname, trigger in actions:
-        if dbname == "temp":
-            uses_temp = True
-        if code in _WRITE and trigger is None and isinstance(arg1, str):
-            if arg1.lower() not in _SCHEMA_TABLES and dbname != "temp":
-                written.add(arg1)
-                is_insert = is_insert or code == apsw.SQLITE_INSERT
-        elif code == apsw.SQLITE_READ and isinstance(arg1, str) and dbname != "temp":
-            if arg1.lower() not in _SCHEMA_TABLES:
-                read.add(arg1)
-        elif code == apsw.SQLITE_FUNCTION and isinstance(arg2, str):
-            functions.add(arg2.lower())
-        elif code == apsw.SQLITE_CREATE_TABLE and isinstance(arg1, str):
-            created.append(arg1)
-
-    if apsw.SQLITE_TRANSACTION in codes:
-        kind = "transaction"
-        operation = next(str(a[1]).upper() for a in actions if a[0] == apsw.SQLITE_TRANSACTION)
-        if operation == "BEGIN":
-            operation = _begin_mode(sql)
-    elif apsw.SQLITE_SAVEPOINT in codes:
-        kind = "savepoint"
-        op = next(a for a in actions if a[0] == apsw.SQLITE_SAVEPOINT)
-        operation, savepoint = str(op[1]).upper(), str(op[2])
-    elif codes & {apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH}:
-        kind = "attach"
-    elif codes & _DDL:
-        kind = "ddl"
-    elif codes & _TEMP_DDL:
-        kind, operation = "temp", "DDL"
-    elif apsw.SQLITE_PRAGMA in codes and not written:
-        kind = "pragma"
-        op = next(a for a in actions if a[0] == apsw.SQLITE_PRAGMA)
-        pragma, pragma_value = op[1], op[2]
-    elif written:
-        kind = "dml"
-    elif not readonly and not actions:
-        kind = "vacuum"
-    elif not readonly and uses_temp:
-        kind = "temp"
-    elif traced["explain"]:
-        kind = "read"
-
-    # Writes done by triggers count too: a trigger must not change replproxy's tables either.
-    # The trigger format's own capture triggers (named _replproxy_*) are the exception.
-    touches_internal = any(
-        code in _WRITE and isinstance(arg1, str) and dbname != "temp"
-        and arg1.lower().startswith("_replproxy_")
-        and not (isinstance(trigger, str) and trigger.lower().startswith("_replproxy_"))
-        for code, arg1, _arg2, dbname, trigger in actions
+    touched = _Touched.of(actions)
+    kind = _kind(sql, readonly, bool(traced["explain"]), touched, actions)
+    _check_allowed(kind.kind, actions)
+    return StatementInfo(
+        sql=sql,
+        readonly=readonly,
+        kind=kind.kind,
+        operation=kind.operation,
+        savepoint=kind.savepoint,
+        pragma=kind.pragma,
+        pragma_value=kind.pragma_value,
+        tables_written=frozenset(touched.written),
+        tables_read=frozenset(touched.read),
+        tables_created=tuple(touched.created),
+        functions=frozenset(touched.functions),
+        uses_temp=touched.uses_temp,
+        is_insert=touched.is_insert,
+        param_count=int(traced["count"] or 0),
+        param_names=tuple(traced["names"] or ()),
+        returns_rows=bool(traced.get("columns", 1)),
     )
-    if kind == "ddl":
-        # DROP TABLE drops the table's capture triggers with it.
-        dropped = {str(a[1]).lower() for a in actions if a[0] == apsw.SQLITE_DROP_TABLE}
-        for code, arg1, arg2, _dbname, trigger in actions:
-            if (code == apsw.SQLITE_DROP_TRIGGER and isinstance(arg2, str) and arg2.lower() in dropped
-                    and not arg2.lower().startswith("_replproxy_")):
-                continue
-            if code in _DDL and trigger is None:
-                for name in (arg1, arg2):
-                    if isinstance(name, str) and name.lower().startswith("_replproxy_"):
-                        touches_internal = True
-    if touches_internal:
+
+
+@dataclass
+class _Touched:
+    """The tables and functions a statement uses, from its authorizer actions."""
+
+    written: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
+    created: list[str] = field(default_factory=list)
+    functions: set[str] = field(default_factory=set)
+    uses_temp: bool = False
+    is_insert: bool = False
+
+    @classmethod
+    def of(cls, actions: list[_Action]) -> _Touched:
+        touched = cls()
+        for code, arg1, arg2, dbname, trigger in actions:
+            if dbname == "temp":
+                touched.uses_temp = True
+            if code in _WRITE and trigger is None and isinstance(arg1, str):
+                if arg1.lower() not in _SCHEMA_TABLES and dbname != "temp":
+                    touched.written.add(arg1)
+                    touched.is_insert = touched.is_insert or code == apsw.SQLITE_INSERT
+            elif code == apsw.SQLITE_READ and isinstance(arg1, str) and dbname != "temp":
+                if arg1.lower() not in _SCHEMA_TABLES:
+                    touched.read.add(arg1)
+            elif code == apsw.SQLITE_FUNCTION and isinstance(arg2, str):
+                touched.functions.add(arg2.lower())
+            elif code == apsw.SQLITE_CREATE_TABLE and isinstance(arg1, str):
+                touched.created.append(arg1)
+        return touched
+
+
+class _Kind(NamedTuple):
+    kind: str
+    operation: str | None = None
+    savepoint: str | None = None
+    pragma: Any = None
+    pragma_value: Any = None
+
+
+def _kind(sql: str, readonly: bool, explain: bool, touched: _Touched, actions: list[_Action]) -> _Kind:
+    """What kind of statement this is (StatementInfo.kind), with its operation where it has one."""
+    codes = {a[0] for a in actions}
+    if apsw.SQLITE_TRANSACTION in codes:
+        operation = next(str(a[1]).upper() for a in actions if a[0] == apsw.SQLITE_TRANSACTION)
+        return _Kind("transaction", _begin_mode(sql) if operation == "BEGIN" else operation)
+    if apsw.SQLITE_SAVEPOINT in codes:
+        op = next(a for a in actions if a[0] == apsw.SQLITE_SAVEPOINT)
+        return _Kind("savepoint", str(op[1]).upper(), str(op[2]))
+    if codes & {apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH}:
+        return _Kind("attach")
+    if codes & _DDL:
+        return _Kind("ddl")
+    if codes & _TEMP_DDL:
+        return _Kind("temp", "DDL")
+    if apsw.SQLITE_PRAGMA in codes and not touched.written:
+        op = next(a for a in actions if a[0] == apsw.SQLITE_PRAGMA)
+        return _Kind("pragma", pragma=op[1], pragma_value=op[2])
+    if touched.written:
+        return _Kind("dml")
+    if not readonly and not actions:
+        return _Kind("vacuum")
+    if not readonly and touched.uses_temp:
+        return _Kind("temp")
+    if explain:
+        return _Kind("read")
+    return _Kind("read" if readonly else "other")
+
+
+def _check_allowed(kind: str, actions: list[_Action]) -> None:
+    """Refuse statements that change replproxy's own tables, and ATTACH / DETACH."""
+    if _touches_internal(kind, actions):
         raise ProgrammingError("replproxy's internal tables (_replproxy_*) cannot be changed through the proxy")
     if kind == "attach":
         raise NotSupportedError(
@@ -219,21 +259,27 @@ def _classify(sql: str, traced: dict[str, Any], actions: list[tuple[int, Any, An
             "would not be replicated"
         )
 
-    return StatementInfo(
-        sql=sql,
-        readonly=readonly,
-        kind=kind,
-        operation=operation,
-        savepoint=savepoint,
-        pragma=pragma,
-        pragma_value=pragma_value,
-        tables_written=frozenset(written),
-        tables_read=frozenset(read),
-        tables_created=tuple(created),
-        functions=frozenset(functions),
-        uses_temp=uses_temp,
-        is_insert=is_insert,
-        param_count=int(traced["count"] or 0),
-        param_names=tuple(traced["names"] or ()),
-        returns_rows=bool(traced.get("columns", 1)),
-    )
+
+def _touches_internal(kind: str, actions: list[_Action]) -> bool:
+    # Writes done by triggers count too: a trigger must not change replproxy's tables either.
+    # The trigger format's own capture triggers (named _replproxy_*) are the exception.
+    if any(
+        code in _WRITE and isinstance(arg1, str) and dbname != "temp"
+        and arg1.lower().startswith("_replproxy_")
+        and not (isinstance(trigger, str) and trigger.lower().startswith("_replproxy_"))
+        for code, arg1, _arg2, dbname, trigger in actions
+    ):
+        return True
+    if kind != "ddl":
+        return False
+    # DROP TABLE drops the table's capture triggers with it.
+    dropped = {str(a[1]).lower() for a in actions if a[0] == apsw.SQLITE_DROP_TABLE}
+    for code, arg1, arg2, _dbname, trigger in actions:
+        if (code == apsw.SQLITE_DROP_TRIGGER and isinstance(arg2, str) and arg2.lower() in dropped
+                and not arg2.lower().startswith("_replproxy_")):
+            continue
+        if code in _DDL and trigger is None:
+            for name in (arg1, arg2):
+                if isinstance(name, str) and name.lower().startswith("_replproxy_"):
+                    return True
+    return False

@@ -1,0 +1,492 @@
+"""The PEP 249 cursor: runs each statement where it belongs (a read on the node routing picks or in
+the open transaction, a write in a captured transaction on the leader) and hands out its rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+import logformats
+from logformats import StatementInfo
+
+from .. import errors
+from ..errors import IntegrityError, NotSupportedError, OperationalError, ProgrammingError, translate
+from .consistency import check_level
+from .types import adapt_params
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+class Cursor:
+    """A PEP 249 cursor. `node` names the node that served the last statement."""
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        self.arraysize = 1
+        self.description: tuple[tuple[Any, ...], ...] | None = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.node: str | None = None
+        self.lsn: int | None = None
+        # Read consistency for this cursor's statements; None: the connection's.
+        self.consistency: str | None = None
+        self._rows: Iterator[tuple[Any, ...]] | None = None
+        self._closed = False
+
+    # -- PEP 249 ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._rows = None
+        self._closed = True
+
+    def setinputsizes(self, sizes: Any) -> None:
+        self._check_open()
+
+    def setoutputsize(self, size: Any, column: Any = None) -> None:
+        self._check_open()
+
+    def execute(self, operation: str, parameters: Any = (), *, consistency: str | None = None
+                ) -> Cursor:
+        """Run one statement. `consistency` overrides the cursor's and connection's level for it."""
+        self._check_open()
+        conn = self.connection
+        stmt = conn._leader_side.analyze(operation)
+        self._reset()
+        level = consistency or self.consistency or conn.consistency
+        if consistency is not None or self.consistency is not None:
+            check_level(level)
+        self._run(stmt, operation, _params(parameters), level=level)
+        return self
+
+    def executemany(self, operation: str, seq_of_parameters: Iterable[Any]) -> Cursor:
+        self._check_open()
+        conn = self.connection
+        stmt = conn._leader_side.analyze(operation)
+        if stmt.kind not in ("dml", "empty"):
+            raise ProgrammingError("executemany() can only execute DML statements.")
+        self._reset()
+        total = 0
+        for parameters in seq_of_parameters:
+            self._run(stmt, operation, _params(parameters), many=True)
+            total += max(self.rowcount, 0)
+        self.rowcount = total
+        self._rows = None
+        self.description = None
+        return self
+
+    def executescript(self, script: str) -> Cursor:
+        """Run several statements; a transaction left open by DML is committed first, as sqlite3 does."""
+        self._check_open()
+        conn = self.connection
+        if not isinstance(script, str):
+            raise ValueError("script argument must be unicode.")
+        if conn._txn is not None and not conn._txn.explicit:
+            conn.commit()
+        for sql in _split_statements(conn._leader, script):
+            self.execute(sql)
+            if self._rows is not None:
+                for _ in self._rows:
+                    pass
+        if conn._txn is not None and not conn._txn.explicit and not conn.autocommit:
+            conn.commit()
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        self._check_open()
+        self._check_result()
+        if self._rows is None:
+            return None
+        try:
+            return next(self._rows)
+        except StopIteration:
+            self._rows = None
+            return None
+        except apsw.Error as exc:
+            self._rows = None
+            raise translate(exc) from exc
+
+    def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+        self._check_open()
+        self._check_result()
+        count = self.arraysize if size is None else size
+        rows = []
+        for _ in range(max(count, 0)):
+            row = self.fetchone()
+            if row is None:
+                break
+            rows.append(row)
+        return rows
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        self._check_open()
+        self._check_result()
+        if self._rows is None:
+            return []
+        try:
+            rows = list(self._rows)
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        finally:
+            self._rows = None
+        return rows
+
+    def __iter__(self) -> Cursor:
+        return self
+
+    def __next__(self) -> tuple[Any, ...]:
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
+
+    def __enter__(self) -> Cursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed cursor.")
+        self.connection._check_open()
+
+    def _check_result(self) -> None:
+        # PEP 249: fetching is an error when the last statement produced no result set.
+        if self.description is None:
+            raise ProgrammingError("no result set to fetch from: execute a statement that returns "
+                                   "rows (a SELECT, or a write with RETURNING) first")
+
+    def _reset(self) -> None:
+        self._rows = None
+        self.description = None
+        self.rowcount = -1
+
+    def _run(self, stmt: StatementInfo, sql: str, params: Any, many: bool = False,
+             level: str | None = None) -> None:
+        kind = stmt.kind
+        if kind == "empty":
+            return
+        if kind == "transaction":
+            self._transaction(stmt)
+        elif kind == "savepoint":
+            self._savepoint(stmt, sql)
+        elif kind == "read" or (kind == "pragma" and not stmt.replicated_pragma):
+            self._read(stmt, sql, params, level or self.connection.consistency)
+        elif kind == "temp":
+            self._local(stmt, sql, params)
+        elif kind == "vacuum":
+            self._vacuum(stmt, sql)
+        else:
+            self._write(stmt, sql, params)
+
+    def _execute_on(self, conn: apsw.Connection, sql: str, params: Any,
+                    returns_rows: bool = True) -> apsw.Cursor:
+        cursor = conn.cursor()
+        try:
+            cursor.execute(sql, params)
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise translate(exc) from exc
+        except KeyError as exc:
+            # apsw looks named parameters up in the mapping; a missing one is the caller's mistake.
+            raise ProgrammingError(
+                f"You did not supply a value for binding parameter :{exc.args[0]}.") from exc
+        if not returns_rows:
+            self.description = None
+            return cursor
+        try:
+            desc = cursor.get_description()  # while the statement has a row to give
+        except apsw.ExecutionCompleteError:
+            desc = _prepared_description(conn, sql)  # no row: ask the prepared statement
+        self.description = _describe(desc)
+        return cursor
+
+    def _read(self, stmt: StatementInfo, sql: str, params: Any, level: str) -> None:
+        conn = self.connection
+        txn = conn._txn
+        if txn is not None:
+            # Inside a transaction every read runs on the transaction's own snapshot.
+            if txn.node is None:
+                conn._bind_read_txn(txn, level, stmt)
+            node = txn.node or conn._leader_name
+            cursor = self._execute_on(conn._router.connection_for(node), sql, params)
+            self.lsn = txn.snapshot_lsn if node != conn._leader_name else None
+        else:
+            router = conn._router
+            node = router.target(stmt, level)
+            target = router.connection_for(node)
+            try:
+                cursor = self._execute_on(target, sql, params)
+            except OperationalError as exc:
+                if (node == conn._leader_name or node == conn.pinned_node
+                        or exc.sqlite_errorcode == apsw.SQLITE_INTERRUPT):
+                    raise
+                # The follower may not have the schema this statement needs yet: the leader has it.
+                node, target = conn._leader_name, conn._leader
+                cursor = self._execute_on(target, sql, params)
+            self.lsn = router.served(node, target)
+        self.node = node
+        self.rowcount = -1
+        self._rows = _rows_ahead(cursor) if self.description else None
+        if self._rows is None:
+            # Statements that return nothing still run to completion now.
+            for _ in cursor:
+                pass
+
+    def _local(self, stmt: StatementInfo, sql: str, params: Any) -> None:
+        """TEMP objects live on the leader connection only and are not replicated."""
+        conn = self.connection
+        cursor = self._execute_on(conn._leader, sql, params)
+        rows = list(cursor)
+        self.node = conn._leader_name
+        writes_rows = not stmt.readonly and stmt.operation != "DDL"
+        self.rowcount = conn._leader.changes() if writes_rows else -1
+        self._rows = iter(rows) if self.description else None
+
+    def _vacuum(self, stmt: StatementInfo, sql: str) -> None:
+        conn = self.connection
+        conn._check_writable(stmt)
+        if conn._txn is not None:
+            raise OperationalError("cannot VACUUM from within a transaction")
+        keyed_by_rowid = _rowid_keyed_tables(conn._leader)
+        if keyed_by_rowid:
+            raise NotSupportedError(
+                "VACUUM may renumber the rowids of tables without a PRIMARY KEY "
+                f"({', '.join(keyed_by_rowid)}), which are replicated by rowid; it would make "
+                "followers diverge, so it is refused")
+        # VACUUM only rewrites the leader's file: content, and so the followers, are unchanged.
+        self._execute_on(conn._leader, sql, None)
+        self.node = conn._leader_name
+
+    def _write(self, stmt: StatementInfo, sql: str, params: Any) -> None:
+        conn = self.connection
+        conn._check_writable(stmt)
+        try:
+            conn._leader_side.format.check_statement(stmt)
+        except logformats.UnsafeStatementError as exc:
+            raise errors.UnsafeStatementError(str(exc)) from exc
+        txn = conn._txn
+        own_txn = False
+        opened_here = txn is None
+        if txn is None:
+            txn = conn._begin(explicit=False)
+            # sqlite3 semantics: DML opens a transaction; DDL outside one commits by itself.
+            own_txn = conn.autocommit or stmt.kind != "dml"
+        else:
+            txn = conn._writable_txn()
+        assert txn.capture is not None
+        try:
+            run_sql, run_params = txn.capture.prepare(stmt, sql, params)
+        except (logformats.UnsafeStatementError, logformats.CaptureError) as exc:
+            # Refused before it ran: a transaction opened for it alone is closed again.
+            if opened_here and conn._txn is not None:
+                conn._abort()
+            if isinstance(exc, logformats.UnsafeStatementError):
+                raise errors.UnsafeStatementError(str(exc)) from exc
+            raise IntegrityError(str(exc)) from exc
+        cursor = None
+        try:
+            # No result columns (most writes): no exec tracer needed to learn the description.
+            cursor = self._execute_on(conn._leader, run_sql, run_params,
+                                      stmt.returns_rows or run_sql is not sql)
+            rows = list(cursor)
+        except BaseException as exc:
+            if cursor is not None:
+                # Stopped half way (RETURNING a text that is not UTF-8): a statement left active
+                # would make the commit fail with "database is locked".
+                cursor.close(True)
+            conn._sync_txn_state()
+            if own_txn and conn._txn is not None:
+                conn._abort()
+            if isinstance(exc, (apsw.Error, UnicodeDecodeError)):
+                raise translate(exc) from exc
+            raise
+        leader = conn._leader
+        if stmt.kind == "dml":
+            self.rowcount = leader.changes()
+            if stmt.is_insert:
+                self.lastrowid = leader.last_insert_rowid()
+        else:
+            self.rowcount = -1
+        try:
+            txn.capture.executed(stmt, run_sql, run_params)
+        except logformats.CaptureError as exc:
+            # The statement ran but cannot be replicated exactly: the transaction is rolled back.
+            conn._abort()
+            raise IntegrityError(f"{exc} (rolled back)") from exc
+        except logformats.UnsafeStatementError as exc:
+            conn._abort()
+            raise errors.UnsafeStatementError(f"{exc} (rolled back)") from exc
+        except BaseException:
+            conn._abort()
+            raise
+        self.node = conn._leader_name
+        self._rows = iter(rows) if self.description else None
+        if own_txn:
+            conn._commit()
+            self.lsn = conn.last_write_lsn
+
+    def _transaction(self, stmt: StatementInfo) -> None:
+        conn = self.connection
+        op = stmt.operation or ""
+        if op.startswith("BEGIN"):
+            if conn._txn is not None:
+                raise OperationalError("cannot start a transaction within a transaction")
+            if op == "BEGIN":
+                conn._begin_deferred()
+            else:
+                conn._check_writable(stmt)
+                conn._begin(explicit=True)
+            self.node = conn._txn.node if conn._txn else None
+            return
+        txn = conn._txn
+        self.node = txn.node if txn is not None else conn._leader_name
+        if op == "COMMIT":
+            if txn is None:
+                raise OperationalError("cannot commit - no transaction is active")
+            conn._finish_txn(commit=True)
+            self.lsn = conn.last_write_lsn
+        else:
+            if txn is None:
+                raise OperationalError("cannot rollback - no transaction is active")
+            conn._finish_txn(commit=False)
+
+    def _savepoint(self, stmt: StatementInfo, sql: str) -> None:
+        conn = self.connection
+        op, name = stmt.operation, stmt.savepoint or ""
+        self.node = conn._leader_name
+        if op == "BEGIN":
+            txn = conn._txn
+            conn._check_writable(stmt)
+            if txn is None:
+                txn = conn._begin(explicit=True)
+                txn.by_savepoint = True
+            else:
+                txn = conn._writable_txn()
+            assert txn.capture is not None
+            self._execute_on(conn._leader, sql, None)
+            txn.savepoints.append(name.lower())
+            txn.capture.savepoint(name)
+            return
+        txn = conn._txn
+        if txn is None or name.lower() not in txn.savepoints:
+            raise OperationalError(f"no such savepoint: {name}")
+        if op == "RELEASE":
+            index = len(txn.savepoints) - 1 - txn.savepoints[::-1].index(name.lower())
+            if index == 0 and txn.by_savepoint:
+                # Releasing the outermost savepoint that began the transaction commits it.
+                del txn.savepoints[index:]
+                conn._commit()
+                self.lsn = conn.last_write_lsn
+                return
+            self._execute_on(conn._leader, sql, None)
+            del txn.savepoints[index:]
+            txn.capture.release(name)
+        else:  # ROLLBACK TO
+            self._execute_on(conn._leader, sql, None)
+            index = len(txn.savepoints) - 1 - txn.savepoints[::-1].index(name.lower())
+            del txn.savepoints[index + 1:]
+            txn.capture.rollback_to(name)
+
+
+_DESCRIPTIONS: dict[tuple[tuple[str, str | None], ...], tuple[tuple[Any, ...], ...] | None] = {}
+
+
+def _describe(desc: tuple[tuple[str, str | None], ...]) -> tuple[tuple[Any, ...], ...] | None:
+    """PEP 249 7-item column descriptions (name, declared type, ...), shared between cursors."""
+    out = _DESCRIPTIONS.get(desc)
+    if out is None and desc not in _DESCRIPTIONS:
+        out = tuple((name, decl, None, None, None, None, None) for name, decl in desc) or None
+        if len(_DESCRIPTIONS) > 4096:
+            _DESCRIPTIONS.clear()
+        _DESCRIPTIONS[desc] = out
+    return out
+
+
+def _prepared_description(conn: apsw.Connection, sql: str) -> tuple[tuple[str, str | None], ...]:
+    """The result columns of `sql`, from preparing it without running it."""
+    found: list[Any] = []
+
+    def trace(cur: apsw.Cursor, statement: str, bindings: Any) -> bool:
+        found.append(cur.get_description())
+        return False
+
+    cursor = conn.cursor()
+    cursor.exec_trace = trace
+    try:
+        cursor.execute(sql, getattr(apsw, "_null_bindings", None))
+    except apsw.ExecTraceAbort:
+        pass
+    except apsw.Error:
+        return ()
+    return found[0] if found else ()
+
+
+def _rows_ahead(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """A read's rows, stepped one ahead as Python's sqlite3 steps: once the last row is handed out
+    the statement is done and releases its read snapshot. Held, that snapshot made the connection's
+    next write fail with "database is locked" (SQLITE_BUSY_SNAPSHOT) and its follower's position
+    look older than it is (a session then refused a follower that had its writes)."""
+    row = next(rows, None)
+    if row is None:
+        return
+    for following in rows:
+        yield row
+        row = following
+    yield row
+
+
+def _params(parameters: Any) -> Any:
+    if parameters is None:
+        return ()
+    if isinstance(parameters, (str, bytes)):
+        raise ProgrammingError("parameters must be a sequence or a mapping, not a string")
+    return adapt_params(parameters)
+
+
+def _rowid_keyed_tables(conn: apsw.Connection) -> list[str]:
+    """User tables replicated by rowid: rowid tables without an INTEGER PRIMARY KEY or any PRIMARY KEY."""
+    out = []
+    for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    ).fetchall():
+        if logformats.is_internal_table(name):
+            continue
+        info = conn.execute("SELECT pk FROM pragma_table_info(?)", (name,)).fetchall()
+        if not any(pk for (pk,) in info):
+            wr = conn.execute("SELECT wr FROM pragma_table_list(?)", (name,)).fetchone()
+            if wr is None or not wr[0]:
+                out.append(name)
+    return out
+
+
+def _split_statements(conn: apsw.Connection, script: str) -> list[str]:
+    """Split a script into statements the way SQLite's parser does (sqlite3_complete)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if apsw.complete(current):
+            statements.extend(_split_complete(current))
+            current = ""
+    if current.strip():
+        statements.extend(_split_complete(current))
+    return [s for s in statements if s.strip()]
+
+
+def _split_complete(text: str) -> list[str]:
+    out, current = [], ""
+    for char in text:
+        current += char
+        if char == ";" and apsw.complete(current):
+            out.append(current)
+            current = ""
+    if current.strip():
+        out.append(current)
+    return out
+

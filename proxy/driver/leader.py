@@ -1,0 +1,185 @@
+"""The leader side of a connection: its SQLite connection to the leader, BEGIN IMMEDIATE behind the
+failover fence, following cluster.toml to a new leader, and COMMIT with the log entry.
+
+A leader deposed by a failover (cluster/failover.py) is fenced: its `_replproxy_meta` holds
+`deposed_by_epoch`, checked under its write lock before anything is written, so no write lands on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import apsw
+
+import logformats
+
+from ..cluster import Cluster
+from ..errors import OperationalError, translate
+from ..store import log as entries_log
+from ..store import node as store
+from .analyze import Analyzer
+
+# How long a writer fenced off a deposed leader waits for cluster.toml to name the new one.
+FAILOVER_WAIT = 10.0
+# How much longer than failover_timeout a write waits for a stopped leader to be replaced.
+FAILOVER_GRACE = 2.0
+
+
+class LeaderSide:
+    """One connection's link to the current leader.
+
+    `conn` and `name` change when cluster.toml names another leader; `on_move(name)` is then called
+    (the connection's follower links drop the new leader and forget what they knew).
+    """
+
+    def __init__(self, cluster: Cluster, on_move: Callable[[str], None]):
+        self.cluster = cluster
+        self.format = cluster.format
+        self.conn = cluster.open_node(cluster.leader)
+        self.name = cluster.leader
+        self.analyze = Analyzer(self.conn)
+        self._on_move = on_move
+        self._fence_version: int | None = None  # leader data_version at the last fence check
+
+    def last_lsn(self) -> int:
+        return entries_log.last_lsn(self.conn)
+
+    # -- following a failover -----------------------------------------------------------------
+
+    def follow(self) -> bool:
+        """Reopen the leader connection if cluster.toml names another leader; True if it did."""
+        self.cluster.refresh_config()
+        name = self.cluster.leader
+        if name == self.name:
+            return False
+        new = self.cluster.open_node(name)
+        old, self.conn = self.conn, new
+        self.name = name
+        self._fence_version = None
+        self.analyze = Analyzer(new)
+        try:
+            old.close()
+        except apsw.Error:
+            pass
+        self._on_move(name)
+        return True
+
+    def ensure_up(self) -> None:
+        """Follow a failover another process made; if the leader is stopped, wait for its replacement."""
+        self.follow()  # one stat of cluster.toml
+        if self.cluster.leader_down:
+            self.await_failover()
+
+    def await_failover(self) -> None:
+        """The leader is stopped: with automatic failover on, wait until a new leader is named
+        (the failover timeout plus a grace period), else raise; nothing is written meanwhile."""
+        config = self.cluster.config
+        name = self.name
+        if config.auto_failover and config.running_followers:
+            since = config.leader.stopped_at or time.time()
+            deadline = max(time.time(), since + config.failover_timeout) + FAILOVER_GRACE
+            while time.time() < deadline:
+                self.cluster.wait_progress(0.01)
+                self.follow()
+                if not self.cluster.leader_down:
+                    return
+            why = (f"no failover took place within {config.failover_timeout:g}s "
+                   f"(failover_timeout) plus {FAILOVER_GRACE:g}s; see `replproxy status`")
+        elif config.auto_failover:
+            why = "no running follower can take over"
+        else:
+            why = (f"automatic failover is off: run `replproxy failover DIR` or "
+                   f"`replproxy start-node DIR {name}`")
+        raise OperationalError(f"the leader {name} is down (stopped); {why}. Nothing was written")
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE on the current leader, past the fence: a deposed leader is left for the
+        one cluster.toml names (waiting up to FAILOVER_WAIT for it to name one)."""
+        deadline = None
+        self.ensure_up()
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                deposed = self.fence_check()
+            except apsw.Error as exc:
+                if not self.conn.get_autocommit():
+                    self.conn.execute("ROLLBACK")
+                raise translate(exc) from exc
+            if deposed is None:
+                return
+            self.conn.execute("ROLLBACK")
+            if deadline is None:
+                deadline = time.monotonic() + FAILOVER_WAIT
+            if not self.follow():
+                if time.monotonic() >= deadline:
+                    raise OperationalError(
+                        f"{self.name} was deposed by the failover to epoch {deposed} and "
+                        f"cluster.toml does not name a new leader yet; nothing was written, retry")
+                time.sleep(0.01)
+
+    def fence_check(self) -> int | None:
+        """Inside the leader's transaction: the epoch that deposed it, or None (and note its epoch)."""
+        # The fence is written by another connection, which changes this connection's
+        # data_version; while it has not changed since the last check, nothing new can be there.
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._fence_version:
+            return None
+        fence = store.read_fence(self.conn)
+        self.cluster.note_epoch(fence.epoch)
+        if fence.deposed_by is None:
+            self._fence_version = version
+        return fence.deposed_by
+
+    def capture(self) -> logformats.Capture:
+        """Start capturing the write transaction open on the leader."""
+        return self.format.capture(self.conn)
+
+    def begin(self) -> logformats.Capture:
+        """Open a write transaction on the leader and start capturing it."""
+        self.begin_immediate()
+        try:
+            return self.capture()
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def commit(self, payload: bytes | None, origin: str | None) -> int:
+        """COMMIT the open transaction with a log entry for `payload` (none when it is None); return
+        the entry's LSN, or with nothing to log the leader's last LSN (what the transaction read).
+
+        If COMMIT is refused (deferred foreign keys) the entry is rolled back and the transaction
+        stays open; apsw errors are raised as they are, for the caller to translate.
+        """
+        leader = self.conn
+        leader.execute("SAVEPOINT replproxy_commit")
+        try:
+            if payload is not None:
+                lsn = entries_log.append(leader, epoch=self.cluster.epoch, format=self.format.name,
+                                         payload=payload, origin=origin)
+            else:
+                lsn = entries_log.last_lsn(leader)
+            # A leader stopped (or replaced by an automatic failover, which cannot fence a
+            # stopped leader) while this transaction ran is gone: like a crash before COMMIT,
+            # nothing of it is kept. One stat of cluster.toml, also used by the replication mode.
+            self.cluster.refresh_config()
+            if self.cluster.leader_down or self.cluster.leader != self.name:
+                raise OperationalError(
+                    f"the leader {self.name} went down before this transaction committed; "
+                    f"it was rolled back and nothing was written: retry it")
+            # The savepoint stays open through COMMIT, so that a refused COMMIT can drop the entry.
+            leader.execute("COMMIT")
+        except apsw.Error:
+            if not leader.get_autocommit():
+                leader.execute("ROLLBACK TO replproxy_commit")
+                leader.execute("RELEASE replproxy_commit")
+            raise
+        return lsn
+
+    def replicate(self, lsn: int) -> None:
+        """After COMMIT of entry `lsn`: wake this process's replicator and, in sync / semi-sync mode,
+        wait for the followers' acknowledgements (a SyncReplicationTimeout leaves it committed)."""
+        self.cluster.notify_commit()
+        self.cluster.await_acks(lsn, self.conn)
