@@ -746,3 +746,37 @@ def test_deferred_foreign_key_violation_then_rollback(cluster: proxy.Cluster,
     conn.commit()
     assert cluster.leader_lsn() == lsn + 1
     assert proxy.verify(cluster).identical
+
+
+@pytest.mark.parametrize(("sql", "operation"), [
+    ("BEGIN", "BEGIN"),
+    ("begin deferred transaction", "BEGIN"),
+    ("BEGIN IMMEDIATE", "BEGIN IMMEDIATE"),
+    ("  /* why */ begin -- the mode\n  exclusive transaction", "BEGIN EXCLUSIVE"),
+    ("BEGIN/**/IMMEDIATE", "BEGIN IMMEDIATE"),
+    ("-- a note\nBEGIN TRANSACTION", "BEGIN"),
+])
+def test_begin_mode_is_read_past_blanks_and_comments(sql: str, operation: str) -> None:
+    from proxy.driver.analyze import Analyzer
+
+    conn = apsw.Connection(":memory:")
+    try:
+        assert Analyzer(conn)(sql).operation == operation
+    finally:
+        conn.close()
+
+
+def test_a_commented_begin_immediate_takes_the_leader_write_lock(cluster: proxy.Cluster,
+                                                                 conn: proxy.Connection) -> None:
+    conn.execute("CREATE TABLE lock_probe(id INTEGER PRIMARY KEY)")
+    conn.commit()
+    cur = conn.cursor()
+    cur.execute("/* reserve */ BEGIN -- now\n IMMEDIATE")
+    other = cluster.open_node(cluster.leader)
+    try:
+        other.set_busy_timeout(0)
+        with pytest.raises(apsw.BusyError):
+            other.execute("BEGIN IMMEDIATE")
+    finally:
+        other.close()
+    cur.execute("ROLLBACK")

@@ -7,6 +7,7 @@ and an exec tracer that stops it before it runs; the read-only flag comes from
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -145,14 +146,32 @@ def _has_statement(conn: apsw.Connection, sql: str) -> bool:
     return any(found)
 
 
+# Blanks and SQL comments between the words of a statement.
+_SKIP = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.S)
+_WORD = re.compile(r"[A-Za-z_]+")
+
+
+def _leading_words(sql: str, count: int) -> list[str]:
+    """The first `count` words of `sql`, upper-cased, past blanks and comments."""
+    words: list[str] = []
+    pos = 0
+    while len(words) < count:
+        blank = _SKIP.match(sql, pos)
+        pos = blank.end() if blank else pos
+        word = _WORD.match(sql, pos)
+        if word is None:
+            break
+        words.append(word.group().upper())
+        pos = word.end()
+    return words
+
+
 def _begin_mode(sql: str) -> str:
     """"BEGIN", "BEGIN IMMEDIATE" or "BEGIN EXCLUSIVE" (DEFERRED is plain BEGIN). SQLite's authorizer
-    does not say which; the token after BEGIN does."""
-    import sqlglot.tokens
-
-    tokens = sqlglot.tokens.Tokenizer().tokenize(sql)
-    if len(tokens) > 1 and tokens[1].text.upper() in ("IMMEDIATE", "EXCLUSIVE"):
-        return f"BEGIN {tokens[1].text.upper()}"
+    does not say which; the word after BEGIN does (SQLite has just accepted the text as a BEGIN)."""
+    words = _leading_words(sql, 2)
+    if len(words) > 1 and words[1] in ("IMMEDIATE", "EXCLUSIVE"):
+        return f"BEGIN {words[1]}"
     return "BEGIN"
 
 
