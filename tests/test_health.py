@@ -12,7 +12,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from checks import file_meta, file_rows
+from checks import file_meta, file_rows, same_on_all
 from click.testing import CliRunner
 
 import proxy
@@ -662,4 +662,30 @@ def test_reads_pinned_to_a_stopped_node_fail_and_strong_reads_follow_the_failove
     cluster.stop_node("node1")
     cur = conn.cursor().execute("SELECT v FROM t", consistency="strong")
     assert cur.fetchall() == [("x",)] and cur.node == "node2"
+    conn.close()
+
+
+def test_a_follower_marked_for_a_snapshot_then_stopped_is_reseeded_when_it_starts(cluster):
+    """A forced failover marks node3 (past the new leader) for a snapshot; node3 is stopped and misses
+    a later failover. Starting it must not resume it on its diverged data: it is re-seeded."""
+    cluster.configure(auto_failover=False)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE w(id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT)")
+    cluster.wait_for_catchup()
+    cluster.pause("node2")
+    conn.execute("INSERT INTO w(tag) VALUES ('lost')")  # on node1 and node3 only
+    cluster.wait_for_catchup(nodes=["node3"])
+    cluster.failover("node2", force=True)
+    assert {s.name: s.state for s in cluster.status()}["node3"] == "needs-snapshot"
+    cluster.stop_node("node3")
+    conn.execute("INSERT INTO w(tag) VALUES ('new')")
+    cluster.wait_for_catchup(nodes=["node1"])
+    cluster.failover("node1")  # a failover node3 misses while stopped
+    started = cluster.start_node("node3")
+    assert started.method == "snapshot" and "needed a new snapshot before it stopped" in started.reason
+    cluster.wait_for_catchup()
+    assert {s.name: s.state for s in cluster.status()}["node3"] == "ok"
+    report = verify(cluster)
+    assert report.identical, report.differences
+    assert same_on_all(cluster, "SELECT tag FROM w ORDER BY id") == [("new",)]
     conn.close()

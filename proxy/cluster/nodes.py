@@ -127,6 +127,13 @@ def _rejoin(cluster: ClusterCore, config: cfg.ClusterConfig, name: str, conn: ap
         store.set_epoch(conn, epoch, config.epochs[-1].base_lsn)
         position = entries_log.last_lsn(conn)
         lost = entries_log.read_entries(conn, fork, -1)
+        state = store.read_state(conn)
+    if state.needs_snapshot:
+        # Already off the history before it stopped (an earlier forced failover, retention): its
+        # epoch says where it stopped following, not where its data left the history.
+        result.method = "snapshot"
+        result.reason = f"it needed a new snapshot before it stopped: {state.error}"
+        return
     if position <= fork:
         # Nothing past the fork: it follows from where it is.
         store.set_applied_at(conn, position)
