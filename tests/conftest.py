@@ -1,15 +1,35 @@
-"""Fixtures: clusters built in tmp_path, closed (background replicators stopped) after each test."""
+"""Fixtures: clusters built in tmp_path, closed (background replicators stopped) after each test;
+the hypothesis profiles.
+
+Hypothesis profiles: REPLPROXY_HYPOTHESIS=thorough runs the property tests with ten times the
+examples (`ci`, the default, is sized for CI). Neither has a deadline: the time one example takes
+says nothing about correctness, and a busy machine must not fail a test. A test sizes its share
+with `helpers.examples(n)`: n examples under `ci`, scaled under the selected profile.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import CI_EXAMPLES
+from hypothesis import HealthCheck, settings
 
 import proxy
 from proxy.driver.connection import close_shared_clusters
+
+_SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None, stateful_step_count=40,
+                          suppress_health_check=_SLOW_IS_FINE, print_blob=True)
+settings.register_profile("thorough", max_examples=10 * CI_EXAMPLES, deadline=None,
+                          stateful_step_count=80, suppress_health_check=_SLOW_IS_FINE, print_blob=True)
+_PROFILE = os.environ.get("REPLPROXY_HYPOTHESIS", "ci")
+if _PROFILE not in ("ci", "thorough"):
+    raise pytest.UsageError(f"REPLPROXY_HYPOTHESIS={_PROFILE!r}: expected 'ci' (the default) or 'thorough'")
+settings.load_profile(_PROFILE)
 
 
 @pytest.fixture

@@ -514,7 +514,8 @@ def test_followers_identical_under_random_workloads(tmp_path_factory):
     clauses, transactions and savepoints), run on trigger-format clusters."""
     from unittest import mock
 
-    from hypothesis import HealthCheck, settings
+    from helpers import examples
+    from hypothesis import settings
     from hypothesis.stateful import run_state_machine_as_test
 
     from tests import test_property
@@ -540,6 +541,5 @@ def test_followers_identical_under_random_workloads(tmp_path_factory):
             mock.patch.object(test_property, "node_content", content_without_capture):
         run_state_machine_as_test(
             TriggerMachine,
-            settings=settings(max_examples=40, deadline=None, stateful_step_count=40,
-                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]),
+            settings=settings(max_examples=examples(40)),
         )
