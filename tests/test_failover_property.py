@@ -65,7 +65,7 @@ class Run:
                 cluster.start_node(name)
         elif op == "failover":
             try:
-                cluster.failover(None, force=True, timeout=0.5)
+                cluster.failover(None, force=True)
             except proxy.ClusterError:
                 pass  # no reachable follower
 
