@@ -606,6 +606,33 @@ def test_a_follower_off_the_history_is_neither_promoted_nor_resumed_nor_read(clu
     conn.close()
 
 
+@pytest.mark.xfail(strict=True, reason="bug in proxy/cluster/nodes.py start_node: a follower that a "
+                   "forced failover marked needs-snapshot, then stopped, comes back 'ok' after a later "
+                   "failover (fork from the failovers it missed only) and diverges silently; "
+                   "test_failover_property hits it at random")
+def test_a_follower_marked_for_a_snapshot_then_stopped_is_not_started_on_its_diverged_data(cluster):
+    cluster.configure(auto_failover=False)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE w(id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT)")
+    cluster.wait_for_catchup()
+    cluster.pause("node2")
+    conn.execute("INSERT INTO w(tag) VALUES ('lost')")  # on node1 and node3 only
+    cluster.wait_for_catchup(nodes=["node3"])
+    cluster.failover("node2", force=True)  # node3 applied past node2: it needs a snapshot
+    assert {s.name: s.state for s in cluster.status()}["node3"] == "needs-snapshot"
+    cluster.stop_node("node3")
+    conn.execute("INSERT INTO w(tag) VALUES ('new')")
+    cluster.wait_for_catchup(nodes=["node1"])
+    cluster.failover("node1")  # a failover node3 misses while stopped
+    cluster.start_node("node3")
+    state = {s.name: s.state for s in cluster.status()}["node3"]
+    if state == "needs-snapshot":
+        cluster.resync("node3")
+    cluster.wait_for_catchup()
+    report = verify(cluster)
+    assert report.identical, report.differences
+
+
 def test_unreachable_old_leader_moves_counters_of_tables_without_a_counter_row_yet(cluster):
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v)")

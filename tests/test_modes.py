@@ -89,7 +89,7 @@ def test_sync_follower_unavailable_fails_after_timeout_naming_it_but_write_is_co
     other = proxy.connect(cluster.directory, cluster=cluster, consistency="strong")
     assert other.execute("SELECT v FROM t").fetchall() == [("held",)]
     cluster.resume("node2")
-    cluster.wait_for_catchup(5)
+    cluster.wait_for_catchup(HANG)
     conn.execute("INSERT INTO t(v) VALUES ('after')")  # the connection stays usable
     assert _applied(cluster, "node2") == conn.last_write_lsn
 

@@ -13,6 +13,7 @@ from typing import Any
 import apsw
 import pytest
 from checks import assert_identical, same_on_all
+from helpers import HANG
 
 import proxy
 from logformats import trigger as trig
@@ -434,7 +435,7 @@ def test_a_follower_missing_the_row_to_update_stops_with_a_conflict(make_cluster
     conn.commit()
     cluster.resume(follower)
     with pytest.raises(proxy.ReplicationTimeout):
-        cluster.wait_for_catchup(5)
+        cluster.wait_for_catchup(HANG)  # returns early once the follower stopped with its error
     (status,) = [s for s in cluster.status() if s.name == follower]
     assert status.state == "error" and "does not exist" in (status.error or "")
     assert status.error_lsn == cluster.leader_lsn()
