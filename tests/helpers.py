@@ -180,7 +180,7 @@ import proxy
 cluster = proxy.Cluster(sys.argv[1])  # starts the background replicator
 sys.stdout.write("ready\n")
 sys.stdout.flush()
-time.sleep(60)
+time.sleep(600)  # until the test kills it; never outlives a test that lost track of it
 '''
 
 

@@ -40,6 +40,7 @@ from helpers import (
 )
 
 import proxy
+from proxy.store import node as store_node
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
@@ -55,6 +56,7 @@ import sys
 import time
 
 import proxy
+from proxy.store import node as store_node
 
 directory, seed = sys.argv[1], int(sys.argv[2])
 rng = random.Random(seed)
@@ -141,7 +143,7 @@ def test_writer_killed_at_random_points(tmp_path: Path) -> None:
             conn = open_plain(path)
             try:
                 conn.execute("BEGIN")
-                lsn = conn.execute("SELECT applied_lsn FROM _replproxy_state").fetchone()[0]
+                lsn = store_node.read_state(conn).applied_lsn
                 (count,) = conn.execute("SELECT count(*) FROM t").fetchone()
                 conn.execute("COMMIT")
             finally:
