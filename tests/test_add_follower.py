@@ -7,6 +7,7 @@ import threading
 
 import apsw
 import pytest
+from checks import file_rows
 from click.testing import CliRunner
 from helpers import HANG, applied, run_replproxy, spawn_python, wait_until
 
@@ -30,11 +31,7 @@ print(i)
 
 
 def _content(path) -> list:
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return conn.execute("SELECT id, v FROM t ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    return file_rows(path, "SELECT id, v FROM t ORDER BY id")
 
 
 def _setup(make_cluster, **options):

@@ -14,6 +14,7 @@ from typing import Any
 
 import apsw
 import pytest
+from checks import file_rows as query
 from click.testing import CliRunner, Result
 from helpers import run_replproxy
 
@@ -45,15 +46,6 @@ def run(*args: Any, ok: bool | None = True) -> Result:
 def init(directory: Path, *options: Any) -> Path:
     run("init", directory, *options)
     return directory
-
-
-def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read a database file directly, bypassing the proxy (apsw: see tests/test_dbapi.py node_rows)."""
-    db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
 
 
 def catch_up(directory: Path) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import apsw
 import pytest
+from checks import node_rows
 from helpers import run_python
 
 import proxy
@@ -36,16 +37,6 @@ ALL_COMMENTS = "SELECT author, body FROM comments ORDER BY id"
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def node_rows(cluster: proxy.Cluster, node: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-    """A node's file read directly, bypassing the proxy (apsw, read-only)."""
-    db = apsw.Connection(str(cluster.path_of(node)), flags=apsw.SQLITE_OPEN_READONLY)
-    db.set_busy_timeout(30_000)
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
 
 
 def connect(cluster: proxy.Cluster, **options: Any) -> proxy.Connection:
