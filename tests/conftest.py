@@ -1,11 +1,5 @@
 """Fixtures: clusters built in tmp_path, closed (background replicators stopped) after each test;
-the hypothesis profiles.
-
-Hypothesis profiles: REPLPROXY_HYPOTHESIS=thorough runs the property tests with ten times the
-examples (`ci`, the default, is sized for CI). Neither has a deadline: the time one example takes
-says nothing about correctness, and a busy machine must not fail a test. A test sizes its share
-with `helpers.examples(n)`: n examples under `ci`, scaled under the selected profile.
-"""
+the hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -21,6 +15,10 @@ from hypothesis import HealthCheck, settings
 import proxy
 from proxy.driver.connection import close_shared_clusters
 
+# Hypothesis profiles, chosen with REPLPROXY_HYPOTHESIS: `ci` (the default, sized for CI) or
+# `thorough` (ten times the examples, state machines twice as long). Neither has a deadline nor
+# the too-slow health check: how long an example takes says nothing about correctness, and a busy
+# machine must not fail a test. Tests size their share with helpers.examples(n): n under `ci`.
 _SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None, stateful_step_count=40,
                           suppress_health_check=_SLOW_IS_FINE, print_blob=True)
