@@ -40,17 +40,23 @@ def same_on_all(cluster: proxy.Cluster, sql: str, params: Any = ()) -> list[tupl
     return results[cluster.leader]
 
 
-def file_rows(path: Any, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of `sql` read straight from a node file (apsw, read-only: never Python's sqlite3 in
-    the same process as apsw)."""
+def file_rows(path: Any, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    """Rows of `sql` read straight from a node file, bypassing the proxy (apsw, read-only: never
+    Python's sqlite3 in the same process as apsw: two SQLite libraries in one process do not see
+    each other's locks on the same file)."""
     import apsw
 
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
     conn.set_busy_timeout(10_000)
     try:
-        return conn.execute(sql).fetchall()
+        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def node_rows(cluster: proxy.Cluster, node: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    """`file_rows` on the file of `node`."""
+    return file_rows(cluster.path_of(node), sql, params)
 
 
 def file_meta(path: Any) -> dict[str, Any]:

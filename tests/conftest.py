@@ -1,15 +1,33 @@
-"""Fixtures: clusters built in tmp_path, closed (background replicators stopped) after each test."""
+"""Fixtures: clusters built in tmp_path, closed (background replicators stopped) after each test;
+the hypothesis profiles."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import CI_EXAMPLES
+from hypothesis import HealthCheck, settings
 
 import proxy
 from proxy.driver.connection import close_shared_clusters
+
+# Hypothesis profiles, chosen with REPLPROXY_HYPOTHESIS: `ci` (the default, sized for CI) or
+# `thorough` (ten times the examples, state machines twice as long). Neither has a deadline nor
+# the too-slow health check: how long an example takes says nothing about correctness, and a busy
+# machine must not fail a test. Tests size their share with helpers.examples(n): n under `ci`.
+_SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None, stateful_step_count=40,
+                          suppress_health_check=_SLOW_IS_FINE, print_blob=True)
+settings.register_profile("thorough", max_examples=10 * CI_EXAMPLES, deadline=None,
+                          stateful_step_count=80, suppress_health_check=_SLOW_IS_FINE, print_blob=True)
+_PROFILE = os.environ.get("REPLPROXY_HYPOTHESIS", "ci")
+if _PROFILE not in ("ci", "thorough"):
+    raise pytest.UsageError(f"REPLPROXY_HYPOTHESIS={_PROFILE!r}: expected 'ci' (the default) or 'thorough'")
+settings.load_profile(_PROFILE)
 
 
 @pytest.fixture

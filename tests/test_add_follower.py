@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
-import time
 
 import apsw
 import pytest
+from checks import file_rows
 from click.testing import CliRunner
+from helpers import HANG, applied, run_replproxy, spawn_python, wait_until
 
 import proxy
 from proxy import verify
 from proxy.store import config as cfg
 from proxy.tools.cli import main
 
+# Writes until the file argv[2] exists (checked between two transactions), then prints how many.
 WRITER = r'''
-import sys, time
+import os, sys
 import proxy
 conn = proxy.connect(sys.argv[1], autocommit=True)
-started = time.monotonic()
 i = 0
-while time.monotonic() - started < float(sys.argv[2]):
+while not os.path.exists(sys.argv[2]):
     conn.execute("INSERT INTO t(v) VALUES (?)", (i,))
     conn.execute("UPDATE c SET n = n + 1")
     i += 1
@@ -31,11 +31,7 @@ print(i)
 
 
 def _content(path) -> list:
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return conn.execute("SELECT id, v FROM t ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    return file_rows(path, "SELECT id, v FROM t ORDER BY id")
 
 
 def _setup(make_cluster, **options):
@@ -65,15 +61,14 @@ def test_add_follower_while_a_thread_writes_loses_and_repeats_nothing(make_clust
     thread = threading.Thread(target=write)
     thread.start()
     try:
-        while len(written) < 50:
-            time.sleep(0.005)
+        wait_until(lambda: len(written) >= 50 or not thread.is_alive(), message="50 writes")
         lsn = cluster.add_follower("node9")
         before = len(written)
-        while len(written) < before + 50:
-            time.sleep(0.005)
+        wait_until(lambda: len(written) >= before + 50 or not thread.is_alive(), message="50 more writes")
     finally:
         stop.set()
-        thread.join(30)
+        thread.join(HANG)
+    assert not thread.is_alive() and len(written) >= before + 50
     assert lsn > 1
     assert "node9" in cluster.followers
     assert cfg.read(cluster.directory).node("node9").role == "follower"
@@ -95,23 +90,27 @@ def test_add_follower_while_a_thread_writes_loses_and_repeats_nothing(make_clust
 def test_add_follower_cli_while_another_process_writes(make_cluster):
     cluster, conn = _setup(make_cluster, followers=1)
     cluster.close()
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(cluster.directory), "3"],
-                              stdout=subprocess.PIPE, text=True)
+    stop = cluster.directory.parent / "stop-writer"
+    writer = spawn_python(WRITER, cluster.directory, stop, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while cluster.leader_lsn() < 100:  # a backlog written while the snapshot is taken
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # A backlog written while the snapshot is taken.
+        wait_until(lambda: cluster.leader_lsn() >= 100 or writer.poll() is not None, message="a backlog")
         result = CliRunner().invoke(main, ["add-follower", str(cluster.directory), "late"])
         assert result.exit_code == 0, result.output
         assert "snapshot at LSN" in result.output and "caught up" in result.output
+        added = cluster.leader_lsn()
+        # The writer goes on after the new follower caught up: it follows those writes too.
+        wait_until(lambda: cluster.leader_lsn() >= added + 20 or writer.poll() is not None,
+                   message="writes after the add")
     finally:
-        out, _ = writer.communicate(timeout=60)
+        stop.touch()
+        out, _ = writer.communicate(timeout=HANG)
+    assert writer.returncode == 0
     count = int(out.strip())
     reopened = proxy.Cluster(cluster.directory)
     try:
-        reopened.wait_for_catchup(30)
-        assert verify(reopened, timeout=30).identical
+        reopened.wait_for_catchup(HANG)
+        assert verify(reopened, timeout=HANG).identical
         assert len(_content(reopened.path_of("late"))) == count
     finally:
         reopened.close()
@@ -120,16 +119,15 @@ def test_add_follower_cli_while_another_process_writes(make_cluster):
 def test_running_processes_pick_up_a_new_follower(make_cluster):
     cluster, conn = _setup(make_cluster, followers=1)
     # Another process adds the follower; this process's replicator must start moving it.
-    result = subprocess.run([sys.executable, "-m", "proxy.tools.cli", "add-follower", str(cluster.directory),
-                             "extra", "--wait", "0"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    run_replproxy("add-follower", cluster.directory, "extra", "--wait", "0")
     conn.execute("INSERT INTO t(v) VALUES ('after')")
-    deadline = time.monotonic() + 10
-    while "extra" not in cluster.followers:
+
+    def added() -> bool:
         cluster.refresh_config()
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    cluster.wait_for_catchup(10, nodes=["extra"])
+        return "extra" in cluster.followers
+
+    wait_until(added, message="this process sees the new follower")
+    cluster.wait_for_catchup(HANG, nodes=["extra"])
     assert _content(cluster.path_of("extra"))[-1][1] == "after"
 
 
@@ -159,11 +157,9 @@ def test_remove_follower(make_cluster):
 def test_sync_follower_added_with_sync_role(make_cluster):
     cluster, conn = _setup(make_cluster, followers=1)
     cluster.add_follower("s1", replication="sync")
-    cluster.configure(mode="sync", sync_timeout=5)
+    cluster.configure(mode="sync", sync_timeout=HANG)
     conn.execute("INSERT INTO t(v) VALUES (1)")
-    state = apsw.Connection(str(cluster.path_of("s1")), flags=apsw.SQLITE_OPEN_READONLY)
-    assert state.execute("SELECT applied_lsn FROM _replproxy_state").fetchone()[0] == conn.last_write_lsn
-    state.close()
+    assert applied(cluster, "s1") == conn.last_write_lsn  # on its file when the commit returned
 
 
 def test_trigger_format_snapshot_leaves_capture_machinery_on_the_leader(make_cluster):

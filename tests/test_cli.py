@@ -8,16 +8,15 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import apsw
 import pytest
+from checks import file_rows as query
 from click.testing import CliRunner, Result
+from helpers import run_replproxy
 
 import proxy
 from proxy.tools.cli import main
@@ -49,15 +48,6 @@ def init(directory: Path, *options: Any) -> Path:
     return directory
 
 
-def query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read a database file directly, bypassing the proxy (apsw: see tests/test_dbapi.py node_rows)."""
-    db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
-
-
 def catch_up(directory: Path) -> None:
     with proxy.Cluster(directory) as cluster:
         cluster.wait_for_catchup(10)
@@ -66,11 +56,6 @@ def catch_up(directory: Path) -> None:
 def digest(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(directory.iterdir()) if p.is_file()}
-
-
-def replproxy_command() -> list[str]:
-    exe = shutil.which("replproxy")
-    return [exe] if exe else [sys.executable, "-m", "proxy.tools.cli"]
 
 
 @pytest.fixture
@@ -546,15 +531,8 @@ def test_help_lists_commands() -> None:
 
 
 def test_installed_executable(tmp_path: Path) -> None:
-    command = replproxy_command()
     directory = tmp_path / "c"
-
-    def sh(*args: Any, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=60)
-        assert "Traceback" not in done.stderr, done.stderr
-        if check:
-            assert done.returncode == 0, done.stderr
-        return done
+    sh = run_replproxy
 
     assert "Usage:" in sh("--help").stdout
     sh("init", directory, "--followers", "1")

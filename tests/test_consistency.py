@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,6 +25,8 @@ from typing import Any
 
 import apsw
 import pytest
+from checks import node_rows
+from helpers import run_python
 
 import proxy
 import proxy.driver.routing
@@ -37,16 +37,6 @@ ALL_COMMENTS = "SELECT author, body FROM comments ORDER BY id"
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def node_rows(cluster: proxy.Cluster, node: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-    """A node's file read directly, bypassing the proxy (apsw, read-only)."""
-    db = apsw.Connection(str(cluster.path_of(node)), flags=apsw.SQLITE_OPEN_READONLY)
-    db.set_busy_timeout(30_000)
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
 
 
 def connect(cluster: proxy.Cluster, **options: Any) -> proxy.Connection:
@@ -107,9 +97,7 @@ cluster.close()
 def run_client(cluster: proxy.Cluster, ops: list[tuple[str, str, list[Any]]], *,
                replicate: bool = True, **connect_options: Any) -> dict[str, Any]:
     args = {"dir": str(cluster.directory), "connect": connect_options, "ops": ops, "replicate": replicate}
-    result = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(args)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"client process failed:\n{result.stdout}\n{result.stderr}"
+    result = run_python(CLIENT, json.dumps(args))
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -625,13 +613,12 @@ def test_policy_wait_is_served_by_the_follower_that_catches_up(cluster, conn, mo
 
     helper = threading.Thread(target=resume_when_waiting)
     helper.start()
-    started = time.monotonic()
     rows, node, lsn = read(conn, "SELECT body FROM comments WHERE author = 'judy'")
-    elapsed = time.monotonic() - started
     helper.join(30)
     assert waiting.is_set()
+    # Served by the follower that caught up, not by the leader after the 30 s timeout.
     assert (rows, node) == ([("is this thing on?",)], "node3")
-    assert lsn >= written and elapsed < 30
+    assert lsn >= written
 
 
 def test_policy_wait_goes_to_the_leader_after_the_timeout(cluster, conn):
@@ -639,23 +626,24 @@ def test_policy_wait_goes_to_the_leader_after_the_timeout(cluster, conn):
     for node in cluster.followers:
         cluster.pause(node)
     post(conn, "judy", "hello?")
-    conn.wait_timeout = 0.3
+    conn.wait_timeout = 0.3  # both followers are paused: it can only run out
     started = time.monotonic()
     rows, node, _ = read(conn, "SELECT count(*) FROM comments")
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= 0.3  # a lower bound: a busy machine only adds to it
     assert (rows, node) == ([(4,)], cluster.leader)
 
 
-def test_policy_leader_goes_to_the_leader_at_once(cluster, conn):
+def test_policy_leader_goes_to_the_leader_at_once(cluster, conn, monkeypatch):
     start_thread(conn, cluster)
     for node in cluster.followers:
         cluster.pause(node)
     post(conn, "judy", "hello?")
     conn.on_stale, conn.wait_timeout = "leader", 30  # the timeout is not used
-    started = time.monotonic()
+    waits: list[float] = []
+    monkeypatch.setattr(cluster, "wait_progress", waits.append)  # how a read waits for a follower
     rows, node, _ = read(conn, "SELECT count(*) FROM comments")
-    assert time.monotonic() - started < 10
     assert (rows, node) == ([(4,)], cluster.leader)
+    assert waits == [], "the read waited for a follower before going to the leader"
 
 
 def test_policy_error_says_how_far_behind_the_followers_are(cluster, conn):

@@ -8,7 +8,8 @@
 - A corrupted entry stops the follower that meets it (a sync follower, a new follower) with a clear
   error; nothing of it is applied, and a sync commit waiting for it fails naming that follower.
 
-Helpers come from test_crash.py (same seed variable, REPLPROXY_CRASH_SEED).
+The workload and its checks are test_crash.py's (tests/helpers.py; same seed variable,
+REPLPROXY_CRASH_SEED).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from pathlib import Path
 
 import apsw
 import pytest
-from test_crash import (
+from helpers import (
     APPLIER_SCRIPT,
-    SEED,
+    CRASH_SEED,
+    HANG,
     Child,
+    ManualClock,
     applied_lsn,
     check_cluster,
     check_follower_at_its_position,
@@ -33,10 +36,13 @@ from test_crash import (
     open_plain,
     rows_of,
     state_error,
+    wait_until,
     write_backlog,
 )
 
 import proxy
+
+SEED = CRASH_SEED
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
@@ -96,7 +102,7 @@ def test_sync_writer_killed_every_acknowledged_write_is_on_the_sync_follower(tmp
         try:
             wanted = rng.randint(1, 12)
             lines: list[str] = []
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + HANG
             while len(lines) < wanted:
                 assert time.monotonic() < deadline, f"{context}: writer stalled: {child.stderr()}"
                 got = child.read_lines(1.0)
@@ -150,7 +156,7 @@ def test_new_follower_catch_up_killed_mid_apply(tmp_path: Path) -> None:
                 break
             child = Child(script, str(directory), stderr_path=tmp_path / f"a{round_}.err")
             try:
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + HANG
                 while applied_lsn(path) == start:
                     assert time.monotonic() < deadline, f"{context}: no progress: {child.stderr()}"
                     time.sleep(0.0005)
@@ -177,20 +183,24 @@ def _corrupt(leader_path: Path, lsn: int, torn: bool = True) -> None:
 
 def test_corrupt_entry_stops_a_sync_follower_and_the_waiting_commit_names_it(make_cluster):
     cluster = make_cluster(followers=2)
-    cluster.configure(mode="sync", sync_followers=["node2"], sync_timeout=0.5)
+    cluster.configure(mode="sync", sync_followers=["node2"], sync_timeout=HANG)
     conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
     good = conn.last_write_lsn
     cluster.pause("node2")
+    # Every timeout runs out at once: the cluster's clock jumps past it on each reading.
+    cluster.clock = clock = ManualClock()
+    clock.advance_on_read = 2 * HANG
     with pytest.raises(proxy.SyncReplicationTimeout):
         conn.execute("INSERT INTO t(v) VALUES ('torn')")
     bad = conn.last_write_lsn
     _corrupt(cluster.path_of("node1"), bad)
     cluster.resume("node2")
+    path = cluster.path_of("node2")
+    wait_until(lambda: state_error(path), cluster=cluster, message="node2 meets the corrupt entry")
     with pytest.raises(proxy.SyncReplicationTimeout) as info:
         conn.execute("INSERT INTO t(v) VALUES ('next')")
     assert "node2" in str(info.value) and "corrupt" in str(info.value)
-    path = cluster.path_of("node2")
     assert applied_lsn(path) == good
     assert f"log entry {bad} is corrupt" in state_error(path)
     follower = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
@@ -217,7 +227,7 @@ def test_corrupt_entry_stops_a_follower_catching_up_from_a_snapshot(make_cluster
     reopened = proxy.Cluster(cluster.directory)
     try:
         with pytest.raises(proxy.ReplicationTimeout, match="corrupt"):
-            reopened.wait_for_catchup(5, nodes=["node9"])
+            reopened.wait_for_catchup(HANG, nodes=["node9"])  # returns early once node9 stopped
         path = reopened.path_of("node9")
         assert applied_lsn(path) == lsn + 1
         assert f"log entry {lsn + 2} is corrupt" in state_error(path)

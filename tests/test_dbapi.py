@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import apsw
 import pytest
+from checks import node_rows
 
 import proxy
 
@@ -28,16 +28,6 @@ def plain(tmp_path: Path):
     db = sqlite3.connect(tmp_path / "plain.db")
     yield db
     db.close()
-
-
-def node_rows(cluster: proxy.Cluster, node: str, sql: str) -> list[tuple[Any, ...]]:
-    """Read a node's file directly, bypassing the proxy. With apsw, not the sqlite3 module: two
-    SQLite libraries in one process do not see each other's locks on the same file."""
-    db = apsw.Connection(str(cluster.path_of(node)), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
 
 
 def node_tables(cluster: proxy.Cluster, node: str) -> set[str]:

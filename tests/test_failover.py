@@ -12,6 +12,7 @@ import apsw
 import pytest
 from checks import file_meta, file_rows
 from click.testing import CliRunner
+from helpers import HANG
 
 import proxy
 import proxy.driver.leader as dbapi_module
@@ -104,7 +105,7 @@ def test_stale_process_is_fenced_then_redirected(cluster, conn):
     try:
         assert child.stdout.readline().split() == ["ready", old]
         result = cluster.failover()
-        out, _ = child.communicate("go\n", timeout=30)
+        out, _ = child.communicate("go\n", timeout=HANG)
     finally:
         if child.poll() is None:
             child.kill()
@@ -126,7 +127,7 @@ def test_stale_process_is_fenced_then_redirected(cluster, conn):
     assert verify(cluster).identical
 
 
-def test_fence_stops_a_writer_that_still_sees_the_old_config(cluster, conn):
+def test_fence_stops_a_writer_that_still_sees_the_old_config(cluster, conn, monkeypatch):
     """A deposed leader refuses writes even before cluster.toml names the new leader."""
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
     conn.commit()
@@ -137,12 +138,10 @@ def test_fence_stops_a_writer_that_still_sees_the_old_config(cluster, conn):
         leader.close()
     conn.execute("SELECT 1")  # nothing to fence on reads
     before = cluster.leader_lsn()
-    saved, dbapi_module.FAILOVER_WAIT = dbapi_module.FAILOVER_WAIT, 0.2
-    try:
-        with pytest.raises(proxy.OperationalError, match="deposed by the failover to epoch 9"):
-            conn.execute("INSERT INTO t(v) VALUES (1)")
-    finally:
-        dbapi_module.FAILOVER_WAIT = saved
+    # No cluster.toml will name a new leader: the wait can only run out, however slow the machine.
+    monkeypatch.setattr(dbapi_module, "FAILOVER_WAIT", 0.2)
+    with pytest.raises(proxy.OperationalError, match="deposed by the failover to epoch 9"):
+        conn.execute("INSERT INTO t(v) VALUES (1)")
     assert cluster.leader_lsn() == before
     assert not conn.in_transaction
 
@@ -163,7 +162,7 @@ def test_refuses_a_target_that_is_behind_and_says_what_would_be_lost(cluster):
         conn.execute("INSERT INTO t(v) VALUES (?)", (f"new{i}",))
     last = conn.last_write_lsn
     with pytest.raises(failover.FailoverRefused) as info:
-        cluster.failover(behind, timeout=0.5)
+        cluster.failover(behind)  # paused: it cannot catch up, the refusal comes at once
     message = str(info.value)
     assert f"would lose LSN {last - 1}..{last} (2 entries" in message and "--force" in message
     # Nothing changed: same leader, fence lifted, writes continue on it.
@@ -184,7 +183,7 @@ def test_forced_failover_records_lost_writes_and_does_not_reuse_keys(cluster):
     for i in range(2):
         conn.execute("INSERT INTO t(v) VALUES (?)", (f"lost{i}",))  # ids 4 and 5 on node1 only
     cluster.wait_for_catchup(nodes=[cluster.followers[0]], lsn=conn.last_write_lsn)
-    result = cluster.failover(target, force=True, timeout=0.5)
+    result = cluster.failover(target, force=True)  # paused: promoted as it is
     assert result.lost_lsns == (kept_lsn + 1, kept_lsn + 2) and result.lost_count == 2
     assert result.raised_sequences == {"t": 5}
     lines = (cluster.directory / f"lost-writes-epoch{result.epoch}.jsonl").read_text().splitlines()
@@ -210,7 +209,7 @@ def test_forced_failover_records_lost_writes_and_does_not_reuse_keys(cluster):
 
 
 def test_sync_follower_promoted_loses_no_acknowledged_write(cluster):
-    cluster.configure(mode="sync", sync_followers=["node3"], sync_timeout=5)
+    cluster.configure(mode="sync", sync_followers=["node3"], sync_timeout=HANG)
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
     cluster.pause("node2")  # an async follower left behind
@@ -241,7 +240,7 @@ def test_write_in_flight_commits_before_the_fence_and_is_carried_over(cluster):
     worker = threading.Thread(target=lambda: done.update(result=cluster.failover(timeout=10)))
     worker.start()
     conn.commit()  # the fence waits for this lock: the commit lands before it, on node1
-    worker.join(30)
+    worker.join(HANG)
     result = done["result"]
     assert result.lsn == conn.last_write_lsn and result.lost_lsns is None
     assert _rows(cluster.path_of(result.new_leader)) == [(1, "in flight")]
@@ -259,11 +258,9 @@ def test_cli_failover_refuses_then_forces(cluster):
     cluster.pause("node3")
     conn.execute("INSERT INTO t(v) VALUES ('x')")
     runner = CliRunner()
-    refused = runner.invoke(main, ["failover", str(cluster.directory), "--to", "node3",
-                                   "--timeout", "0.5"])
+    refused = runner.invoke(main, ["failover", str(cluster.directory), "--to", "node3"])
     assert refused.exit_code == 1 and "would lose LSN 5..5 (1 entries" in refused.output
-    forced = runner.invoke(main, ["failover", str(cluster.directory), "--to", "node3", "--force",
-                                  "--timeout", "0.5"])
+    forced = runner.invoke(main, ["failover", str(cluster.directory), "--to", "node3", "--force"])
     assert forced.exit_code == 0, forced.output
     assert "node3 is the leader at epoch 2" in forced.output
     assert "LOST 1 entries of node1, LSN 5..5" in forced.output

@@ -7,13 +7,13 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 from checks import file_rows
+from helpers import HANG, spawn_python
 
 import proxy
 from proxy import verify
@@ -72,18 +72,17 @@ def test_failover_killed_at_random_points_is_finished_or_undone(tmp_path: Path) 
         for i in range(3):
             conn.execute("INSERT INTO w(tag) VALUES (?)", (f"b{i}",))
             acked.append(f"b{i}")
-        child = subprocess.Popen([sys.executable, "-c", FAILOVER, str(cluster.directory)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = spawn_python(FAILOVER, cluster.directory, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             assert child.stdout.readline().strip() == "go", child.stderr.read()
             time.sleep(rng.uniform(0.0, 0.04))  # the kill point, inside or after the failover
             child.send_signal(signal.SIGKILL)
-            child.wait(30)
+            child.wait(HANG)
         finally:
             child.kill()
         # Writable again: the failover finished, never started, or is finished by this process's
         # health check (a leader fenced by a dead failover counts as failed).
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + HANG
         while True:
             try:
                 conn.execute("INSERT INTO w(tag) VALUES ('after')")

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from checks import file_rows
+from helpers import examples, suppressed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -64,7 +65,7 @@ class Run:
                 cluster.start_node(name)
         elif op == "failover":
             try:
-                cluster.failover(None, force=True, timeout=0.5)
+                cluster.failover(None, force=True)
             except proxy.ClusterError:
                 pass  # no reachable follower
 
@@ -84,7 +85,7 @@ class Run:
         cluster.wait_for_catchup(15)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), suppress_health_check=suppressed(HealthCheck.function_scoped_fixture))
 @given(ops=st.lists(OPS, min_size=3, max_size=20))
 @pytest.mark.parametrize("fmt", ["row", "statement", "mixed", "trigger"])
 def test_any_history_of_failures_converges_and_loses_nothing_silently(make_cluster, fmt, ops):

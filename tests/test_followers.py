@@ -8,14 +8,14 @@ Writes go through the DB-API (`proxy.connect`); positions are awaited with
 from __future__ import annotations
 
 import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import apsw
 import pytest
+from checks import assert_identical
+from helpers import HANG, applied, run_python, spawn_python
 
 import proxy
 from proxy.store import node as store_node
@@ -24,13 +24,6 @@ MakeCluster = Callable[..., proxy.Cluster]
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def assert_identical(cluster: proxy.Cluster) -> proxy.VerifyReport:
-    report = proxy.verify(cluster)
-    differences = "\n".join(f"  {d.node} {d.object}: {d.detail}" for d in report.differences)
-    assert report.identical, f"nodes differ at LSN {report.lsn}:\n{differences}"
-    return report
 
 
 def query_node(cluster: proxy.Cluster, node: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
@@ -55,10 +48,6 @@ def status_of(cluster: proxy.Cluster, node: str) -> proxy.NodeStatus:
     return {s.name: s for s in cluster.status()}[node]
 
 
-def applied(cluster: proxy.Cluster, node: str) -> int:
-    return cluster.positions()[node]
-
-
 def assert_stopped_before(cluster: proxy.Cluster, node: str, bad: int, reason: str, lag: int | None = None) -> None:
     """`node` is in error at log entry `bad`, which it did not apply, and the error says why."""
     status = status_of(cluster, node)
@@ -68,13 +57,6 @@ def assert_stopped_before(cluster: proxy.Cluster, node: str, bad: int, reason: s
     assert status.applied_lsn == bad - 1
     if lag is not None:
         assert status.lag_entries == lag
-
-
-def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"subprocess failed:\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 def setup_accounts(conn: proxy.Connection, rows: int = 20) -> None:
@@ -493,9 +475,7 @@ def test_two_writer_processes_and_this_one_each_row_exactly_once_on_every_node(c
     count = 100
 
     procs = [
-        subprocess.Popen([sys.executable, "-c", textwrap.dedent(CONCURRENT_WRITER), str(cluster.directory), tag,
-                          str(count)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+        spawn_python(CONCURRENT_WRITER, cluster.directory, tag, count, stderr=subprocess.PIPE)
         for tag in ("a", "b")
     ]
     try:
@@ -510,7 +490,7 @@ def test_two_writer_processes_and_this_one_each_row_exactly_once_on_every_node(c
                 conn.execute("UPDATE progress SET done = done + 1 WHERE tag = 'main'")
             conn.commit()
         for proc in procs:
-            out, err = proc.communicate(timeout=60)
+            out, err = proc.communicate(timeout=HANG)
             assert proc.returncode == 0, err
             assert out.strip().endswith("done")
     finally:

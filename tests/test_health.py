@@ -4,40 +4,54 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import apsw
 import pytest
 from checks import file_meta, file_rows, same_on_all
 from click.testing import CliRunner
+from helpers import HANG, run_replproxy, spawn_python, wait_until
 
 import proxy
+import proxy.driver.connection
 from proxy import verify
 from proxy.store import config as cfg
 from proxy.store import log as store_log
 from proxy.store import node as store_node
 from proxy.tools.cli import main
 
+# Fails over soon after the leader stops (a test waits for it, so how soon does not matter).
 FAST = dict(failover_timeout=0.3, failover_cooldown=0.0)
+
+
+@pytest.fixture(autouse=True)
+def patient_writers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write made while the leader is stopped waits for the automatic failover for
+    failover_timeout plus FAILOVER_GRACE (2 s) before it gives up; here that grace only bounds a
+    hang: the tests wait for a failover that does happen, however busy the machine."""
+    monkeypatch.setattr(proxy.driver.connection, "FAILOVER_GRACE", HANG)
 
 
 def _leader_of(directory: Path) -> str:
     return cfg.read(directory).leader.name
 
 
-def _wait_leader_change(cluster: proxy.Cluster, old: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        name = _leader_of(cluster.directory)
-        if name != old:
-            cluster.refresh_config()
-            return name
-        cluster.wait_progress(0.02)
-    raise AssertionError(f"no failover from {old} within {timeout}s")
+def _wait_leader_change(cluster: proxy.Cluster, old: str) -> str:
+    name = wait_until(lambda: (leader := _leader_of(cluster.directory)) != old and leader, cluster=cluster,
+                      poll=0.02, message=f"a failover from {old}")
+    cluster.refresh_config()
+    return name
+
+
+def _stop_leader_then_resume(cluster: proxy.Cluster, paused: list[str]) -> None:
+    """Stop the leader, then resume the `paused` followers, and only then turn on the automatic
+    failover (FAST): otherwise, on a slow machine, it could promote a follower still paused."""
+    cluster.configure(auto_failover=False)
+    cluster.stop_node(cluster.leader)
+    for name in paused:
+        cluster.resume(name)
+    cluster.configure(auto_failover=True, **FAST)
 
 
 def _rows(path: Path, sql: str = "SELECT * FROM t ORDER BY id") -> list[tuple]:
@@ -161,7 +175,7 @@ def test_ties_are_broken_by_name(cluster):
     conn.close()
 
 
-def test_anti_flapping_window_holds_a_second_failover(cluster):
+def test_anti_flapping_window_holds_a_second_failover(cluster, caplog):
     cluster.configure(failover_timeout=0.3, failover_cooldown=3600)
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
     _schema(conn)
@@ -170,12 +184,14 @@ def test_anti_flapping_window_holds_a_second_failover(cluster):
     first = _wait_leader_change(cluster, "node1")
     conn.execute("INSERT INTO t(v) VALUES ('x')")
     cluster.wait_for_catchup()
-    cluster.stop_node(first)
-    # Well past the timeout: the window keeps the leader in place and status says why.
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
-        assert _leader_of(cluster.directory) == first
-        cluster.wait_progress(0.05)
+    with caplog.at_level("WARNING", logger="replproxy.health"):
+        cluster.stop_node(first)
+        # The monitor reaches its decision (the leader failed for longer than the timeout) and
+        # holds the failover back: the window keeps the leader in place and status says why.
+        wait_until(lambda: "(failover_cooldown)" in caplog.text, cluster=cluster,
+                   message="the monitor holds the failover back")
+    assert f"leader {first} failed" in caplog.text
+    assert _leader_of(cluster.directory) == first
     health = cluster.health()
     assert not health["leader_ok"] and health["held_until"] is not None
     status = CliRunner().invoke(main, ["status", str(cluster.directory)])
@@ -187,7 +203,7 @@ def test_anti_flapping_window_holds_a_second_failover(cluster):
 
 
 def test_sync_follower_promoted_automatically_keeps_every_acknowledged_write(cluster):
-    cluster.configure(mode="sync", sync_followers=["node3"], sync_timeout=5, **FAST)
+    cluster.configure(mode="sync", sync_followers=["node3"], sync_timeout=HANG, **FAST)
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
     cluster.pause("node2")
@@ -212,7 +228,6 @@ def test_sync_follower_promoted_automatically_keeps_every_acknowledged_write(clu
 ])
 def test_old_leader_rejoins_its_lost_writes_recorded_and_undone(make_cluster, fmt, options, method):
     cluster = make_cluster(format=fmt, **options)
-    cluster.configure(**FAST)
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
     _schema(conn)
     _workload(conn, 0, 6, "kept")
@@ -224,9 +239,7 @@ def test_old_leader_rejoins_its_lost_writes_recorded_and_undone(make_cluster, fm
     lost_last = conn.last_write_lsn
     lost_ids = {r[0] for r in _rows(cluster.path_of("node1"))} - ids_before
     assert lost_ids
-    cluster.stop_node("node1")  # crashed before the followers got the last entries
-    for name in ("node2", "node3"):
-        cluster.resume(name)
+    _stop_leader_then_resume(cluster, ["node2", "node3"])  # crashed before they got the last entries
     new = _wait_leader_change(cluster, "node1")
     _workload(conn, 10, 3, "new")  # the new leader moves on
     # Key reuse: the new leader hands out none of the keys the old leader issued.
@@ -254,7 +267,6 @@ def test_old_leader_rejoins_its_lost_writes_recorded_and_undone(make_cluster, fm
 
 
 def test_rejoined_old_leader_can_be_promoted_again(cluster):
-    cluster.configure(**FAST)
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
     _schema(conn)
     _workload(conn, 0, 3, "a")
@@ -262,9 +274,7 @@ def test_rejoined_old_leader_can_be_promoted_again(cluster):
     cluster.pause("node2")
     cluster.pause("node3")
     _workload(conn, 3, 2, "lost")
-    cluster.stop_node("node1")
-    cluster.resume("node2")
-    cluster.resume("node3")
+    _stop_leader_then_resume(cluster, ["node2", "node3"])
     _wait_leader_change(cluster, "node1")
     cluster.start_node("node1")
     _workload(conn, 5, 2, "b")
@@ -288,7 +298,8 @@ def test_another_process_follows_the_automatic_failover_and_the_old_leader_is_fe
     conn.execute("INSERT INTO t(v) VALUES ('before')")
     cluster.wait_for_catchup()
     script = textwrap.dedent(f"""
-        import sys, proxy
+        import sys, proxy, proxy.driver.connection
+        proxy.driver.connection.FAILOVER_GRACE = {HANG}  # as in this process: see patient_writers
         conn = proxy.connect({str(cluster.directory)!r}, autocommit=True)
         conn.execute("INSERT INTO t(v) VALUES ('child 1')")
         print("ready", flush=True)
@@ -296,8 +307,7 @@ def test_another_process_follows_the_automatic_failover_and_the_old_leader_is_fe
         cur = conn.execute("INSERT INTO t(v) VALUES ('child 2')")
         print(cur.node, flush=True)
     """)
-    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    child = spawn_python(script)
     try:
         assert child.stdout.readline().strip() == "ready"
         cluster.wait_for_catchup()  # 'child 1' reached the followers: it survives the failover
@@ -305,7 +315,7 @@ def test_another_process_follows_the_automatic_failover_and_the_old_leader_is_fe
         child.stdin.write("go\n")
         child.stdin.flush()
         node = child.stdout.readline().strip()
-        assert child.wait(30) == 0
+        assert child.wait(HANG) == 0
     finally:
         child.kill()
     new = _leader_of(cluster.directory)
@@ -385,7 +395,6 @@ def test_shell_stop_start_and_the_next_write_goes_to_the_new_leader(cluster):
 def test_rejoin_names_plain_rowid_keys_the_new_leader_gave_to_other_rows(cluster):
     # Without AUTOINCREMENT SQLite hands out max(rowid) + 1, so the new leader reuses the keys of
     # rows lost with the old leader; they cannot be avoided, but they are never silent.
-    cluster.configure(**FAST)
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
     conn.execute("CREATE TABLE p(id INTEGER PRIMARY KEY, v)")
     conn.execute("INSERT INTO p(v) VALUES ('kept')")
@@ -393,9 +402,7 @@ def test_rejoin_names_plain_rowid_keys_the_new_leader_gave_to_other_rows(cluster
     cluster.pause("node2")
     cluster.pause("node3")
     conn.execute("INSERT INTO p(v) VALUES ('lost')")  # id 2 on node1 only
-    cluster.stop_node("node1")
-    cluster.resume("node2")
-    cluster.resume("node3")
+    _stop_leader_then_resume(cluster, ["node2", "node3"])
     _wait_leader_change(cluster, "node1")
     conn.execute("INSERT INTO p(v) VALUES ('new')")  # id 2 again, on the new leader
     result = cluster.start_node("node1")
@@ -439,17 +446,16 @@ def test_writes_racing_an_automatic_failover_either_commit_or_fail_never_both(cl
     for t in threads:
         t.start()
     try:
-        while len(ok) < 60:
-            time.sleep(0.005)
+        wait_until(lambda: len(ok) >= 60, message="60 writes before the stop")
         cluster.stop_node("node1")
         new = _wait_leader_change(cluster, "node1")
         settled = len(ok)
-        while len(ok) < settled + 60:
-            time.sleep(0.005)
+        wait_until(lambda: len(ok) >= settled + 60, message="60 writes after the failover")
     finally:
         stop.set()
         for t in threads:
-            t.join(30)
+            t.join(HANG)
+    assert not any(t.is_alive() for t in threads)
     result = cluster.start_node("node1")
     lost_tags: set[str] = set()
     if result.lost_file:
@@ -476,10 +482,9 @@ def test_a_leader_file_that_disappears_is_detected_and_replaced(cluster):
         if Path(f"{old}{suffix}").exists():
             Path(f"{old}{suffix}").rename(f"{old}{suffix}.gone")
     new = _wait_leader_change(cluster, "node1")
-    deadline = time.monotonic() + 10  # the monitor records it just after rewriting cluster.toml
-    while cluster.monitor.last_failover is None and time.monotonic() < deadline:
-        cluster.wait_progress(0.01)
-    made = cluster.monitor.last_failover
+    # The monitor records it just after rewriting cluster.toml.
+    made = wait_until(lambda: cluster.monitor.last_failover, cluster=cluster,
+                      message="the monitor records its failover")
     assert made.automatic and "node1.db) is missing" in made.reason and not made.old_leader_reachable
     cur = conn.execute("INSERT INTO t(v) VALUES ('after')")
     assert cur.node == new
@@ -491,33 +496,40 @@ def test_monitors_in_several_processes_make_exactly_one_failover(cluster):
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
     cluster.wait_for_catchup()
+    # Each child reports, once told, after its own monitor has seen the new leader answer (none
+    # may fail over again from then on): a probe that succeeds clears `failing_since`.
     script = textwrap.dedent(f"""
-        import sys, proxy
+        import sys, time, proxy
         c = proxy.Cluster({str(cluster.directory)!r})
+        m = c.monitor
+        ticks = []
+        real_tick = m.tick
+        def tick():
+            result = real_tick()
+            ticks.append((c.config.leader.name, m.failing_since))
+            return result
+        m.tick = tick
         print("ready", flush=True)
         sys.stdin.readline()
+        deadline = time.monotonic() + {HANG}
+        while not any(leader != "node1" and since is None for leader, since in ticks[-5:]):
+            assert time.monotonic() < deadline, ticks[-5:]
+            c.wait_progress(0.02)
         c.close()
-        m = c.monitor
-        print(m.last_failover.epoch if m and m.last_failover else 0, flush=True)
+        print(m.last_failover.epoch if m.last_failover else 0, flush=True)
     """)
-    children = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    children = [spawn_python(script) for _ in range(3)]
     try:
         for child in children:
             assert child.stdout.readline().strip() == "ready"
         cluster.stop_node("node1")
         _wait_leader_change(cluster, "node1")
-        # Every monitor probes several times in this window; none may fail over again.
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline:
-            assert cfg.read(cluster.directory).epoch == 2
-            cluster.wait_progress(0.05)
         made = []
         for child in children:
             child.stdin.write("done\n")
             child.stdin.flush()
             made.append(int(child.stdout.readline()))
-            assert child.wait(30) == 0
+            assert child.wait(HANG) == 0
     finally:
         for child in children:
             child.kill()
@@ -531,12 +543,9 @@ def test_monitors_in_several_processes_make_exactly_one_failover(cluster):
 def test_a_failover_made_by_another_process_is_seen_without_writing(cluster):
     cluster.configure(auto_failover=False)
     cluster.stop_node("node1")
-    done = subprocess.run([sys.executable, "-m", "proxy.tools.cli", "failover", str(cluster.directory)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    deadline = time.monotonic() + 10
-    while cluster.leader == "node1" and time.monotonic() < deadline:
-        cluster.wait_progress(0.02)  # the replicator re-reads cluster.toml every round
+    run_replproxy("failover", cluster.directory)
+    # The replicator re-reads cluster.toml every round; nothing is written here.
+    wait_until(lambda: cluster.leader != "node1", cluster=cluster, message="this process sees the failover")
     assert cluster.leader == "node2"
 
 
@@ -566,7 +575,7 @@ def test_fork_point_is_the_lowest_base_of_the_failovers_a_node_missed(cluster):
     conn.execute("INSERT INTO t(v) VALUES ('on node3')")
     # Then node2, far behind, is forced in: node1's entries after LSN 1 are off the history now,
     # although the failover node1 itself missed started at its own last LSN.
-    result = cluster.failover("node2", force=True, timeout=0.5)
+    result = cluster.failover("node2", force=True)  # node2 is paused: it cannot catch up
     assert result.lsn == 2 and cfg.read(cluster.directory).fork_lsn(1) == 2
     started = cluster.start_node("node1")
     assert started.fork_lsn == 2 and started.lost_lsns == (3, base)
@@ -583,7 +592,7 @@ def test_fork_point_is_the_lowest_base_of_the_failovers_a_node_missed(cluster):
 def test_a_follower_off_the_history_is_neither_promoted_nor_resumed_nor_read(cluster):
     cluster.configure(auto_failover=False)
     conn = _diverge(cluster, ddl=False)
-    cluster.failover("node2", force=True, timeout=0.5)  # node3 applied past node2: diverged
+    cluster.failover("node2", force=True)  # paused node2 is promoted; node3 applied past it: diverged
     status = {s.name: s for s in cluster.status()}
     assert status["node3"].state == "needs-snapshot"
     with pytest.raises(proxy.ClusterError, match="cannot simply resume"):
@@ -597,17 +606,41 @@ def test_a_follower_off_the_history_is_neither_promoted_nor_resumed_nor_read(clu
     conn.close()
 
 
+@pytest.mark.xfail(strict=True, reason="bug in proxy/cluster/nodes.py start_node: a follower that a "
+                   "forced failover marked needs-snapshot, then stopped, comes back 'ok' after a later "
+                   "failover (fork from the failovers it missed only) and diverges silently; "
+                   "test_failover_property hits it at random")
+def test_a_follower_marked_for_a_snapshot_then_stopped_is_not_started_on_its_diverged_data(cluster):
+    cluster.configure(auto_failover=False)
+    conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
+    conn.execute("CREATE TABLE w(id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT)")
+    cluster.wait_for_catchup()
+    cluster.pause("node2")
+    conn.execute("INSERT INTO w(tag) VALUES ('lost')")  # on node1 and node3 only
+    cluster.wait_for_catchup(nodes=["node3"])
+    cluster.failover("node2", force=True)  # node3 applied past node2: it needs a snapshot
+    assert {s.name: s.state for s in cluster.status()}["node3"] == "needs-snapshot"
+    cluster.stop_node("node3")
+    conn.execute("INSERT INTO w(tag) VALUES ('new')")
+    cluster.wait_for_catchup(nodes=["node1"])
+    cluster.failover("node1")  # a failover node3 misses while stopped
+    cluster.start_node("node3")
+    state = {s.name: s.state for s in cluster.status()}["node3"]
+    if state == "needs-snapshot":
+        cluster.resync("node3")
+    cluster.wait_for_catchup()
+    report = verify(cluster)
+    assert report.identical, report.differences
+
+
 def test_unreachable_old_leader_moves_counters_of_tables_without_a_counter_row_yet(cluster):
-    cluster.configure(**FAST)
     conn = proxy.connect(cluster.directory, autocommit=True, cluster=cluster)
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v)")
     cluster.wait_for_catchup()
     cluster.pause("node2")
     cluster.pause("node3")
     conn.execute("INSERT INTO t(v) VALUES ('lost')")  # id 1: the followers never had a counter row
-    cluster.stop_node("node1")
-    cluster.resume("node2")
-    cluster.resume("node3")
+    _stop_leader_then_resume(cluster, ["node2", "node3"])
     _wait_leader_change(cluster, "node1")
     cur = conn.execute("INSERT INTO t(v) VALUES ('new')")
     assert cur.lastrowid == 1 + 1_000_000

@@ -18,7 +18,8 @@ from typing import Any
 
 import apsw
 import pytest
-from hypothesis import HealthCheck, given, settings
+from helpers import examples
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import logformats
@@ -520,7 +521,7 @@ TRANSACTIONS = st.lists(st.lists(st.one_of(DML, DML, SAVEPOINT_OPS), min_size=1,
                         min_size=1, max_size=6)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40))
 @given(transactions=TRANSACTIONS)
 def test_property_row_undo_of_random_dml_returns_to_every_earlier_state(transactions):
     with tempfile.TemporaryDirectory() as tmp:

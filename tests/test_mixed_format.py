@@ -14,6 +14,7 @@ from typing import Any
 
 import apsw
 import pytest
+from helpers import examples, suppressed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_statement_format import (
@@ -231,7 +232,7 @@ def test_row_images_of_a_statement_with_a_null_key_elsewhere_are_still_taken(mak
 _EXAMPLES = itertools.count()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), suppress_health_check=suppressed(HealthCheck.function_scoped_fixture))
 @given(statements=st.lists(write_statements(), min_size=1, max_size=6), in_transaction=st.booleans())
 def test_generated_statements_are_all_accepted_and_replicate_exactly(make_cluster, statements, in_transaction):
     cluster, conn = open_cluster(make_cluster, "mixed", name=f"gen{next(_EXAMPLES)}")

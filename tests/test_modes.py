@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
-import apsw
 import pytest
 from click.testing import CliRunner
+from helpers import HANG, ManualClock, in_background, replproxy_command, run_replproxy, wait_until
+from helpers import applied as _applied
 
 import proxy
 from proxy.cluster import modes
 from proxy.store import config as cfg
 from proxy.tools.cli import main
 
-
-def _applied(cluster: proxy.Cluster, node: str) -> int:
-    conn = apsw.Connection(str(cluster.path_of(node)), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return conn.execute("SELECT applied_lsn FROM _replproxy_state").fetchone()[0]
-    finally:
-        conn.close()
-
-
-def _wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+# A sync_timeout no healthy follower reaches, even on a busy machine. The tests that need a wait
+# to run out move the cluster's clock past it (`ManualClock`) rather than waiting.
+PATIENT = HANG
 
 
 def test_default_mode_is_async_and_written_to_cluster_toml(make_cluster):
@@ -43,7 +31,7 @@ def test_default_mode_is_async_and_written_to_cluster_toml(make_cluster):
 
 def test_sync_commit_returns_only_once_every_sync_follower_applied_it(make_cluster):
     cluster = make_cluster(followers=2)
-    cluster.configure(mode="sync", sync_followers=["node2", "node3"], sync_timeout=5)
+    cluster.configure(mode="sync", sync_followers=["node2", "node3"], sync_timeout=PATIENT)
     assert cluster.config.applier_synchronous("node2") == "full"
     conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
@@ -55,16 +43,45 @@ def test_sync_commit_returns_only_once_every_sync_follower_applied_it(make_clust
     conn.close()
 
 
+def _commit_in_background(cluster: proxy.Cluster, sql: str):
+    """Run `sql` on a connection of its own in another thread (a Connection is not shared)."""
+
+    def commit() -> int:
+        conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
+        try:
+            conn.execute(sql)
+            return conn.last_write_lsn
+        finally:
+            conn.close()
+
+    return in_background(commit)
+
+
+def _held_until_the_deadline(cluster: proxy.Cluster, clock: ManualClock, sql: str):
+    """Commit `sql` in another thread while `clock` stands still; check it is still waiting once it
+    has read the clock a few times (deadline set, positions re-checked); then move the clock past
+    `sync_timeout` and return the commit's future."""
+    before = clock.reads
+    commit = _commit_in_background(cluster, sql)
+    try:
+        clock.wait_for_reads(before + 3)
+        assert not commit.done(), "the commit returned before its timeout"
+    finally:
+        clock.advance(cluster.config.sync_timeout + 1)  # also frees a waiter when the check failed
+    return commit
+
+
 def test_sync_follower_unavailable_fails_after_timeout_naming_it_but_write_is_committed(make_cluster):
     cluster = make_cluster(followers=2)
-    cluster.configure(mode="sync", sync_followers=["node2"], sync_timeout=0.3)
+    cluster.configure(mode="sync", sync_followers=["node2"], sync_timeout=PATIENT)
     conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
     cluster.pause("node2")
-    started = time.monotonic()
+    cluster.clock = clock = ManualClock()
+    commit = _held_until_the_deadline(cluster, clock, "INSERT INTO t(v) VALUES ('held')")
     with pytest.raises(proxy.SyncReplicationTimeout) as info:
-        conn.execute("INSERT INTO t(v) VALUES ('held')")
-    assert time.monotonic() - started >= 0.3
+        commit.result(HANG)
+    cluster.clock = time.monotonic
     message = str(info.value)
     assert "node2" in message and "paused" in message and "IS committed on the leader" in message
     assert info.value.nodes == ("node2",)
@@ -72,14 +89,14 @@ def test_sync_follower_unavailable_fails_after_timeout_naming_it_but_write_is_co
     other = proxy.connect(cluster.directory, cluster=cluster, consistency="strong")
     assert other.execute("SELECT v FROM t").fetchall() == [("held",)]
     cluster.resume("node2")
-    cluster.wait_for_catchup(5)
+    cluster.wait_for_catchup(HANG)
     conn.execute("INSERT INTO t(v) VALUES ('after')")  # the connection stays usable
     assert _applied(cluster, "node2") == conn.last_write_lsn
 
 
 def test_async_follower_does_not_hold_sync_commits(make_cluster):
     cluster = make_cluster(followers=2)
-    cluster.configure(mode="sync", sync_followers=["node2"], sync_timeout=5)
+    cluster.configure(mode="sync", sync_followers=["node2"], sync_timeout=PATIENT)
     cluster.pause("node3")
     conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
     conn.execute("CREATE TABLE t(a)")
@@ -90,25 +107,33 @@ def test_async_follower_does_not_hold_sync_commits(make_cluster):
 
 def test_semi_sync_waits_for_k_then_degrades_and_recovers(make_cluster, caplog):
     cluster = make_cluster(followers=2)
-    cluster.configure(mode="semi-sync", semi_sync_k=2, sync_timeout=0.3)
+    cluster.configure(mode="semi-sync", semi_sync_k=2, sync_timeout=PATIENT)
     conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
     conn.execute("CREATE TABLE t(a)")
     assert min(_applied(cluster, "node2"), _applied(cluster, "node3")) >= conn.last_write_lsn
     cluster.pause("node3")
+    cluster.clock = clock = ManualClock()
     with caplog.at_level("WARNING", logger="replproxy.modes"):
-        conn.execute("INSERT INTO t VALUES (1)")  # waits 0.3 s, then degrades: no error
+        # Only one follower can apply it: the commit waits for k=2 until the timeout, then
+        # degrades the cluster instead of failing.
+        commit = _held_until_the_deadline(cluster, clock, "INSERT INTO t VALUES (1)")
+        assert commit.result(HANG) > conn.last_write_lsn
     assert "degraded to async" in caplog.text
     state = cluster.replication_status()
     assert state["degraded"] and "node3" in state["degraded_reason"]
-    started = time.monotonic()
-    conn.execute("INSERT INTO t VALUES (2)")  # degraded: async, no wait
-    assert time.monotonic() - started < 0.25
+    # Degraded: async. The clock stands still and node3 is paused, so a commit that waited for
+    # k followers could never return: this one returns without waiting.
+    reads = clock.reads
+    _commit_in_background(cluster, "INSERT INTO t VALUES (2)").result(HANG)
+    assert clock.reads == reads, "the degraded commit measured a timeout: it waited"
+    cluster.clock = time.monotonic
     # Another process agrees: the state lives in the leader's file.
     out = CliRunner().invoke(main, ["status", str(cluster.directory), "--json"])
     assert json.loads(out.output)["replication"]["degraded"] is True
     assert "DEGRADED" in CliRunner().invoke(main, ["status", str(cluster.directory)]).output
     cluster.resume("node3")
-    _wait_until(lambda: not cluster.replication_status()["degraded"])
+    wait_until(lambda: not cluster.replication_status()["degraded"], cluster=cluster,
+               message="the replicator restores semi-sync once k followers caught up")
     conn.execute("INSERT INTO t VALUES (3)")
     assert min(_applied(cluster, "node2"), _applied(cluster, "node3")) >= conn.last_write_lsn
 
@@ -119,10 +144,9 @@ def test_mode_change_in_another_process_is_picked_up_without_reconnecting(make_c
     conn.execute("CREATE TABLE t(a)")
     cluster.pause("node2")
     conn.execute("INSERT INTO t VALUES (1)")  # async: returns at once
-    result = subprocess.run([sys.executable, "-m", "proxy.tools.cli", "config", str(cluster.directory),
-                             "--mode", "sync", "--sync-followers", "node2", "--timeout", "0.2"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    # node2 is paused: the 0.2 s timeout can only run out, however slow the machine.
+    result = run_replproxy("config", cluster.directory, "--mode", "sync", "--sync-followers", "node2",
+                           "--timeout", "0.2")
     assert "mode sync" in result.stdout
     with pytest.raises(proxy.SyncReplicationTimeout):
         conn.execute("INSERT INTO t VALUES (2)")
@@ -146,11 +170,11 @@ def test_config_command_validates(make_cluster):
 def test_sync_waits_on_another_process_replicator(make_cluster):
     """With no replicator in the committing process, the wait reads the follower files."""
     cluster = make_cluster(followers=1)
-    cluster.configure(mode="sync", sync_followers=["node2"], sync_timeout=10)
+    cluster.configure(mode="sync", sync_followers=["node2"], sync_timeout=PATIENT)
     cluster.close()
     writer = proxy.Cluster(cluster.directory, replicate=False)
-    mover = subprocess.Popen([sys.executable, "-m", "proxy.tools.cli", "serve", str(cluster.directory)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    mover = subprocess.Popen([*replproxy_command(), "serve", str(cluster.directory)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         conn = proxy.connect(cluster.directory, cluster=writer, autocommit=True)
         conn.execute("CREATE TABLE t(a)")
@@ -158,7 +182,7 @@ def test_sync_waits_on_another_process_replicator(make_cluster):
         assert _applied(writer, "node2") == conn.last_write_lsn
     finally:
         mover.terminate()
-        mover.wait(10)
+        mover.wait(HANG)
         writer.close()
 
 
@@ -166,7 +190,7 @@ def test_concurrent_sync_committers_each_see_their_write_on_the_sync_follower(ma
     import threading
 
     cluster = make_cluster(followers=2)
-    cluster.configure(mode="semi-sync", semi_sync_k=2, sync_timeout=10)
+    cluster.configure(mode="semi-sync", semi_sync_k=2, sync_timeout=PATIENT)
     setup = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
     setup.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, who, i)")
     failures: list[str] = []
@@ -185,6 +209,7 @@ def test_concurrent_sync_committers_each_see_their_write_on_the_sync_follower(ma
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(60)
+        thread.join(HANG)
+        assert not thread.is_alive()
     assert not failures
     assert not cluster.replication_status()["degraded"]

@@ -10,14 +10,13 @@ sqlite3 and apsw) break each other's POSIX locks and can corrupt the file.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import apsw
 import pytest
+from checks import same_on_all
+from helpers import HANG, spawn_python, wait_until
 
 import proxy
 from logformats import trigger as trig
@@ -56,8 +55,7 @@ class OutsideWriter:
     """A second process writing to the leader file with Python's sqlite3 module."""
 
     def __init__(self, path: str):
-        self.process = subprocess.Popen([sys.executable, "-c", WRITER, path], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = spawn_python(WRITER, path)
 
     def send(self, request: Any) -> None:
         assert self.process.stdin is not None
@@ -82,7 +80,7 @@ class OutsideWriter:
     def close(self) -> None:
         if self.process.stdin is not None:
             self.process.stdin.close()
-        self.process.wait(10)
+        self.process.wait(HANG)
 
 
 @pytest.fixture
@@ -107,26 +105,9 @@ def assert_identical(cluster: proxy.Cluster) -> proxy.VerifyReport:
     return report
 
 
-def same_on_all(cluster: proxy.Cluster, sql: str) -> list[tuple[Any, ...]]:
-    cluster.wait_for_catchup(10)
-    results = {}
-    for name in [cluster.leader, *cluster.followers]:
-        conn = cluster.open_node(name)
-        try:
-            results[name] = conn.execute(sql).fetchall()
-        finally:
-            conn.close()
-    for name in cluster.followers:
-        assert results[name] == results[cluster.leader], f"{name} differs for {sql!r}"
-    return results[cluster.leader]
-
-
-def wait_for_lsn(cluster: proxy.Cluster, lsn: int, timeout: float = 10.0) -> None:
+def wait_for_lsn(cluster: proxy.Cluster, lsn: int) -> None:
     """Wait until the leader's log reaches `lsn` (the watcher logging outside commits)."""
-    deadline = time.monotonic() + timeout
-    while cluster.leader_lsn() < lsn:
-        assert time.monotonic() < deadline, f"the leader's log did not reach LSN {lsn}"
-        time.sleep(0.005)
+    wait_until(lambda: cluster.leader_lsn() >= lsn, message=f"the leader's log reaches LSN {lsn}")
 
 
 def entries_after(cluster: proxy.Cluster, lsn: int) -> list[tuple[bool, list[dict[str, Any]]]]:
@@ -350,14 +331,16 @@ def test_a_proxy_transaction_waiting_for_the_lock_logs_the_outside_one_first(mak
                                     "WHERE i < 3000000) SELECT count(*) FROM r"]})
     probe = cluster.open_node(cluster.leader)
     probe.set_busy_timeout(0)
-    deadline = time.monotonic() + 10
-    while True:  # until the outside writer holds the lock
-        assert time.monotonic() < deadline
+
+    def locked() -> bool:
         try:
             probe.execute("BEGIN IMMEDIATE")
             probe.execute("ROLLBACK")
         except apsw.BusyError:
-            break
+            return True
+        return False
+
+    wait_until(locked, poll=0.001, message="the outside writer holds the write lock")
     probe.close()
     conn.execute("INSERT INTO events(who, txn) VALUES ('proxy', 2)")  # waits, then logs 1 first
     conn.commit()

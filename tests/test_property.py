@@ -22,7 +22,8 @@ from typing import Any
 
 import apsw
 import pytest
-from hypothesis import HealthCheck, event, note, settings
+from helpers import examples
+from hypothesis import event, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -604,8 +605,7 @@ def _run(tmp_path_factory: pytest.TempPathFactory, row_image: str, max_examples:
     Machine.__name__ = f"ProxyMachine_{row_image}"
     run_state_machine_as_test(
         Machine,
-        settings=settings(max_examples=max_examples, deadline=None, stateful_step_count=40,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]),
+        settings=settings(max_examples=examples(max_examples)),
     )
 
 

@@ -7,22 +7,20 @@ prompt_toolkit redraws with escape sequences, so the test waits for lines the sh
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import HANG, replproxy_command
 
 pexpect = pytest.importorskip("pexpect")
 
-TIMEOUT = 10
+TIMEOUT = HANG  # each expect: only bounds a hang (a busy machine starts the shell slowly)
 UP = "\x1b[A"
 ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c;"
 
 
 def spawn(directory: Path, history: Path) -> pexpect.spawn:
-    exe = shutil.which("replproxy")
-    command, args = (exe, []) if exe else (sys.executable, ["-m", "proxy.tools.cli"])
+    command, *args = replproxy_command()
     env = dict(os.environ, TERM="xterm", HOME=str(history.parent), REPLPROXY_HISTORY=str(history),
                PROMPT_TOOLKIT_NO_CPR="1")  # a pty that never answers cursor-position requests
     return pexpect.spawn(command, [*args, "shell", str(directory)], env=env, dimensions=(30, 120),

@@ -20,6 +20,7 @@ from typing import Any
 import apsw
 import pytest
 from click.testing import CliRunner
+from helpers import examples, suppressed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -658,7 +659,7 @@ def run_generated(conn: proxy.Connection, statements: list[tuple[str, list[Any]]
     return refused
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), suppress_health_check=suppressed(HealthCheck.function_scoped_fixture))
 @given(statements=st.lists(write_statements(), min_size=1, max_size=6))
 def test_generated_statements_are_refused_or_replicate_exactly(make_cluster, statements):
     cluster, conn = open_cluster(make_cluster, name=f"gen{next(_EXAMPLES)}")

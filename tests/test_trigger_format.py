@@ -13,6 +13,7 @@ from typing import Any
 import apsw
 import pytest
 from checks import assert_identical, same_on_all
+from helpers import HANG
 
 import proxy
 from logformats import trigger as trig
@@ -434,7 +435,7 @@ def test_a_follower_missing_the_row_to_update_stops_with_a_conflict(make_cluster
     conn.commit()
     cluster.resume(follower)
     with pytest.raises(proxy.ReplicationTimeout):
-        cluster.wait_for_catchup(5)
+        cluster.wait_for_catchup(HANG)  # returns early once the follower stopped with its error
     (status,) = [s for s in cluster.status() if s.name == follower]
     assert status.state == "error" and "does not exist" in (status.error or "")
     assert status.error_lsn == cluster.leader_lsn()
@@ -514,7 +515,8 @@ def test_followers_identical_under_random_workloads(tmp_path_factory):
     clauses, transactions and savepoints), run on trigger-format clusters."""
     from unittest import mock
 
-    from hypothesis import HealthCheck, settings
+    from helpers import examples
+    from hypothesis import settings
     from hypothesis.stateful import run_state_machine_as_test
 
     from tests import test_property
@@ -540,6 +542,5 @@ def test_followers_identical_under_random_workloads(tmp_path_factory):
             mock.patch.object(test_property, "node_content", content_without_capture):
         run_state_machine_as_test(
             TriggerMachine,
-            settings=settings(max_examples=40, deadline=None, stateful_step_count=40,
-                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]),
+            settings=settings(max_examples=examples(40)),
         )

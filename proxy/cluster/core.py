@@ -66,6 +66,11 @@ class ClusterCore:
             self._identify_from_followers()
         self.replicator: Replicator | None = None
         self._poll_interval = poll_interval
+        # The clocks the cluster operations compare with (replaceable, e.g. by tests): `clock`
+        # measures timeouts (monotonic seconds); `wall_clock` is compared with the times stored
+        # in the node files (an entry's committed_at, a retention hold's time).
+        self.clock: Callable[[], float] = time.monotonic
+        self.wall_clock: Callable[[], float] = time.time
         # Registered by the facade: run by the replicator thread after every round, and polled
         # before it (writers outside the proxy).
         self.round_hooks: list[RoundHook] = []

@@ -11,6 +11,7 @@
 
 The wait happens after COMMIT, on this process's replicator: the committer wakes it urgently and
 sleeps on its progress condition, which the replicator signals after every step of a follower.
+The deadline is measured on `cluster.clock` (time.monotonic unless replaced, e.g. by a test).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def await_acks(cluster: ClusterCore, lsn: int, leader: apsw.Connection) -> None:
 
 
 def _wait(cluster: ClusterCore, names: list[str], need: int, lsn: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+    clock = cluster.clock
+    deadline = clock() + timeout
     replicator = cluster.replicator
     if replicator is not None and replicator.is_alive():
         replicator.notify(urgent=True)
@@ -99,7 +101,7 @@ def _wait(cluster: ClusterCore, names: list[str], need: int, lsn: int, timeout: 
                 applied = replicator.applied
                 if sum(1 for n in names if applied.get(n, 0) >= lsn) >= need:
                     return True
-                remaining = deadline - time.monotonic()
+                remaining = deadline - clock()
                 if remaining <= 0 or not replicator.is_alive():
                     break
                 if not replicator.progress.wait(min(remaining, SLICE)):
@@ -116,7 +118,7 @@ def _poll_files(cluster: ClusterCore, names: list[str], need: int, lsn: int, dea
         positions = cluster.positions()
         if sum(1 for n in names if positions.get(n, 0) >= lsn) >= need:
             return True
-        if time.monotonic() >= deadline:
+        if cluster.clock() >= deadline:
             return False
         time.sleep(0.005)
 

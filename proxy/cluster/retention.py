@@ -37,9 +37,11 @@ def _one(conn: apsw.Connection, sql: str, params: tuple = ()) -> tuple:
 
 
 def truncate_log(cluster: ClusterCore, positions: dict[str, int] | None = None,
-                 conn: apsw.Connection | None = None) -> int:
+                 conn: apsw.Connection | None = None, now: float | None = None) -> int:
     """Remove the entries every follower has applied, and those beyond the size and age limits;
-    return how many were removed. `positions`: known lower bounds of follower positions."""
+    return how many were removed. `positions`: known lower bounds of follower positions. `now`:
+    the wall-clock time the age limit and retention holds are measured against (default
+    `cluster.wall_clock()`)."""
     config = cluster.config
     own = conn is None
     if conn is None:
@@ -54,7 +56,8 @@ def truncate_log(cluster: ClusterCore, positions: dict[str, int] | None = None,
         # leader's LSN at that time, which is above everything the slots allow removing here.
         last = entries.last_lsn(conn)
         first = _one(conn, "SELECT min(lsn) FROM _replproxy_log")[0]
-        now = time.time()
+        if now is None:
+            now = cluster.wall_clock()
         bounds = list(slots.values())
         expired = []
         for holder, (lsn, at) in store.retention_holds(conn).items():
