@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 from checks import node_rows
 
