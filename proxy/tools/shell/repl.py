@@ -206,15 +206,7 @@ class Shell:
 
     def interrupt(self) -> None:
         """sqlite3_interrupt on the connections a statement may be running on."""
-        public = getattr(self.conn, "interrupt", None)
-        if callable(public):
-            public()  # sqlite3's Connection.interrupt(), when the driver has it
-            return
-        # Until then, reach the driver's SQLite connections (leader and followers) directly.
-        targets = [getattr(self.conn, "_leader", None), *getattr(self.conn, "_followers", {}).values()]
-        for target in targets:
-            if isinstance(target, apsw.Connection):
-                target.interrupt()
+        self.conn.interrupt()
 
     def describe(self, cursor: Cursor, count: int) -> str:
         """`-- 2 rows · node2 (follower) at LSN 7`: what a statement did and where."""
