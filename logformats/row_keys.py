@@ -194,7 +194,7 @@ def refuse_collated_keys(conn: apsw.Connection, changesets: Iterable[bytes],
                     f"table {change.name!r}: key {key[0] if len(key) == 1 else key!r} was changed "
                     "into a key its collation finds equal (such as 'abc' and 'ABC' under NOCASE); row "
                     "images cannot tell the two apart, so the transaction was not committed. Delete "
-                    "and insert the row in separate transactions, or use the statement or trigger format")
+                    "and insert the row in separate statements, or use the statement or trigger format")
             seen.add(loose)
 
 
