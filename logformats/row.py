@@ -244,6 +244,7 @@ class RowCapture(Capture):
                 count += 1
             if count:
                 self._chunks.append((TAG_CHANGESET, builder.output()))
+                self._touched.add(table)  # checked at commit like any table written
         finally:
             builder.close()
 
@@ -343,7 +344,6 @@ def autoincrement_tables(conn: apsw.Connection, schema_version: int | None = Non
             if sql and _AUTOINCREMENT_WORD.search(sql))
         known = _AUTOINCREMENT[conn] = (schema_version, names)
     return known[1]
-
 
 
 def _restructured_tables(conn: apsw.Connection, sql: str, params: Any) -> frozenset[str]:
@@ -493,10 +493,11 @@ def apply_changeset(conn: apsw.Connection, data: bytes) -> None:
         flags = _APPLY_FLAGS if foreign_keys else _APPLY_FLAGS_NO_FK
         collated = key_info(conn).collated
         if collated:
-            # A key changed only in case ('abc' -> 'ABC' under NOCASE) is a DELETE and an INSERT to
-            # the session extension, in any order, but one key to SQLite: the INSERT would meet
-            # the row its DELETE removes. Deleting those tables' rows first is always possible
-            # (a transaction starts and ends with at most one row per key as SQLite compares).
+            # A DELETE of 'abc' and an INSERT of 'ABC' (under NOCASE) from separate statements or
+            # entries, merged in one changeset, are two keys to the session extension, in any
+            # order, but one to SQLite: the INSERT would meet the row the DELETE removes. Deleting
+            # those tables' rows first is always possible (the leader never held two rows of one
+            # key as SQLite compares; a statement that mixes them up is refused there).
             def first(change: apsw.TableChange) -> bool:
                 return change.op == "DELETE" and change.name.lower() in collated
 

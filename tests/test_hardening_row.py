@@ -325,6 +325,18 @@ def test_table_too_wide_for_followers_is_refused_on_the_leader(make_cluster, fmt
     still_replicating(cluster, conn, verify=extra < 2)
 
 
+@ROW_FORMATS
+def test_wide_table_created_from_a_query_is_refused(make_cluster, fmt, image):
+    cluster, conn = open_cluster(make_cluster, fmt, image)
+    # random(): the copied rows travel as images, not as the query
+    columns = ", ".join(f"{i} AS c{i}" for i in range(1000)) + ", random() AS r"
+    with pytest.raises(proxy.IntegrityError, match="SQLITE_LIMIT_EXPR_DEPTH"):
+        run(conn, f"CREATE TABLE w AS SELECT {columns}")
+    conn.rollback()
+    assert same_on_all(cluster, "SELECT count(*) FROM sqlite_master WHERE name = 'w'") == [(0,)]
+    still_replicating(cluster, conn)
+
+
 @pytest.mark.parametrize("fmt", ["trigger", "mixed"])
 def test_wide_table_replicates_in_the_formats_that_can(make_cluster, fmt):
     cluster, conn = open_cluster(make_cluster, fmt, "full")
