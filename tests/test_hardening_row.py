@@ -107,6 +107,24 @@ def test_drop_table_replicates_what_its_foreign_key_actions_did(make_cluster, fm
 
 
 @ALL_FORMATS
+@pytest.mark.parametrize("undo", [True, False])
+def test_drop_table_cascade_inside_a_savepoint(make_cluster, fmt, image, undo):
+    cluster, conn = open_cluster(make_cluster, fmt, image)
+    conn.execute("PRAGMA foreign_keys = ON")
+    run(conn, PARENT, FILL_PARENT, *DROP_CASES["cascade"])
+    conn.execute("DELETE FROM child WHERE id = 4")
+    conn.execute("SAVEPOINT s")
+    conn.execute("DROP TABLE parent")
+    conn.execute("ROLLBACK TO s" if undo else "RELEASE s")
+    if undo:
+        conn.execute("RELEASE s")
+    conn.commit()
+    assert same_on_all(cluster, "SELECT * FROM child ORDER BY 1") == (
+        [(1, 1), (2, 2), (3, None)] if undo else [(3, None)])
+    still_replicating(cluster, conn)
+
+
+@ALL_FORMATS
 def test_drop_table_refused_by_a_foreign_key_leaves_later_writes_replicated(make_cluster, fmt, image):
     # A DROP TABLE that fails (a child row with no ON DELETE action) undoes its implicit DELETE;
     # the writes after it, to the same table, must still reach followers.
