@@ -153,6 +153,24 @@ def pop_savepoint(marks: list[Any], name: str, keep: bool) -> Any:
     return None
 
 
+def prepare_only(conn: apsw.Connection, sql: str, params: Any, authorizer: Callable[..., int]) -> bool:
+    """Prepare `sql` with `authorizer` and stop before it runs; False if it cannot be prepared."""
+    previous = conn.authorizer
+    conn.authorizer = authorizer
+    cursor = conn.cursor()
+    cursor.exec_trace = lambda *_args: False  # prepared, never run
+    try:
+        cursor.execute(sql, params, can_cache=False)
+    except apsw.ExecTraceAbort:
+        pass
+    except apsw.Error:
+        return False  # it will fail again when run, and report it
+    finally:
+        conn.authorizer = previous
+        cursor.exec_trace = None
+    return True
+
+
 class Capture(abc.ABC):
     """Leader side of a format: lives for exactly one write transaction on one connection.
 

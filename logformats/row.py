@@ -22,7 +22,6 @@ from . import codec
 from .base import (
     ApplyError,
     Capture,
-    CaptureError,
     DecodeError,
     Event,
     LogFormat,
@@ -31,7 +30,17 @@ from .base import (
     is_internal_table,
     not_invertible,
     pop_savepoint,
+    prepare_only,
     sql_excerpt,
+)
+from .row_keys import (
+    foreign_collations,
+    key_info,
+    refuse_ambiguous_keys,
+    refuse_collated_keys,
+    refuse_foreign_collations,
+    refuse_null_keys,
+    refuse_wide_tables,
 )
 
 TAG_SQL = b"S"
@@ -107,12 +116,18 @@ class RowCapture(Capture):
         self._sequence = read_sequence_at(conn, self._start_version)
         self._touched: set[str] = set()
         self._session: apsw.Session | None = self._new_session()
+        self._ddl_running = False  # self._session was opened for a schema change still running
+        self._collated: dict[str, Any] | None = None  # see _split_statements
+        self._foreign: frozenset[tuple[str, str]] | None = None  # set by the first schema change
         self._schema_version = 0
 
-    def _new_session(self) -> apsw.Session:
+    def _new_session(self, leave_out: frozenset[str] = frozenset()) -> apsw.Session:
         session = apsw.Session(self.conn, "main")
         session.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)
-        session.table_filter(self._filter)
+        if leave_out:
+            session.table_filter(lambda name: name.lower() not in leave_out and self._filter(name))
+        else:
+            session.table_filter(self._filter)
         return session
 
     def _filter(self, name: str) -> bool:
@@ -126,7 +141,11 @@ class RowCapture(Capture):
         session, self._session = self._session, None
         if session is None:
             return
-        if not session.is_empty:
+        if self._ddl_running:
+            # Opened for a schema change that then failed: SQLite undid all it saw, and it leaves
+            # out the tables that statement named, so it must not record what comes next.
+            self._ddl_running = False
+        elif not session.is_empty:
             if self._minimal:
                 self._chunks.append((TAG_PATCHSET, session.patchset()))
             else:
@@ -134,6 +153,7 @@ class RowCapture(Capture):
         session.close()
 
     def _drop_session(self) -> None:
+        self._ddl_running = False
         session, self._session = self._session, None
         if session is not None:
             session.close()
@@ -143,25 +163,37 @@ class RowCapture(Capture):
             # Images before a schema change must be taken against the old schema.
             self._flush()
             self._schema_version = self._read_schema_version()
-            if _is_create_table_as(stmt):
-                # CREATE TABLE ... AS SELECT: the rows it copies are captured as images.
-                self._session = self._new_session()
-        elif self._session is None:
+            if stmt.kind == "ddl":
+                # A schema change may change rows too: with foreign_keys on, DROP TABLE deletes the
+                # table's rows first and their ON DELETE actions change other tables (and fire
+                # those tables' triggers). A session sees that; the tables the statement drops or
+                # alters are left out of it (it could not describe them afterwards).
+                self._session = self._new_session(_restructured_tables(self.conn, sql, params))
+                self._ddl_running = True
+                self._foreign = foreign_collations(self.conn)
+        elif self._session is None or self._ddl_running:
+            self._flush()
             # The schema change before this statement failed (a UNIQUE index over duplicates), so
             # executed() never started the next session: without one these rows would not be seen.
             self._session = self._new_session()
         return sql, params
 
     def executed(self, stmt: StatementInfo, sql: str, params: Any) -> None:
+        self._ddl_running = False
         if stmt.kind == "ddl":
             if self._read_schema_version() != self._schema_version:
+                created = _is_create_table_as(stmt)
+                if not created:
+                    self._flush()  # rows changed before the schema (DROP TABLE's cascades)
                 rows_session, self._session = self._session, None
                 self._chunks.append((TAG_SQL, codec.pack_sql(*self._ddl_text(stmt, sql, params))))
                 if rows_session is not None:
                     self._session = rows_session
                     self._flush()
-                if _is_create_table_as(stmt):
+                if created:
                     self._capture_created_rows(stmt.tables_created[0])
+                refuse_foreign_collations(self.conn, self._foreign or frozenset())
+                self._collated = None
             else:
                 self._drop_session()
             self._session = self._new_session()
@@ -170,6 +202,22 @@ class RowCapture(Capture):
             (value,) = self.conn.execute(f"PRAGMA main.{name}").fetchone()
             self._chunks.append((TAG_SQL, codec.pack_sql(f"PRAGMA {name} = {int(value)}")))
             self._session = self._new_session()
+        elif self._split_statements():
+            self._flush()
+            self._session = self._new_session()
+
+    def _split_statements(self) -> bool:
+        """Whether each statement's images go into a chunk of their own: once the transaction has
+        written a table whose key compares under a collation. The session extension keeps one entry
+        per key as bytes but reads rows back with the collation, so a key renamed back and forth
+        ('abc' -> 'ABC' -> 'abc') across statements would come out as an INSERT of a row that
+        exists; per statement, what cannot be told apart is refused (refuse_collated_keys) and a
+        DELETE then INSERT of equal keys applies in order."""
+        if self._collated is None:
+            # Before any schema change the version read when the transaction began still holds.
+            version = self._read_schema_version() if self._foreign is not None else self._start_version
+            self._collated = key_info(self.conn, version, version == self._start_version).collated
+        return bool(self._collated) and any(t.lower() in self._collated for t in self._touched)
 
     def _ddl_text(self, stmt: StatementInfo, sql: str, params: Any) -> tuple[str, Any]:
         if _is_create_table_as(stmt):
@@ -196,6 +244,7 @@ class RowCapture(Capture):
                 count += 1
             if count:
                 self._chunks.append((TAG_CHANGESET, builder.output()))
+                self._touched.add(table)  # checked at commit like any table written
         finally:
             builder.close()
 
@@ -234,7 +283,11 @@ class RowCapture(Capture):
             refuse_null_keys(self.conn, schema_version, cache=False, tables=self._checked_tables())
             sequence = read_sequence(self.conn)
         chunks = list(self._chunks)
-        refuse_ambiguous_keys(self.conn, chunks, schema_version, schema_version == self._start_version)
+        same_schema = schema_version == self._start_version
+        images = [data for tag, data in chunks if tag in (TAG_CHANGESET, TAG_PATCHSET)]
+        refuse_ambiguous_keys(self.conn, images, schema_version, same_schema)
+        refuse_collated_keys(self.conn, images, schema_version, same_schema)
+        refuse_wide_tables(self.conn, self._touched, schema_version, same_schema)
         counters = sequence_chunk(self.conn, schema_version, sequence, self._sequence,
                                   self._touched, bool(chunks))
         if counters is not None:
@@ -293,103 +346,20 @@ def autoincrement_tables(conn: apsw.Connection, schema_version: int | None = Non
     return known[1]
 
 
-# connection -> (schema_version, nullable keys, untyped keys); keyed by the connection, not the
-# file name, for the reason given at _SEQUENCE_TABLE
-_KEY_INFO: weakref.WeakKeyDictionary[apsw.Connection, tuple[int, list[tuple[str, list[str]]], frozenset[str]]] = (
-    weakref.WeakKeyDictionary())
+def _restructured_tables(conn: apsw.Connection, sql: str, params: Any) -> frozenset[str]:
+    """Tables of the main database (lower-cased) that a schema change drops or alters, as SQLite's
+    authorizer reports when preparing it."""
+    found: set[str] = set()
 
+    def authorizer(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
+        if code == apsw.SQLITE_DROP_TABLE and isinstance(arg1, str):
+            found.add(arg1.lower())
+        elif code == apsw.SQLITE_ALTER_TABLE and isinstance(arg2, str):
+            found.add(arg2.lower())
+        return apsw.SQLITE_OK
 
-def _affinity(declared: str) -> str:
-    """SQLite's column affinity for a declared type (https://sqlite.org/datatype3.html)."""
-    upper = declared.upper()
-    if "INT" in upper:
-        return "INTEGER"
-    if any(word in upper for word in ("CHAR", "CLOB", "TEXT")):
-        return "TEXT"
-    if not upper or "BLOB" in upper:
-        return "BLOB"
-    if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
-        return "REAL"
-    return "NUMERIC"
-
-
-def _key_info(conn: apsw.Connection, schema_version: int | None = None, cache: bool = True
-              ) -> tuple[list[tuple[str, list[str]]], frozenset[str]]:
-    """Tables whose keys the session extension cannot be trusted with:
-    rowid tables whose PRIMARY KEY is not the rowid and may hold NULL (a SQLite legacy quirk), and
-    tables with a key column of BLOB affinity, where 0 and 0.0 are different values but the same key."""
-    version = _schema_version(conn) if schema_version is None else schema_version
-    cached = _KEY_INFO.get(conn) if cache else None
-    if cached is not None and cached[0] == version:
-        return cached[1], cached[2]
-    nullable_found, untyped = [], set()
-    for name, without_rowid in conn.execute(
-        "SELECT name, wr FROM pragma_table_list WHERE schema='main' AND type='table'"
-    ).fetchall():
-        if is_internal_table(name):
-            continue
-        keys = conn.execute(
-            'SELECT name, type, "notnull" FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk', (name,)
-        ).fetchall()
-        if not keys or (len(keys) == 1 and keys[0][1].upper() == "INTEGER" and not without_rowid):
-            continue
-        if any(_affinity(decl) == "BLOB" for _col, decl, _nn in keys):
-            untyped.add(name)
-        nullable = [col for col, _type, notnull in keys if not notnull]
-        if nullable and not without_rowid:
-            nullable_found.append((name, nullable))
-    if cache:
-        _KEY_INFO[conn] = (version, nullable_found, frozenset(untyped))
-    return nullable_found, frozenset(untyped)
-
-
-def _nullable_key_tables(conn: apsw.Connection, schema_version: int | None = None,
-                         cache: bool = True) -> list[tuple[str, list[str]]]:
-    return _key_info(conn, schema_version, cache)[0]
-
-
-def refuse_ambiguous_keys(conn: apsw.Connection, chunks: list[tuple[bytes, bytes]],
-                          schema_version: int | None = None, cache: bool = True) -> None:
-    """Refuse a transaction whose images name one key twice, as happens when a row keyed 0.0 is
-    replaced by one keyed 0 in a BLOB-affinity key: equal to SQLite, two rows to the session
-    extension, and no follower could apply the result."""
-    untyped = _key_info(conn, schema_version, cache)[1]
-    if not untyped:
-        return
-    for tag, data in chunks:
-        if tag not in (TAG_CHANGESET, TAG_PATCHSET):
-            continue
-        seen: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...]] = {}
-        for change in apsw.Changeset.iter(data):
-            if change.name not in untyped:
-                continue
-            image = change.old if change.old is not None else change.new
-            key = tuple(image[i] for i in sorted(change.pk_columns))
-            loose = (change.name, tuple(float(v) if isinstance(v, int) else v for v in key))
-            if loose in seen:
-                raise CaptureError(
-                    f"table {change.name!r}: key {key!r} appears twice in the row images (a row "
-                    "replaced by one whose key is equal but of another type, such as 0.0 and 0, in a "
-                    "key column without type affinity); followers could not apply it, so the "
-                    "transaction was not committed. Give the key column a type (INTEGER, REAL or TEXT)")
-            seen[loose] = key
-
-
-def refuse_null_keys(conn: apsw.Connection, schema_version: int | None = None, cache: bool = True,
-                     tables: set[str] | None = None) -> None:
-    """The session extension skips rows whose PRIMARY KEY holds NULL: refuse rather than lose them.
-    `schema_version`: conn's current PRAGMA main.schema_version, when the caller has just read it.
-    `tables`: check only these tables (default: every table)."""
-    for table, columns in _nullable_key_tables(conn, schema_version, cache):
-        if tables is not None and table not in tables:
-            continue
-        quoted = '"' + table.replace('"', '""') + '"'
-        test = " OR ".join('"' + c.replace('"', '""') + '" IS NULL' for c in columns)
-        if conn.execute(f"SELECT 1 FROM main.{quoted} WHERE {test} LIMIT 1").fetchone():
-            raise CaptureError(
-                f"table {table!r} has rows with NULL in its PRIMARY KEY ({', '.join(columns)}); "
-                "row images cannot identify them, so the transaction was not committed. "
-                "Give those rows a key, or declare the key columns NOT NULL")
+    prepare_only(conn, sql, params, authorizer)
+    return frozenset(found)
 
 
 def _is_create_table_as(stmt: StatementInfo) -> bool:
@@ -521,7 +491,21 @@ def apply_changeset(conn: apsw.Connection, data: bytes) -> None:
     try:
         foreign_keys = conn.execute("PRAGMA foreign_keys").fetchone()[0]
         flags = _APPLY_FLAGS if foreign_keys else _APPLY_FLAGS_NO_FK
-        apsw.Changeset.apply(data, conn, conflict=on_conflict, flags=flags)
+        collated = key_info(conn).collated
+        if collated:
+            # A DELETE of 'abc' and an INSERT of 'ABC' (under NOCASE) from separate statements or
+            # entries, merged in one changeset, are two keys to the session extension, in any
+            # order, but one to SQLite: the INSERT would meet the row the DELETE removes. Deleting
+            # those tables' rows first is always possible (the leader never held two rows of one
+            # key as SQLite compares; a statement that mixes them up is refused there).
+            def first(change: apsw.TableChange) -> bool:
+                return change.op == "DELETE" and change.name.lower() in collated
+
+            apsw.Changeset.apply(data, conn, filter_change=first, conflict=on_conflict, flags=flags)
+            apsw.Changeset.apply(data, conn, filter_change=lambda change: not first(change),
+                                 conflict=on_conflict, flags=flags)
+        else:
+            apsw.Changeset.apply(data, conn, conflict=on_conflict, flags=flags)
     except apsw.Error as exc:
         if conflicts:
             reason, table, key = conflicts[0]

@@ -10,14 +10,22 @@ begins are logged first (trigger_outside.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import apsw
 
 from . import codec
-from .base import Capture, CaptureError, OutsideLog, StatementInfo, UnsafeStatementError, pop_savepoint
+from .base import (
+    Capture,
+    CaptureError,
+    OutsideLog,
+    StatementInfo,
+    UnsafeStatementError,
+    pop_savepoint,
+    prepare_only,
+)
 from .row import read_sequence, read_sequence_at, sequence_chunk
+from .row_keys import foreign_collations, refuse_foreign_collations
 from .trigger_images import captured_chunks, snapshot, sql_chunk
 from .trigger_install import (
     CAPTURE_TABLE,
@@ -66,6 +74,7 @@ class TriggerCapture(Capture):
         self._start_version = version
         self._sequence = read_sequence_at(conn, self._start_version)
         self._schema_version = self._start_version
+        self._foreign: frozenset[tuple[str, str]] = frozenset()  # before the running schema change
 
     # -- statements
 
@@ -82,6 +91,7 @@ class TriggerCapture(Capture):
             self._flush()
             self._schema_version = self._read_schema_version()
             if stmt.kind == "ddl":
+                self._foreign = foreign_collations(self.conn)
                 altered = _altered_tables(self.conn, sql, params)
                 if altered:
                     # ALTER TABLE refuses to drop or rename what a trigger names: ours step aside.
@@ -136,6 +146,11 @@ class TriggerCapture(Capture):
             self._copy_virtual()
         if stmt.kind == "ddl":
             if self._read_schema_version() != self._schema_version or self._resync:
+                # Rows the statement changed came before the schema change: with foreign_keys on,
+                # DROP TABLE deletes its rows first, and their ON DELETE actions (and the triggers
+                # those fire, even on the dropped table) write images.
+                self._flush()
+                refuse_foreign_collations(self.conn, self._foreign)
                 created_rows = _is_create_table_as(stmt)
                 if created_rows:
                     row = self.conn.execute(
@@ -249,7 +264,7 @@ def _altered_tables(conn: apsw.Connection, sql: str, params: Any) -> list[str]:
             found.append(arg2)
         return apsw.SQLITE_OK
 
-    return found if _prepare_only(conn, sql, params, authorizer) else []
+    return found if prepare_only(conn, sql, params, authorizer) else []
 
 
 def _written_tables(conn: apsw.Connection, sql: str, params: Any) -> set[str]:
@@ -262,25 +277,5 @@ def _written_tables(conn: apsw.Connection, sql: str, params: Any) -> set[str]:
             found.add(arg1.lower())
         return apsw.SQLITE_OK
 
-    _prepare_only(conn, sql, params, authorizer)
+    prepare_only(conn, sql, params, authorizer)
     return found
-
-
-def _prepare_only(conn: apsw.Connection, sql: str, params: Any, authorizer: Callable[..., int]) -> bool:
-    """Prepare `sql` with `authorizer` and stop before it runs; False if it cannot be prepared."""
-    previous = conn.authorizer
-    conn.authorizer = authorizer
-    cursor = conn.cursor()
-    cursor.exec_trace = lambda *_args: False  # prepared, never run
-    try:
-        cursor.execute(sql, params, can_cache=False)
-    except apsw.ExecTraceAbort:
-        pass
-    except apsw.Error:
-        return False  # it will fail again when run, and report it
-    finally:
-        conn.authorizer = previous
-        cursor.exec_trace = None
-    return True
-
-

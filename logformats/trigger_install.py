@@ -17,6 +17,7 @@ from typing import Any
 import apsw
 
 from .base import CaptureError, is_internal_table
+from .row_keys import is_rowid_alias
 
 CAPTURE_TABLE = "_replproxy_capture"
 LAYOUT_TABLE = "_replproxy_capture_layout"
@@ -139,8 +140,9 @@ def _spec(conn: apsw.Connection, name: str, without_rowid: bool, limit: int) -> 
     nullable = False
     if pk:
         keys = [c for _pk, c, _d, _nn in pk]
-        integer_pk = len(pk) == 1 and pk[0][2].upper() == "INTEGER" and not without_rowid
-        nullable = not without_rowid and not integer_pk and any(not nn for *_x, nn in pk)
+        # What SQLite says, not the declared text: INTEGER PRIMARY KEY DESC is no rowid alias.
+        alias = is_rowid_alias(conn, name, without_rowid)
+        nullable = not without_rowid and not alias and any(not nn for *_x, nn in pk)
     else:
         taken = {c.lower() for c, *_rest in info}
         alias = next((a for a in _ROWID_ALIASES if a not in taken), None)
