@@ -67,8 +67,9 @@ def _quoted(name: str) -> str:
 class _ConnState:
     """Plans and schema facts of one connection at one schema version."""
 
-    def __init__(self, conn: apsw.Connection, version: int):
+    def __init__(self, conn: apsw.Connection, version: int, temp: Any = ()):
         self.version = version
+        self.temp = temp  # the TEMP objects the plans were made with
         self.schema = Schema(conn)
         self.plans: dict[tuple[str, int, int], StatementPlan] = {}
         self.has_triggers: bool | None = None
@@ -110,19 +111,30 @@ class StatementCapture(Capture):
     def _version(self) -> int:
         return int(fetch_scalar(self.conn, "PRAGMA main.schema_version"))
 
+    def _temp(self) -> Any:
+        """What the connection's TEMP objects are: they shadow main tables and fire triggers, so a
+        plan is only valid for them. Read for every statement: TEMP DDL does not pass through the
+        capture, and a TEMP schema version may come round again after a rollback, so the objects
+        themselves are the key (nothing to read when TEMP was never used)."""
+        if not fetch_scalar(self.conn, "PRAGMA temp.schema_version"):
+            return ()
+        return tuple(tuple(r) for r in fetch_rows(
+            self.conn, "SELECT type, name, tbl_name, sql FROM temp.sqlite_master ORDER BY type, name"))
+
     def _state(self) -> _ConnState:
         # A schema version reached inside a transaction may come round again with another schema
         # once it rolls back: after DDL here, plans live in a cache of this transaction only.
+        temp = self._temp()
         if self._local is not None:
             version = self._version()
-            if self._local.version != version:
-                self._local = _ConnState(self.conn, version)
+            if self._local.version != version or self._local.temp != temp:
+                self._local = _ConnState(self.conn, version, temp)
             return self._local
-        if self._shared is None:
-            version = self._version()
+        if self._shared is None or self._shared.temp != temp:
+            version = self._version() if self._shared is None else self._shared.version
             state = _STATES.get(self.conn)
-            if state is None or state.version != version:
-                state = _STATES[self.conn] = _ConnState(self.conn, version)
+            if state is None or state.version != version or state.temp != temp:
+                state = _STATES[self.conn] = _ConnState(self.conn, version, temp)
             self._shared = state
         return self._shared
 
@@ -248,7 +260,7 @@ class StatementCapture(Capture):
 
     def _schema_changed(self) -> None:
         """This transaction changed the schema: plans from now on are cached for it alone."""
-        self._local = _ConnState(self.conn, -1)
+        self._local = _ConnState(self.conn, -1, None)
 
     def savepoint(self, name: str) -> None:
         self._marks.append((name.lower(), len(self._items)))

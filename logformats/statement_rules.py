@@ -3,8 +3,9 @@
 A statement is refused when its parameters cannot be matched with SQLite's numbering, when it
 needs rows in an order the schema does not fix (LIMIT, scalar subqueries, order-sensitive
 functions, rowids handed out by INSERT ... SELECT), or when what SQLite's authorizer reports while
-preparing it shows it depends on the node (application-defined or node-dependent functions, TEMP
-tables and triggers, nondeterministic triggers, RAISE(FAIL), ON CONFLICT FAIL, hidden rowids).
+preparing it shows it depends on the node (application-defined or node-dependent functions, reads
+of anything that is not replicated data of the main database, TEMP triggers, nondeterministic
+triggers, RAISE(FAIL), ON CONFLICT FAIL, hidden rowids).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 import apsw
 
 from . import determinism
-from .base import StatementInfo
+from .base import INTERNAL_PREFIX, StatementInfo
 from .determinism import ColumnRef, QueryFacts, TextPlan
-from .statement_schema import ROWID_ALIASES, Schema, TableInfo, builtin_function_names
+from .statement_schema import ROWID_ALIASES, Schema, TableInfo, builtin_function_names, fetch_rows, fetch_scalar
 
 _PHYSICAL_TABLES = frozenset({"dbstat", "sqlite_dbpage"})
 _SUGGEST = "use --format mixed (row images for such statements) or --format row"
@@ -41,7 +42,8 @@ class Actions:
     trigger_inserts: set[str] = field(default_factory=set)
     trigger_writers: set[str] = field(default_factory=set)
     owners: set[str] = field(default_factory=set)  # triggers and views the statement runs
-    reads: list[tuple[str, str, str | None]] = field(default_factory=list)  # (table, column, db)
+    # (table, column, database); database None: no database holds it (a CTE, a table-valued function)
+    reads: list[tuple[str, str, str | None]] = field(default_factory=list)
     bindings: int = 0
 
 
@@ -83,7 +85,31 @@ def authorize(conn: apsw.Connection, sql: str) -> Actions:
         conn.authorizer = previous
         cursor.exec_trace = None
     found.bindings = traced.get("count", 0)
+    # SQLite names the database of a read only when the text does, for a table read without
+    # reading a column (`count(*)`, `EXISTS`): look the name up as SQLite did.
+    where: dict[str, str | None] = {}
+    for i, (table, column, db) in enumerate(found.reads):
+        if db is None:
+            if table not in where:
+                where[table] = _database_of(conn, table)
+            found.reads[i] = (table, column, where[table])
     return found
+
+
+def _database_of(conn: apsw.Connection, table: str) -> str | None:
+    """The database an unqualified name is found in: temp first, then main, then attached ones, as
+    SQLite searches; None when none holds it."""
+    if table in ("sqlite_temp_master", "sqlite_temp_schema"):
+        return "temp"
+    if table in ("sqlite_master", "sqlite_schema"):
+        return "main"
+    names = [str(r[1]) for r in fetch_rows(conn, "PRAGMA database_list")]
+    for db in sorted(names, key=lambda n: {"temp": 0, "main": 1}.get(n, 2)):
+        quoted = '"' + db.replace('"', '""') + '"'
+        if fetch_scalar(conn, f"SELECT 1 FROM {quoted}.sqlite_master WHERE type IN ('table', 'view') "
+                        "AND name = ? COLLATE NOCASE", (table,)):
+            return db
+    return None
 
 
 def _resolve(ref: ColumnRef, sources: Sequence[tuple[str, str | None]], schema: Schema) -> int | None:
@@ -216,16 +242,18 @@ def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text
         # Top-level random() and the clock were rewritten in the text, and the DEFAULTs of omitted
         # columns made explicit; SQLite also reports DEFAULTs an UPDATE never evaluates.
     for table, column, db in actions.reads:
-        if db == "temp":
-            raise Unsafe(f"it reads the TEMP table {table!r}, which exists on the leader connection only")
-        if table in _PHYSICAL_TABLES:
-            raise Unsafe(f"it reads {table}, the layout of this node's file")
+        if table == "sqlite_master" and column == "ROWID" and table in actions.written:
+            continue  # CREATE TABLE ... AS SELECT updating its own schema row
+        _check_read(table, db, text, schema)
         if column.upper() == "ROWID":
             read = schema.table(table)
             if read is not None and read.rowid_table and read.has_pk and read.ipk is None:
                 raise Unsafe(f"it reads the hidden rowid of {table!r}, whose PRIMARY KEY is not an INTEGER "
                              "PRIMARY KEY: VACUUM renumbers such rowids on the leader alone")
-    for owner in actions.owners:
+    temp_triggers = schema.temp_triggers()
+    for owner in sorted(actions.owners):
+        if owner in temp_triggers:
+            raise Unsafe(f"it fires the TEMP trigger {owner!r}, which exists on the leader connection only")
         if owner in triggers and schema.raises_fail(owner):
             raise Unsafe(f"trigger {owner!r} uses RAISE(FAIL), which keeps the rows a failing statement "
                          "changed before it failed; the log only holds statements that succeeded")
@@ -244,6 +272,29 @@ def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text
             raise Unsafe(f"it fires triggers that insert into {rowid_targets[0]!r} once per changed row, "
                          "and the rowids they get depend on the order rows are visited (limit the "
                           "statement to one row by a unique key)")
+
+
+def _check_read(table: str, db: str | None, text: TextPlan, schema: Schema) -> None:
+    """A write may read replicated data only: the user's tables and views of the main database,
+    its own CTEs and SQLite's table-valued functions of their arguments (json_each...)."""
+    if db == "main" and table not in ("sqlite_master", "sqlite_schema") and schema.table(table) is None:
+        db = None  # SQLite names main for the columns of an eponymous virtual table (pragma_...)
+    if table in _PHYSICAL_TABLES:
+        raise Unsafe(f"it reads {table}, the layout of this node's file")
+    if db == "temp":
+        raise Unsafe(f"it reads the TEMP table or view {table!r}, which exists on the leader connection only")
+    if db is None:
+        if table in text.ctes or table in determinism.ORDERED_TABLE_FUNCS:
+            return
+        raise Unsafe(f"it reads {table}, which reports the state of this connection or node, not "
+                     "replicated data")
+    if db != "main":
+        raise Unsafe(f"it reads {table!r} of the attached database {db!r}, which is not replicated")
+    if table.startswith(INTERNAL_PREFIX):
+        raise Unsafe(f"it reads {table!r}, one of replproxy's own tables, which hold each node's own values")
+    if table in ("sqlite_master", "sqlite_schema"):
+        raise Unsafe("it reads sqlite_schema, which lists replproxy's own objects and the pages of this "
+                     "node's file")
 
 
 def _owner(name: str, triggers: dict[str, str]) -> str:

@@ -59,6 +59,7 @@ class Schema:
         self.conn = conn
         self._tables: dict[str, TableInfo | None] = {}
         self._triggers: dict[str, str] | None = None
+        self._temp_triggers: frozenset[str] | None = None
         self._fk_parents: frozenset[str] | None = None
         self._raises_fail: dict[str, bool] = {}
 
@@ -86,6 +87,13 @@ class Schema:
                 str(n).lower(): str(t).lower() for n, t in fetch_rows(
                     self.conn, "SELECT name, tbl_name FROM main.sqlite_master WHERE type='trigger'")}
         return self._triggers
+
+    def temp_triggers(self) -> frozenset[str]:
+        """TEMP triggers of this connection (lowercase): they fire on the leader only."""
+        if self._temp_triggers is None:
+            self._temp_triggers = frozenset(str(n).lower() for (n,) in fetch_rows(
+                self.conn, "SELECT name FROM temp.sqlite_master WHERE type='trigger'"))
+        return self._temp_triggers
 
     def fk_parents(self) -> frozenset[str]:
         """Tables that foreign keys with ON DELETE/UPDATE actions refer to: changing them may
