@@ -183,6 +183,11 @@ class StatementCapture(Capture):
             FLAG_RECURSIVE_TRIGGERS if rt else 0)
         if plan.order_relevant and conn.config(apsw.SQLITE_DBCONFIG_REVERSE_SCANORDER, -1):
             flags |= FLAG_REVERSE_ORDER
+        if plan.plan_order and not fetch_scalar(conn, "PRAGMA automatic_index"):
+            # Followers plan with automatic indexes (the default), which may change the order.
+            raise UnsafeStatementError(unsafe_message(
+                "it numbers rows in the order its plan visits them, and automatic_index is off on this "
+                "connection only, so followers may plan it another way"))
         if plan.like_relevant and not fetch_scalar(conn, "SELECT 'a' LIKE 'A'"):
             flags |= FLAG_CASE_SENSITIVE_LIKE
         if plan.check_relevant and fetch_scalar(conn, "PRAGMA ignore_check_constraints"):

@@ -50,6 +50,7 @@ class StatementPlan:
     order_relevant: bool = False
     like_relevant: bool = False
     check_relevant: bool = False
+    plan_order: bool = False  # rows are numbered in the order the plan visits them
 
     @classmethod
     def refused(cls, reason: str) -> StatementPlan:
@@ -107,7 +108,7 @@ def _build(conn: apsw.Connection, schema: Schema, stmt: StatementInfo, text: Tex
     if text.target and info is None:
         # No such table: let SQLite report it; nothing runs, nothing is logged.
         return StatementPlan(leader_sql=sql, log_sql=sql)
-    pinned = check_row_order(schema, text, info)
+    pinned, numbering = check_row_order(schema, text, info)
     texts = _rewrite(text, info, app_functions)
     try:
         actions = authorize(conn, texts.log_sql)
@@ -118,7 +119,7 @@ def _build(conn: apsw.Connection, schema: Schema, stmt: StatementInfo, text: Tex
             # SQLite cannot prepare it (a missing column...): it fails on the leader, unlogged.
             return StatementPlan(leader_sql=sql, log_sql=sql)
         raise Unsafe(f"its rewritten form could not be prepared ({exc})") from None
-    check_actions(actions, schema, info, text, pinned, app_functions)
+    plan_order = check_actions(actions, schema, info, text, pinned, numbering, app_functions)
     rowid_checks, post_checks = _rowid_checks(schema, text, info, actions)
     triggers = schema.triggers()
     written_infos = [schema.table(t) for t in actions.written]
@@ -140,6 +141,7 @@ def _build(conn: apsw.Connection, schema: Schema, stmt: StatementInfo, text: Tex
         order_relevant=bool(actions.reads) or bool(set(triggers.values()) & actions.written),
         like_relevant=any(name == "like" for name, _ in actions.functions),
         check_relevant=any(i is not None and i.has_check for i in written_infos),
+        plan_order=plan_order,
     )
 
 

@@ -87,6 +87,8 @@ def authorize(conn: apsw.Connection, sql: str) -> Actions:
     found.bindings = traced.get("count", 0)
     # SQLite names the database of a read only when the text does, for a table read without
     # reading a column (`count(*)`, `EXISTS`): look the name up as SQLite did.
+    if "sqlite_master" in found.written:  # CREATE TABLE ... AS SELECT updating its own schema row
+        found.reads = [r for r in found.reads if r[:2] != ("sqlite_master", "ROWID")]
     where: dict[str, str | None] = {}
     for i, (table, column, db) in enumerate(found.reads):
         if db is None:
@@ -178,9 +180,12 @@ def check_parameters(stmt: StatementInfo, text: TextPlan) -> None:
         raise Unsafe("its parameters could not be matched with SQLite's numbering of them")
 
 
-def check_row_order(schema: Schema, text: TextPlan, info: TableInfo | None) -> bool:
-    """Refuse what depends on the order rows are visited in; True when the UPDATE or DELETE is
-    pinned to one row (equality on a unique key)."""
+def check_row_order(schema: Schema, text: TextPlan, info: TableInfo | None
+                    ) -> tuple[bool, list[determinism.OrderNeed]]:
+    """Refuse what depends on the order rows are visited in. Returns whether the UPDATE or DELETE
+    is pinned to one row (equality on a unique key), and the row orders that only number rows
+    (rowids of INSERT ... SELECT, CREATE TABLE ... AS SELECT) and that the text does not fix: the
+    plan may fix them (check_actions decides, once SQLite said what the statement reads)."""
     pinned = False
     if text.kind in ("update", "delete") and text.target:
         pinned = _pinned((text.target, text.target_alias), text.pin_eq, schema)
@@ -192,18 +197,39 @@ def check_row_order(schema: Schema, text: TextPlan, info: TableInfo | None) -> b
             raise Unsafe(f"{site.what} in UPDATE ... SET is evaluated once per row, and this UPDATE "
                          "is not limited to one row by equality on a unique key")
     # Row order: LIMIT, scalar subqueries, order-sensitive functions, rowids of INSERT ... SELECT.
+    numbering: list[determinism.OrderNeed] = []
     for need in text.needs:
+        conflicts = False
         if need.kind == "insert_select":
-            applies = (info is not None and info.rowid_table) or text.conflict in ("IGNORE", "REPLACE") \
-                or text.upsert
-            if not applies:
+            conflicts = text.conflict in ("IGNORE", "REPLACE") or text.upsert
+            if not conflicts and not (info is not None and info.rowid_table):
                 continue
         if not _ordered(need.facts, schema):
-            raise Unsafe(_order_message(need, info))
-    return pinned
+            if need.kind in ("insert_select", "ctas") and not conflicts:
+                numbering.append(need)
+                continue
+            raise Unsafe(_order_message(need, info, conflicts))
+    return pinned, numbering
 
 
-def _order_message(need: determinism.OrderNeed, info: TableInfo | None) -> str:
+def plan_fixes_order(actions: Actions, schema: Schema, text: TextPlan) -> bool:
+    """The order SQLite visits rows in is fixed by the plan: the statement reads only tables and
+    views of the main database (rowid or index order, sorted through temporary B-trees), its own
+    CTEs and table-valued functions of SQLite that return rows in a fixed order (json_each...).
+    A plan depends on the schema, the data and the statistics, the same on every node (the format
+    assumes the same SQLite library); virtual tables order rows as their module does."""
+    for table, _column, db in actions.reads:
+        if db is None or (db == "main" and schema.table(table) is None):
+            if table in text.ctes or table in determinism.ORDERED_TABLE_FUNCS:
+                continue
+            return False
+        read = schema.table(table) if db == "main" else None
+        if read is None or read.kind not in ("table", "view"):
+            return False
+    return True
+
+
+def _order_message(need: determinism.OrderNeed, info: TableInfo | None, conflicts: bool = False) -> str:
     if need.kind == "limit":
         return (f"{need.what} selects rows in an order that is not fully determined (ORDER BY must cover "
                 "a unique key whose columns are NOT NULL)")
@@ -214,16 +240,22 @@ def _order_message(need: determinism.OrderNeed, info: TableInfo | None) -> str:
         what = need.what.replace("groupconcat()", "group_concat()")
         return f"{what}: the result depends on the order rows are visited"
     if need.kind == "ctas":
-        return ("CREATE TABLE ... AS SELECT assigns rowids in the order the SELECT returns rows, which is "
-                "not fixed (ORDER BY a unique key of every table it reads)")
+        return ("CREATE TABLE ... AS SELECT assigns rowids in the order the SELECT returns rows, which "
+                "neither its ORDER BY (a unique key of every table it reads) nor its plan fixes (it reads "
+                "a virtual table)")
     target = info.name if info is not None else "the table"
-    return (f"INSERT ... SELECT into {target}: the rows it assigns rowids to (or resolves conflicts for) "
-            "come in an order that is not fixed (ORDER BY a unique key of every table it reads)")
+    if conflicts:
+        return (f"INSERT ... SELECT into {target}: the rows it resolves conflicts for come in an order that "
+                "is not fixed (ORDER BY a unique key of every table it reads)")
+    return (f"INSERT ... SELECT into {target}: the rows it assigns rowids to come in an order that neither "
+            "its ORDER BY (a unique key of every table it reads) nor its plan fixes (it reads a virtual table)")
 
 
 def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text: TextPlan,
-                  pinned: bool, app_functions: frozenset[str]) -> None:
-    """What the prepared statement does beyond its text: triggers, views, defaults, reads."""
+                  pinned: bool, numbering: Sequence[determinism.OrderNeed], app_functions: frozenset[str]
+                  ) -> bool:
+    """What the prepared statement does beyond its text: triggers, views, defaults, reads. Returns
+    whether its result relies on the order its plan visits rows in (see plan_fixes_order)."""
     builtins = builtin_function_names()
     triggers = schema.triggers()
     nondeterministic = determinism.RANDOM_FUNCS | determinism.TIME_FUNCS | {
@@ -242,8 +274,6 @@ def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text
         # Top-level random() and the clock were rewritten in the text, and the DEFAULTs of omitted
         # columns made explicit; SQLite also reports DEFAULTs an UPDATE never evaluates.
     for table, column, db in actions.reads:
-        if table == "sqlite_master" and column == "ROWID" and table in actions.written:
-            continue  # CREATE TABLE ... AS SELECT updating its own schema row
         _check_read(table, db, text, schema)
         if column.upper() == "ROWID":
             read = schema.table(table)
@@ -265,13 +295,21 @@ def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text
         if written is not None and written.conflict_fail:
             raise Unsafe(f"table {written.name!r} declares ON CONFLICT FAIL, which keeps the rows a "
                          "failing statement changed before it failed")
+    by_plan = False
+    if numbering:
+        if not plan_fixes_order(actions, schema, text):
+            raise Unsafe(_order_message(numbering[0], info))
+        by_plan = True
     if actions.trigger_inserts:
         rowid_targets = [t for t in sorted(actions.trigger_inserts)
                          if (ti := schema.table(t)) is not None and ti.rowid_table]
         if rowid_targets and not _rows_in_order(text, pinned, schema):
-            raise Unsafe(f"it fires triggers that insert into {rowid_targets[0]!r} once per changed row, "
-                         "and the rowids they get depend on the order rows are visited (limit the "
-                          "statement to one row by a unique key)")
+            if not plan_fixes_order(actions, schema, text):
+                raise Unsafe(f"it fires triggers that insert into {rowid_targets[0]!r} once per changed row, "
+                             "and the rowids they get depend on the order rows are visited, which its plan "
+                             "does not fix (it reads a virtual table)")
+            by_plan = True
+    return by_plan
 
 
 def _check_read(table: str, db: str | None, text: TextPlan, schema: Schema) -> None:
