@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import apsw
@@ -59,6 +60,32 @@ ROWID_DANGER = MAX_ROWID - 2**32
 
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+# The connection settings a plan's row order depends on beyond the schema, data and statistics:
+# automatic indexes change plans; the sorter's memory (cache_size) and threads decide where a big
+# sort spills, which orders rows that tie on its ORDER BY.
+_PLAN_SETTINGS = ("automatic_index", "cache_size", "threads")
+
+
+@lru_cache(maxsize=1)
+def _default_plan_settings() -> tuple[Any, ...]:
+    fresh = apsw.Connection(":memory:")
+    try:
+        return tuple(fetch_scalar(fresh, f"PRAGMA {name}") for name in _PLAN_SETTINGS)
+    finally:
+        fresh.close()
+
+
+def _check_plan_settings(conn: apsw.Connection) -> None:
+    """Followers replay with SQLite's defaults: a statement whose rows are numbered in the order
+    its plan visits them needs them on the leader too."""
+    for name, default in zip(_PLAN_SETTINGS, _default_plan_settings(), strict=True):
+        value = fetch_scalar(conn, f"PRAGMA {name}")
+        if value != default:
+            raise UnsafeStatementError(unsafe_message(
+                f"it numbers rows in the order its plan visits them, and this connection has {name}={value} "
+                f"(followers use {default}), which may change that order"))
 
 
 # -- per connection ---------------------------------------------------------------------------
@@ -183,11 +210,8 @@ class StatementCapture(Capture):
             FLAG_RECURSIVE_TRIGGERS if rt else 0)
         if plan.order_relevant and conn.config(apsw.SQLITE_DBCONFIG_REVERSE_SCANORDER, -1):
             flags |= FLAG_REVERSE_ORDER
-        if plan.plan_order and not fetch_scalar(conn, "PRAGMA automatic_index"):
-            # Followers plan with automatic indexes (the default), which may change the order.
-            raise UnsafeStatementError(unsafe_message(
-                "it numbers rows in the order its plan visits them, and automatic_index is off on this "
-                "connection only, so followers may plan it another way"))
+        if plan.plan_order:
+            _check_plan_settings(conn)
         if plan.like_relevant and not fetch_scalar(conn, "SELECT 'a' LIKE 'A'"):
             flags |= FLAG_CASE_SENSITIVE_LIKE
         if plan.check_relevant and fetch_scalar(conn, "PRAGMA ignore_check_constraints"):
