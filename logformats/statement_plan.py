@@ -24,6 +24,7 @@ from .statement_rules import (
     check_actions,
     check_parameters,
     check_row_order,
+    database_of,
 )
 from .statement_schema import ROWID_ALIASES, Schema, TableInfo, builtin_function_names
 
@@ -106,6 +107,11 @@ def _build(conn: apsw.Connection, schema: Schema, stmt: StatementInfo, text: Tex
     check_parameters(stmt, text)
     info = schema.table(text.target) if text.target else None
     if text.target and info is None:
+        where = database_of(conn, text.target.lower())
+        if where is not None:
+            # A TEMP table or view whose TEMP triggers change replicated tables.
+            raise Unsafe(f"it writes {text.target!r} of the {where} database, whose triggers change "
+                         "replicated tables on the leader only")
         # No such table: let SQLite report it; nothing runs, nothing is logged.
         return StatementPlan(leader_sql=sql, log_sql=sql)
     pinned, numbering = check_row_order(schema, text, info)

@@ -93,12 +93,12 @@ def authorize(conn: apsw.Connection, sql: str) -> Actions:
     for i, (table, column, db) in enumerate(found.reads):
         if db is None:
             if table not in where:
-                where[table] = _database_of(conn, table)
+                where[table] = database_of(conn, table)
             found.reads[i] = (table, column, where[table])
     return found
 
 
-def _database_of(conn: apsw.Connection, table: str) -> str | None:
+def database_of(conn: apsw.Connection, table: str) -> str | None:
     """The database an unqualified name is found in: temp first, then main, then attached ones, as
     SQLite searches; None when none holds it."""
     if table in ("sqlite_temp_master", "sqlite_temp_schema"):

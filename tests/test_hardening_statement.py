@@ -151,6 +151,30 @@ def test_temp_trigger_firing_on_a_main_table(make_cluster, fmt, body):
     _identical(cluster)
 
 
+@pytest.mark.parametrize("fmt", ["statement", "mixed", "row"])
+@pytest.mark.parametrize(("objects", "write"), [
+    (["CREATE TEMP TABLE s(x)",
+      "CREATE TEMP TRIGGER tt AFTER INSERT ON s BEGIN INSERT INTO main.t(v) VALUES (NEW.x); END"],
+     "INSERT INTO s VALUES (5)"),
+    (["CREATE TEMP TABLE s(x)", "INSERT INTO s VALUES (1)",
+      "CREATE TEMP TRIGGER tt AFTER DELETE ON s BEGIN DELETE FROM t WHERE id = OLD.x; END"],
+     "DELETE FROM s"),
+    (["CREATE TEMP VIEW tv AS SELECT 1 AS x",
+      "CREATE TEMP TRIGGER tt INSTEAD OF INSERT ON tv BEGIN UPDATE main.u SET w = NEW.x; END"],
+     "INSERT INTO tv VALUES (6)"),
+])
+def test_temp_trigger_on_a_temp_object_changing_replicated_tables(make_cluster, fmt, objects, write):
+    # Once run on the leader alone, as a write to TEMP only: followers silently missed the change.
+    cluster, conn = _open(make_cluster, fmt)
+    for sql in objects:
+        conn.execute(sql)
+    if fmt == "row":
+        conn.execute(write)
+    else:
+        _write(conn, fmt, write)
+    _identical(cluster)
+
+
 def test_rolled_back_temp_objects_do_not_leave_a_stale_plan(make_cluster):
     # TEMP's schema version goes back with a rollback and comes round again with other objects.
     cluster, conn = _open(make_cluster, "statement")
