@@ -174,7 +174,8 @@ class StatementCapture(Capture):
             plan = build_plan(self.conn, state.schema, stmt, sql, application_functions(self.conn))
             if len(state.plans) >= _PLAN_LIMIT:
                 state.plans.clear()
-            state.plans[key] = plan
+            if plan.cacheable:
+                state.plans[key] = plan
         return plan
 
     # -- capture ------------------------------------------------------------------------------

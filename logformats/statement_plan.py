@@ -22,6 +22,7 @@ from .statement_rules import (
     Unsafe,
     authorize,
     check_actions,
+    check_collations,
     check_parameters,
     check_row_order,
     database_of,
@@ -52,6 +53,9 @@ class StatementPlan:
     like_relevant: bool = False
     check_relevant: bool = False
     plan_order: bool = False  # rows are numbered in the order the plan visits them
+    # False for a statement SQLite could not prepare, planned unchecked to let it fail: registering a
+    # function or collation later makes it preparable without changing the schema version
+    cacheable: bool = True
 
     @classmethod
     def refused(cls, reason: str) -> StatementPlan:
@@ -113,7 +117,7 @@ def _build(conn: apsw.Connection, schema: Schema, stmt: StatementInfo, text: Tex
             raise Unsafe(f"it writes {text.target!r} of the {where} database, whose triggers change "
                          "replicated tables on the leader only")
         # No such table: let SQLite report it; nothing runs, nothing is logged.
-        return StatementPlan(leader_sql=sql, log_sql=sql)
+        return StatementPlan(leader_sql=sql, log_sql=sql, cacheable=False)
     pinned, numbering = check_row_order(schema, text, info)
     texts = _rewrite(text, info, app_functions)
     try:
@@ -123,9 +127,10 @@ def _build(conn: apsw.Connection, schema: Schema, stmt: StatementInfo, text: Tex
             authorize(conn, sql)
         except apsw.Error:
             # SQLite cannot prepare it (a missing column...): it fails on the leader, unlogged.
-            return StatementPlan(leader_sql=sql, log_sql=sql)
+            return StatementPlan(leader_sql=sql, log_sql=sql, cacheable=False)
         raise Unsafe(f"its rewritten form could not be prepared ({exc})") from None
     plan_order = check_actions(actions, schema, info, text, pinned, numbering, app_functions)
+    check_collations(conn, actions, text)
     rowid_checks, post_checks = _rowid_checks(schema, text, info, actions)
     triggers = schema.triggers()
     written_infos = [schema.table(t) for t in actions.written]

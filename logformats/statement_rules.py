@@ -19,7 +19,15 @@ import apsw
 from . import determinism
 from .base import INTERNAL_PREFIX, StatementInfo
 from .determinism import ColumnRef, QueryFacts, TextPlan
-from .statement_schema import ROWID_ALIASES, Schema, TableInfo, builtin_function_names, fetch_rows, fetch_scalar
+from .statement_schema import (
+    ROWID_ALIASES,
+    Schema,
+    TableInfo,
+    application_collations,
+    builtin_function_names,
+    fetch_rows,
+    fetch_scalar,
+)
 
 _PHYSICAL_TABLES = frozenset({"dbstat", "sqlite_dbpage"})
 _SUGGEST = "use --format mixed (row images for such statements) or --format row"
@@ -310,6 +318,25 @@ def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text
                              "does not fix (it reads a virtual table)")
             by_plan = True
     return by_plan
+
+
+def check_collations(conn: apsw.Connection, actions: Actions, text: TextPlan) -> None:
+    """Refuse a collation the application registered on this connection (followers would stop on
+    "no such collation sequence"), named in the statement or in the schema of what it touches. The
+    authorizer does not report collations: their names are looked for among the words."""
+    registered = application_collations(conn)
+    if not registered:
+        return
+    names = sorted(actions.written | {t for t, _c, _d in actions.reads} | actions.owners)
+    listed = ", ".join("?" * len(names)) or "NULL"
+    texts = [text.sql] + [str(sql) for (sql,) in fetch_rows(
+        conn, f"SELECT sql FROM main.sqlite_master WHERE sql IS NOT NULL AND (lower(name) IN ({listed}) "
+        f"OR lower(tbl_name) IN ({listed}))", names * 2)]
+    for sql in texts:
+        for _type, word in determinism.table_tokens(sql):
+            if word.lower() in registered:
+                raise Unsafe(f"it uses the collation {word.lower()!r}, which the application registered on "
+                             "this connection: followers do not have it")
 
 
 def _check_read(table: str, db: str | None, text: TextPlan, schema: Schema) -> None:

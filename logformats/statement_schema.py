@@ -200,3 +200,17 @@ def _case_sensitive_like(row: tuple[Any, ...]) -> bool:
     # built-in; the statement format replays that setting itself (FLAG_CASE_SENSITIVE_LIKE).
     name, _builtin, _type, _enc, narg, flags = row[:6]
     return str(name).lower() == "like" and narg in (2, 3) and flags == 0x200000
+
+
+@lru_cache(maxsize=1)
+def _pristine_collations() -> frozenset[str]:
+    conn = apsw.Connection(":memory:")
+    try:
+        return frozenset(str(r[1]).lower() for r in conn.execute("PRAGMA collation_list"))
+    finally:
+        conn.close()
+
+
+def application_collations(conn: apsw.Connection) -> frozenset[str]:
+    """Collations registered on this connection beyond SQLite's own (lowercase)."""
+    return frozenset(str(r[1]).lower() for r in conn.execute("PRAGMA collation_list")) - _pristine_collations()

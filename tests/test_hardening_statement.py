@@ -368,3 +368,43 @@ def test_reverse_unordered_selects_travels_with_a_plan_ordered_copy(make_cluster
     rows = same_rows(cluster, "SELECT rowid, * FROM n ORDER BY rowid")
     assert rows[0][1] == "c"  # the leader read tab0 backwards (pk 7 first), and so did followers
     _identical(cluster)
+
+
+# -- class 7, per-connection state: what the application registered on the leader connection ----
+
+@pytest.mark.parametrize("fmt", ["statement", "mixed"])
+@pytest.mark.parametrize("sql", [
+    "UPDATE t SET v = v || '!' WHERE v > 'b' COLLATE rev",
+    "INSERT INTO u(id, w) SELECT 9, max(v COLLATE rev) FROM t",
+    "DELETE FROM t WHERE v IN (SELECT v FROM t ORDER BY v COLLATE rev, id LIMIT 1)",
+    "UPDATE u SET w = 1",  # fires a trigger comparing with the collation
+])
+def test_application_collation(make_cluster, fmt, sql):
+    cluster, conn = _open(make_cluster, fmt, [
+        *BASE, "CREATE TRIGGER ut AFTER UPDATE ON u BEGIN UPDATE t SET v = 'x' WHERE v < 'n' COLLATE rev; END"])
+    conn._leader.create_collation("rev", lambda a, b: (a < b) - (a > b))
+    _write(conn, fmt, sql)
+    _identical(cluster)
+
+
+def _register(conn: proxy.Connection, what: str) -> None:
+    if what == "collation":
+        conn._leader.create_collation("rev", lambda a, b: (a < b) - (a > b))
+    else:
+        conn._leader.create_scalar_function("shout", lambda s: str(s).upper(), 1)
+
+
+@pytest.mark.parametrize(("what", "sql"), [
+    ("collation", "UPDATE t SET v = v || '!' WHERE v > 'b' COLLATE rev"),
+    ("function", "UPDATE t SET v = shout(v)"),
+])
+def test_statement_that_failed_before_registration_is_checked_after(make_cluster, what, sql):
+    # The first try fails to prepare (unknown collation or function); its unchecked plan must not
+    # be reused once the application registered the name.
+    cluster, conn = _open(make_cluster, "statement")
+    with pytest.raises(proxy.OperationalError):
+        conn.execute(sql)
+    _register(conn, what)
+    with pytest.raises(proxy.UnsafeStatementError):
+        conn.execute(sql)
+    _identical(cluster)
