@@ -408,3 +408,19 @@ def test_statement_that_failed_before_registration_is_checked_after(make_cluster
     with pytest.raises(proxy.UnsafeStatementError):
         conn.execute(sql)
     _identical(cluster)
+
+
+@pytest.mark.parametrize("fmt", ["statement", "mixed"])
+@pytest.mark.parametrize("sql", [
+    "UPDATE u SET w = (SELECT count(*) FROM side)",
+    "UPDATE u SET w = (SELECT max(x) FROM aux.side)",
+    "INSERT INTO u(id, w) SELECT 10 + x, x FROM side",
+])
+def test_attached_database_read_by_a_write(make_cluster, fmt, sql):
+    # ATTACH is refused through the proxy, but the application's own connection may have one.
+    cluster, conn = _open(make_cluster, fmt)
+    conn._leader.execute("ATTACH ':memory:' AS aux")
+    conn._leader.execute("CREATE TABLE aux.side(x)")
+    conn._leader.execute("INSERT INTO aux.side VALUES (3), (4)")
+    _write(conn, fmt, sql)
+    _identical(cluster)
