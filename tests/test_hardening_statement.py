@@ -9,11 +9,15 @@ truly nondeterministic SQL it must rewrite exactly or refuse.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from checks import node_rows
+from helpers import examples, suppressed
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import proxy
 
@@ -373,7 +377,9 @@ def test_reverse_unordered_selects_travels_with_a_plan_ordered_copy(make_cluster
     conn._leader.execute("PRAGMA reverse_unordered_selects = 1")
     conn.execute("INSERT INTO n SELECT col2, col0 FROM tab0")
     conn.execute("INSERT INTO tab2(col0) SELECT col0 FROM tab0")
+    conn.execute("CREATE TABLE snap AS SELECT col2, col0 FROM tab0")
     conn._leader.execute("PRAGMA reverse_unordered_selects = 0")
+    assert same_rows(cluster, "SELECT rowid, * FROM snap ORDER BY rowid")[0][1] == "c"
     rows = same_rows(cluster, "SELECT rowid, * FROM n ORDER BY rowid")
     assert rows[0][1] == "c"  # the leader read tab0 backwards (pk 7 first), and so did followers
     _identical(cluster)
@@ -433,3 +439,43 @@ def test_attached_database_read_by_a_write(make_cluster, fmt, sql):
     conn._leader.execute("INSERT INTO aux.side VALUES (3), (4)")
     _write(conn, fmt, sql)
     _identical(cluster)
+
+
+_RUNS = itertools.count()
+_SOURCES = [
+    "SELECT b, c FROM src",
+    "SELECT b, c FROM src WHERE b > ?",
+    "SELECT b, c FROM src WHERE c BETWEEN ? AND 50 ORDER BY b",
+    "SELECT s.b, o.c FROM src s JOIN src o ON o.b = s.c WHERE s.b > ?",
+    "SELECT b, count(*) FROM src WHERE c > ? GROUP BY b",
+    "SELECT DISTINCT c, 0 FROM src WHERE b < ?",
+    "SELECT b, c FROM vsrc WHERE b <> ?",
+]
+
+
+@settings(max_examples=examples(15), suppress_health_check=suppressed(HealthCheck.function_scoped_fixture))
+@given(rows=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 60)), min_size=0, max_size=25),
+       index=st.sampled_from(["", "CREATE INDEX src_b ON src(b)", "CREATE INDEX src_cb ON src(c DESC, b)"]),
+       source=st.sampled_from(_SOURCES), value=st.integers(0, 9), analyze=st.booleans())
+def test_rows_numbered_in_plan_order_get_the_same_rowids(make_cluster, rows, index, source, value, analyze):
+    # The plan, chosen from schema, data, statistics and the bound value, numbers the copied rows.
+    cluster = make_cluster(f"plan{next(_RUNS)}", format="statement")
+    conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
+    try:
+        conn.execute("CREATE TABLE src(a INTEGER PRIMARY KEY, b, c)")
+        conn.execute("CREATE TABLE dst(x, y)")
+        conn.execute("CREATE VIEW vsrc AS SELECT b, c FROM src WHERE c % 2 = 0")
+        if index:
+            conn.execute(index)
+        conn.executemany("INSERT INTO src(b, c) VALUES (?, ?)", rows)
+        if analyze:
+            conn.execute("ANALYZE src")
+        params = (value,) * source.count("?")
+        conn.execute(f"INSERT INTO dst {source}", params)
+        conn.execute(f"CREATE TABLE snap AS {source}", params)
+        _identical(cluster)
+        same_rows(cluster, "SELECT rowid, * FROM dst ORDER BY rowid")
+        same_rows(cluster, "SELECT rowid, * FROM snap ORDER BY rowid")
+    finally:
+        conn.close()
+        cluster.close()
