@@ -31,9 +31,23 @@ BASE = [
 ]
 
 
+_OPENED: list[proxy.Connection] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_connections():
+    """Connections are closed after each test: file descriptors are not left to the garbage collector."""
+    yield
+    while _OPENED:
+        conn = _OPENED.pop()
+        if not conn.closed:
+            conn.close()
+
+
 def _open(make_cluster: MakeCluster, fmt: str, setup: list[str] = BASE) -> tuple[proxy.Cluster, proxy.Connection]:
     cluster = make_cluster(format=fmt)
     conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
+    _OPENED.append(conn)
     for sql in setup:
         conn.execute(sql)
     return cluster, conn
