@@ -50,7 +50,13 @@ from .statement_payload import (
 )
 from .statement_plan import StatementPlan, build_plan
 from .statement_rules import unsafe_message
-from .statement_schema import Schema, application_functions, fetch_rows, fetch_scalar
+from .statement_schema import (
+    Schema,
+    application_collations,
+    application_functions,
+    fetch_rows,
+    fetch_scalar,
+)
 
 MAX_ROWID = 2**63 - 1
 # Past this rowid SQLite is (or may within one statement get) out of room for max(rowid)+1 and
@@ -86,6 +92,30 @@ def _check_plan_settings(conn: apsw.Connection) -> None:
             raise UnsafeStatementError(unsafe_message(
                 f"it numbers rows in the order its plan visits them, and this connection has {name}={value} "
                 f"(followers use {default}), which may change that order"))
+
+
+class UnsafeSchemaChange(UnsafeStatementError):
+    """A schema change followers cannot make; no row images replace it (mixed refuses it too)."""
+
+
+def _check_schema_change(conn: apsw.Connection, sql: str) -> None:
+    """Tables and indexes are checked and filled when created: a function or collation the
+    application registered on the leader connection only would stop every follower. Views and
+    triggers only name them; the statements that run them are checked."""
+    functions, collations = application_functions(conn), application_collations(conn)
+    if not functions and not collations:
+        return
+    words = [w for _t, w in determinism.table_tokens(sql)]
+    if words[:1] == ["CREATE"] and any(w in ("VIEW", "TRIGGER") for w in words[1:4]):
+        return
+    for i, word in enumerate(words):
+        name = word.lower()
+        called = i + 1 < len(words) and words[i + 1] == "("
+        if (called and name in functions) or name in collations:
+            what = "function" if called and name in functions else "collation"
+            raise UnsafeSchemaChange(
+                f"this schema change uses the {what} {name!r}, which the application registered on the "
+                "leader connection only: followers could not make it")
 
 
 # -- per connection ---------------------------------------------------------------------------
@@ -194,6 +224,8 @@ class StatementCapture(Capture):
         if stmt.kind != "dml" and not _is_create_table_as(stmt, sql):
             # Schema changes and replicated PRAGMAs are deterministic as written; with
             # foreign_keys on, DROP TABLE deletes rows first and may cascade.
+            if stmt.kind == "ddl":
+                _check_schema_change(conn, sql)
             fk = conn.config(apsw.SQLITE_DBCONFIG_ENABLE_FKEY, -1)
             self._pending = _Pending(sql, FLAG_FOREIGN_KEYS if fk else 0, params)
             return sql, params
@@ -349,6 +381,7 @@ __all__ = [
     "StatementFormat",
     "StatementPayloadFormat",
     "StatementPlan",
+    "UnsafeSchemaChange",
     "apply_payload",
     "apply_payloads",
     "build_plan",

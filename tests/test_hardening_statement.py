@@ -420,7 +420,7 @@ def _register(conn: proxy.Connection, what: str) -> None:
     if what == "collation":
         conn._leader.create_collation("rev", lambda a, b: (a < b) - (a > b))
     else:
-        conn._leader.create_scalar_function("shout", lambda s: str(s).upper(), 1)
+        conn._leader.create_scalar_function("shout", lambda s: str(s).upper(), 1, deterministic=True)
 
 
 @pytest.mark.parametrize(("what", "sql"), [
@@ -493,3 +493,26 @@ def test_rows_numbered_in_plan_order_get_the_same_rowids(make_cluster, rows, ind
     finally:
         conn.close()
         cluster.close()
+
+
+@pytest.mark.parametrize("fmt", ["statement", "mixed"])
+@pytest.mark.parametrize("ddl", [
+    "CREATE INDEX i ON t(shout(v))",
+    "CREATE INDEX i ON t(v) WHERE shout(v) = 'A'",
+    "CREATE TABLE c(x CHECK (shout(x) = x))",
+    "CREATE TABLE c(x TEXT COLLATE rev)",
+    "CREATE INDEX j ON t(v COLLATE rev)",
+    "ALTER TABLE t ADD COLUMN w TEXT COLLATE rev",
+])
+def test_schema_change_using_what_the_application_registered(make_cluster, fmt, ddl):
+    # Followers would stop on the DDL itself: refused in both formats, before it runs.
+    cluster, conn = _open(make_cluster, fmt)
+    _register(conn, "collation")
+    _register(conn, "function")
+    before = cluster.leader_lsn()
+    with pytest.raises(proxy.UnsafeStatementError, match="registered"):
+        conn.execute(ddl)
+    assert cluster.leader_lsn() == before
+    conn.execute("CREATE VIEW vv AS SELECT shout(v) AS s FROM t")  # views only name it
+    conn.execute("CREATE TRIGGER tr AFTER INSERT ON u BEGIN UPDATE t SET v = v WHERE v < 'm' COLLATE rev; END")
+    _identical(cluster)
