@@ -54,6 +54,7 @@ from .statement_schema import (
     Schema,
     application_collations,
     application_functions,
+    application_modules,
     fetch_rows,
     fetch_scalar,
 )
@@ -99,13 +100,20 @@ class UnsafeSchemaChange(UnsafeStatementError):
 
 
 def _check_schema_change(conn: apsw.Connection, sql: str) -> None:
-    """Tables and indexes are checked and filled when created: a function or collation the
-    application registered on the leader connection only would stop every follower. Views and
+    """Tables and indexes are checked and filled when created: a function, collation or virtual
+    table module the application registered on the leader connection only would stop every follower. Views and
     triggers only name them; the statements that run them are checked."""
     functions, collations = application_functions(conn), application_collations(conn)
-    if not functions and not collations:
+    modules = application_modules(conn)
+    if not functions and not collations and not modules:
         return
     words = [w for _t, w in determinism.table_tokens(sql)]
+    if words[:3] == ["CREATE", "VIRTUAL", "TABLE"] and "USING" in words:
+        module = words[words.index("USING") + 1:][:1]
+        if module and module[0].lower() in modules:
+            raise UnsafeSchemaChange(
+                f"this schema change uses the virtual table module {module[0].lower()!r}, which the application "
+                "registered on the leader connection only: followers could not make it")
     if words[:1] == ["CREATE"] and any(w in ("VIEW", "TRIGGER") for w in words[1:4]):
         return
     for i, word in enumerate(words):

@@ -214,3 +214,17 @@ def _pristine_collations() -> frozenset[str]:
 def application_collations(conn: apsw.Connection) -> frozenset[str]:
     """Collations registered on this connection beyond SQLite's own (lowercase)."""
     return frozenset(str(r[1]).lower() for r in conn.execute("PRAGMA collation_list")) - _pristine_collations()
+
+
+@lru_cache(maxsize=1)
+def _pristine_modules() -> frozenset[str]:
+    conn = apsw.Connection(":memory:")
+    try:
+        return frozenset(str(r[0]).lower() for r in conn.execute("PRAGMA module_list"))
+    finally:
+        conn.close()
+
+
+def application_modules(conn: apsw.Connection) -> frozenset[str]:
+    """Virtual table modules registered on this connection beyond SQLite's own (lowercase)."""
+    return frozenset(str(r[0]).lower() for r in conn.execute("PRAGMA module_list")) - _pristine_modules()

@@ -516,3 +516,55 @@ def test_schema_change_using_what_the_application_registered(make_cluster, fmt, 
     conn.execute("CREATE VIEW vv AS SELECT shout(v) AS s FROM t")  # views only name it
     conn.execute("CREATE TRIGGER tr AFTER INSERT ON u BEGIN UPDATE t SET v = v WHERE v < 'm' COLLATE rev; END")
     _identical(cluster)
+
+
+class _Rows:
+    """A virtual table module of two rows, registered by the application on its own connection."""
+
+    def Create(self, db, modulename, dbname, tablename, *args):  # noqa: N802 (apsw's names)
+        return "CREATE TABLE x(a)", _Table()
+
+    Connect = Create
+
+
+class _Table:
+    def BestIndex(self, *args):  # noqa: N802
+        return None
+
+    def Open(self):  # noqa: N802
+        return _Cursor()
+
+    def Disconnect(self):  # noqa: N802
+        pass
+
+    Destroy = Disconnect
+
+
+class _Cursor:
+    def Filter(self, *args):  # noqa: N802
+        self.i = 0
+
+    def Eof(self):  # noqa: N802
+        return self.i >= 2
+
+    def Rowid(self):  # noqa: N802
+        return self.i
+
+    def Column(self, n):  # noqa: N802
+        return self.i
+
+    def Next(self):  # noqa: N802
+        self.i += 1
+
+    def Close(self):  # noqa: N802
+        pass
+
+
+@pytest.mark.parametrize("fmt", ["statement", "mixed"])
+def test_virtual_table_of_an_application_module(make_cluster, fmt):
+    cluster, conn = _open(make_cluster, fmt)
+    conn._leader.create_module("appmod", _Rows())
+    with pytest.raises(proxy.UnsafeStatementError, match="appmod"):
+        conn.execute("CREATE VIRTUAL TABLE vt USING appmod")
+    conn.execute("CREATE VIRTUAL TABLE ft USING fts5(body)")  # SQLite's own module
+    _identical(cluster)
