@@ -90,6 +90,7 @@ class TextPlan:
     source_facts: QueryFacts | None = None
     needs: tuple[OrderNeed, ...] = ()
     pin_eq: tuple[tuple[ColumnRef, tuple[ColumnRef, ...]], ...] = ()  # root UPDATE/DELETE WHERE
+    ctes: frozenset[str] = frozenset()  # names of its common table expressions (lowercase)
 
 
 @lru_cache(maxsize=4096)
@@ -108,7 +109,8 @@ def _analyze(sql: str) -> TextPlan:
     root = a.root
     kind = _statement_kind(root)
     fields: dict = {"kind": kind, "params": tuple(a.params),
-                    "param_count": max((p.index for p in a.params), default=0)}
+                    "param_count": max((p.index for p in a.params), default=0),
+                    "ctes": frozenset(c.alias.lower() for c in root.find_all(exp.CTE) if c.alias)}
     fields.update(_conflict(a, root))
     returning = returning_span(a)
     fields["returning"] = returning

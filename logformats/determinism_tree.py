@@ -136,7 +136,13 @@ def order_refs(order: exp.Expr | None) -> tuple[ColumnRef, ...] | None:
     return tuple(refs)
 
 
+# SQLite aggregates sqlglot does not know (it parses them as anonymous functions).
+_ANONYMOUS_AGGREGATES = frozenset({"total", "percentile", "percentile_cont", "percentile_disc"})
+
+
 def _is_aggregate(node: exp.Expr) -> bool:
+    if isinstance(node, exp.Anonymous):
+        return str(node.this).lower() in _ANONYMOUS_AGGREGATES
     return isinstance(node, exp.AggFunc) and not isinstance(node, (exp.Greatest, exp.Least))
 
 
@@ -278,7 +284,7 @@ class Analysis:
         single = query.args.get("group") is None and any(
             _is_aggregate(node) and _enclosing(node, (exp.Select,)) is query
             and _enclosing(node, (exp.Window,)) is None
-            for node in query.find_all(exp.AggFunc))
+            for node in query.find_all(exp.AggFunc, exp.Anonymous))
         return QueryFacts(
             table_free=free,
             single_row=single,
@@ -368,9 +374,11 @@ def order_needs(a: Analysis, in_returning: Callable[[int], bool]) -> list[OrderN
             for call in node.walk():
                 if isinstance(call, exp.Func) and a.func_name(call) in RANDOM_FUNCS:
                     raise Unsafe(f"ORDER BY {a.func_name(call)}() orders rows differently on every node")
-        if isinstance(node, (exp.Select, SET_OPERATION)) and node is not root:
+        if isinstance(node, (exp.Select, SET_OPERATION)) and node is not root \
+                and not isinstance(node.parent, exp.Exists):  # EXISTS only counts the rows
             if node.args.get("limit") is not None or node.args.get("offset") is not None:
-                needs.append(OrderNeed(a.facts(node), "limit", "LIMIT in a query of a write"))
+                # pin_ok: a WHERE selecting one row by a unique key leaves nothing to choose
+                needs.append(OrderNeed(a.facts(node, pin_ok=True), "limit", "LIMIT in a query of a write"))
         if isinstance(node, exp.Subquery) and isinstance(node.this, exp.Select):
             parent = node.parent
             if not isinstance(parent, (exp.In, exp.Exists, exp.From, exp.Join, exp.CTE)) \

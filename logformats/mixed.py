@@ -31,7 +31,7 @@ from .base import (
     sql_excerpt,
 )
 from .row import RowCapture, invert_chunks
-from .statement import StatementCapture
+from .statement import StatementCapture, UnsafeSchemaChange
 from .statement_apply import StatementPayloadFormat
 from .statement_payload import encode, encode_item_size, payload_items
 
@@ -75,6 +75,8 @@ class MixedCapture(StatementCapture):
         self._both = False
         try:
             run = super().prepare(stmt, sql, params)
+        except UnsafeSchemaChange:
+            raise  # row images hold no schema change: the row session would log the same text
         except UnsafeStatementError:
             self._pending = None
             self._rows = RowCapture(self.conn, self._row_options, only_touched=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import apsw
@@ -49,7 +50,14 @@ from .statement_payload import (
 )
 from .statement_plan import StatementPlan, build_plan
 from .statement_rules import unsafe_message
-from .statement_schema import Schema, application_functions, fetch_rows, fetch_scalar
+from .statement_schema import (
+    Schema,
+    application_collations,
+    application_functions,
+    application_modules,
+    fetch_rows,
+    fetch_scalar,
+)
 
 MAX_ROWID = 2**63 - 1
 # Past this rowid SQLite is (or may within one statement get) out of room for max(rowid)+1 and
@@ -61,14 +69,72 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# The connection settings a plan's row order depends on beyond the schema, data and statistics:
+# automatic indexes change plans; the sorter's memory (cache_size) and threads decide where a big
+# sort spills, which orders rows that tie on its ORDER BY.
+_PLAN_SETTINGS = ("automatic_index", "cache_size", "threads")
+
+
+@lru_cache(maxsize=1)
+def _default_plan_settings() -> tuple[Any, ...]:
+    fresh = apsw.Connection(":memory:")
+    try:
+        return tuple(fetch_scalar(fresh, f"PRAGMA {name}") for name in _PLAN_SETTINGS)
+    finally:
+        fresh.close()
+
+
+def _check_plan_settings(conn: apsw.Connection) -> None:
+    """Followers replay with SQLite's defaults: a statement whose rows are numbered in the order
+    its plan visits them needs them on the leader too."""
+    for name, default in zip(_PLAN_SETTINGS, _default_plan_settings(), strict=True):
+        value = fetch_scalar(conn, f"PRAGMA {name}")
+        if value != default:
+            raise UnsafeStatementError(unsafe_message(
+                f"it numbers rows in the order its plan visits them, and this connection has {name}={value} "
+                f"(followers use {default}), which may change that order"))
+
+
+class UnsafeSchemaChange(UnsafeStatementError):
+    """A schema change followers cannot make; no row images replace it (mixed refuses it too)."""
+
+
+def _check_schema_change(conn: apsw.Connection, sql: str) -> None:
+    """Tables and indexes are checked and filled when created: a function, collation or virtual
+    table module the application registered on the leader connection only would stop every follower. Views and
+    triggers only name them; the statements that run them are checked."""
+    functions, collations = application_functions(conn), application_collations(conn)
+    modules = application_modules(conn)
+    if not functions and not collations and not modules:
+        return
+    words = [w for _t, w in determinism.table_tokens(sql)]
+    if words[:3] == ["CREATE", "VIRTUAL", "TABLE"] and "USING" in words:
+        module = words[words.index("USING") + 1:][:1]
+        if module and module[0].lower() in modules:
+            raise UnsafeSchemaChange(
+                f"this schema change uses the virtual table module {module[0].lower()!r}, which the application "
+                "registered on the leader connection only: followers could not make it")
+    if words[:1] == ["CREATE"] and any(w in ("VIEW", "TRIGGER") for w in words[1:4]):
+        return
+    for i, word in enumerate(words):
+        name = word.lower()
+        called = i + 1 < len(words) and words[i + 1] == "("
+        if (called and name in functions) or name in collations:
+            what = "function" if called and name in functions else "collation"
+            raise UnsafeSchemaChange(
+                f"this schema change uses the {what} {name!r}, which the application registered on the "
+                "leader connection only: followers could not make it")
+
+
 # -- per connection ---------------------------------------------------------------------------
 
 
 class _ConnState:
     """Plans and schema facts of one connection at one schema version."""
 
-    def __init__(self, conn: apsw.Connection, version: int):
+    def __init__(self, conn: apsw.Connection, version: int, temp: Any = ()):
         self.version = version
+        self.temp = temp  # the TEMP objects the plans were made with
         self.schema = Schema(conn)
         self.plans: dict[tuple[str, int, int], StatementPlan] = {}
         self.has_triggers: bool | None = None
@@ -110,19 +176,30 @@ class StatementCapture(Capture):
     def _version(self) -> int:
         return int(fetch_scalar(self.conn, "PRAGMA main.schema_version"))
 
+    def _temp(self) -> Any:
+        """What the connection's TEMP objects are: they shadow main tables and fire triggers, so a
+        plan is only valid for them. Read for every statement: TEMP DDL does not pass through the
+        capture, and a TEMP schema version may come round again after a rollback, so the objects
+        themselves are the key (nothing to read when TEMP was never used)."""
+        if not fetch_scalar(self.conn, "PRAGMA temp.schema_version"):
+            return ()
+        return tuple(tuple(r) for r in fetch_rows(
+            self.conn, "SELECT type, name, tbl_name, sql FROM temp.sqlite_master ORDER BY type, name"))
+
     def _state(self) -> _ConnState:
         # A schema version reached inside a transaction may come round again with another schema
         # once it rolls back: after DDL here, plans live in a cache of this transaction only.
+        temp = self._temp()
         if self._local is not None:
             version = self._version()
-            if self._local.version != version:
-                self._local = _ConnState(self.conn, version)
+            if self._local.version != version or self._local.temp != temp:
+                self._local = _ConnState(self.conn, version, temp)
             return self._local
-        if self._shared is None:
-            version = self._version()
+        if self._shared is None or self._shared.temp != temp:
+            version = self._version() if self._shared is None else self._shared.version
             state = _STATES.get(self.conn)
-            if state is None or state.version != version:
-                state = _STATES[self.conn] = _ConnState(self.conn, version)
+            if state is None or state.version != version or state.temp != temp:
+                state = _STATES[self.conn] = _ConnState(self.conn, version, temp)
             self._shared = state
         return self._shared
 
@@ -135,7 +212,8 @@ class StatementCapture(Capture):
             plan = build_plan(self.conn, state.schema, stmt, sql, application_functions(self.conn))
             if len(state.plans) >= _PLAN_LIMIT:
                 state.plans.clear()
-            state.plans[key] = plan
+            if plan.cacheable:
+                state.plans[key] = plan
         return plan
 
     # -- capture ------------------------------------------------------------------------------
@@ -154,6 +232,8 @@ class StatementCapture(Capture):
         if stmt.kind != "dml" and not _is_create_table_as(stmt, sql):
             # Schema changes and replicated PRAGMAs are deterministic as written; with
             # foreign_keys on, DROP TABLE deletes rows first and may cascade.
+            if stmt.kind == "ddl":
+                _check_schema_change(conn, sql)
             fk = conn.config(apsw.SQLITE_DBCONFIG_ENABLE_FKEY, -1)
             self._pending = _Pending(sql, FLAG_FOREIGN_KEYS if fk else 0, params)
             return sql, params
@@ -171,6 +251,8 @@ class StatementCapture(Capture):
             FLAG_RECURSIVE_TRIGGERS if rt else 0)
         if plan.order_relevant and conn.config(apsw.SQLITE_DBCONFIG_REVERSE_SCANORDER, -1):
             flags |= FLAG_REVERSE_ORDER
+        if plan.plan_order:
+            _check_plan_settings(conn)
         if plan.like_relevant and not fetch_scalar(conn, "SELECT 'a' LIKE 'A'"):
             flags |= FLAG_CASE_SENSITIVE_LIKE
         if plan.check_relevant and fetch_scalar(conn, "PRAGMA ignore_check_constraints"):
@@ -248,7 +330,7 @@ class StatementCapture(Capture):
 
     def _schema_changed(self) -> None:
         """This transaction changed the schema: plans from now on are cached for it alone."""
-        self._local = _ConnState(self.conn, -1)
+        self._local = _ConnState(self.conn, -1, None)
 
     def savepoint(self, name: str) -> None:
         self._marks.append((name.lower(), len(self._items)))
@@ -307,6 +389,7 @@ __all__ = [
     "StatementFormat",
     "StatementPayloadFormat",
     "StatementPlan",
+    "UnsafeSchemaChange",
     "apply_payload",
     "apply_payloads",
     "build_plan",

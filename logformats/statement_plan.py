@@ -22,8 +22,10 @@ from .statement_rules import (
     Unsafe,
     authorize,
     check_actions,
+    check_collations,
     check_parameters,
     check_row_order,
+    database_of,
 )
 from .statement_schema import ROWID_ALIASES, Schema, TableInfo, builtin_function_names
 
@@ -50,6 +52,10 @@ class StatementPlan:
     order_relevant: bool = False
     like_relevant: bool = False
     check_relevant: bool = False
+    plan_order: bool = False  # rows are numbered in the order the plan visits them
+    # False for a statement SQLite could not prepare, planned unchecked to let it fail: registering a
+    # function or collation later makes it preparable without changing the schema version
+    cacheable: bool = True
 
     @classmethod
     def refused(cls, reason: str) -> StatementPlan:
@@ -105,9 +111,14 @@ def _build(conn: apsw.Connection, schema: Schema, stmt: StatementInfo, text: Tex
     check_parameters(stmt, text)
     info = schema.table(text.target) if text.target else None
     if text.target and info is None:
+        where = database_of(conn, text.target.lower())
+        if where is not None:
+            # A TEMP table or view whose TEMP triggers change replicated tables.
+            raise Unsafe(f"it writes {text.target!r} of the {where} database, whose triggers change "
+                         "replicated tables on the leader only")
         # No such table: let SQLite report it; nothing runs, nothing is logged.
-        return StatementPlan(leader_sql=sql, log_sql=sql)
-    pinned = check_row_order(schema, text, info)
+        return StatementPlan(leader_sql=sql, log_sql=sql, cacheable=False)
+    pinned, numbering = check_row_order(schema, text, info)
     texts = _rewrite(text, info, app_functions)
     try:
         actions = authorize(conn, texts.log_sql)
@@ -116,9 +127,10 @@ def _build(conn: apsw.Connection, schema: Schema, stmt: StatementInfo, text: Tex
             authorize(conn, sql)
         except apsw.Error:
             # SQLite cannot prepare it (a missing column...): it fails on the leader, unlogged.
-            return StatementPlan(leader_sql=sql, log_sql=sql)
+            return StatementPlan(leader_sql=sql, log_sql=sql, cacheable=False)
         raise Unsafe(f"its rewritten form could not be prepared ({exc})") from None
-    check_actions(actions, schema, info, text, pinned, app_functions)
+    plan_order = check_actions(actions, schema, info, text, pinned, numbering, app_functions)
+    check_collations(conn, actions, text)
     rowid_checks, post_checks = _rowid_checks(schema, text, info, actions)
     triggers = schema.triggers()
     written_infos = [schema.table(t) for t in actions.written]
@@ -140,6 +152,7 @@ def _build(conn: apsw.Connection, schema: Schema, stmt: StatementInfo, text: Tex
         order_relevant=bool(actions.reads) or bool(set(triggers.values()) & actions.written),
         like_relevant=any(name == "like" for name, _ in actions.functions),
         check_relevant=any(i is not None and i.has_check for i in written_infos),
+        plan_order=plan_order,
     )
 
 

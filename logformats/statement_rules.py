@@ -3,8 +3,9 @@
 A statement is refused when its parameters cannot be matched with SQLite's numbering, when it
 needs rows in an order the schema does not fix (LIMIT, scalar subqueries, order-sensitive
 functions, rowids handed out by INSERT ... SELECT), or when what SQLite's authorizer reports while
-preparing it shows it depends on the node (application-defined or node-dependent functions, TEMP
-tables and triggers, nondeterministic triggers, RAISE(FAIL), ON CONFLICT FAIL, hidden rowids).
+preparing it shows it depends on the node (application-defined or node-dependent functions, reads
+of anything that is not replicated data of the main database, TEMP triggers, nondeterministic
+triggers, RAISE(FAIL), ON CONFLICT FAIL, hidden rowids).
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ from typing import Any
 import apsw
 
 from . import determinism
-from .base import StatementInfo
+from .base import INTERNAL_PREFIX, StatementInfo
 from .determinism import ColumnRef, QueryFacts, TextPlan
-from .statement_schema import ROWID_ALIASES, Schema, TableInfo, builtin_function_names
+from .statement_schema import (
+    ROWID_ALIASES,
+    Schema,
+    TableInfo,
+    application_collations,
+    builtin_function_names,
+    fetch_rows,
+    fetch_scalar,
+)
 
 _PHYSICAL_TABLES = frozenset({"dbstat", "sqlite_dbpage"})
 _SUGGEST = "use --format mixed (row images for such statements) or --format row"
@@ -41,7 +50,8 @@ class Actions:
     trigger_inserts: set[str] = field(default_factory=set)
     trigger_writers: set[str] = field(default_factory=set)
     owners: set[str] = field(default_factory=set)  # triggers and views the statement runs
-    reads: list[tuple[str, str, str | None]] = field(default_factory=list)  # (table, column, db)
+    # (table, column, database); database None: no database holds it (a CTE, a table-valued function)
+    reads: list[tuple[str, str, str | None]] = field(default_factory=list)
     bindings: int = 0
 
 
@@ -83,7 +93,33 @@ def authorize(conn: apsw.Connection, sql: str) -> Actions:
         conn.authorizer = previous
         cursor.exec_trace = None
     found.bindings = traced.get("count", 0)
+    # SQLite names the database of a read only when the text does, for a table read without
+    # reading a column (`count(*)`, `EXISTS`): look the name up as SQLite did.
+    if "sqlite_master" in found.written:  # CREATE TABLE ... AS SELECT updating its own schema row
+        found.reads = [r for r in found.reads if r[:2] != ("sqlite_master", "ROWID")]
+    where: dict[str, str | None] = {}
+    for i, (table, column, db) in enumerate(found.reads):
+        if db is None:
+            if table not in where:
+                where[table] = database_of(conn, table)
+            found.reads[i] = (table, column, where[table])
     return found
+
+
+def database_of(conn: apsw.Connection, table: str) -> str | None:
+    """The database an unqualified name is found in: temp first, then main, then attached ones, as
+    SQLite searches; None when none holds it."""
+    if table in ("sqlite_temp_master", "sqlite_temp_schema"):
+        return "temp"
+    if table in ("sqlite_master", "sqlite_schema"):
+        return "main"
+    names = [str(r[1]) for r in fetch_rows(conn, "PRAGMA database_list")]
+    for db in sorted(names, key=lambda n: {"temp": 0, "main": 1}.get(n, 2)):
+        quoted = '"' + db.replace('"', '""') + '"'
+        if fetch_scalar(conn, f"SELECT 1 FROM {quoted}.sqlite_master WHERE type IN ('table', 'view') "
+                        "AND name = ? COLLATE NOCASE", (table,)):
+            return db
+    return None
 
 
 def _resolve(ref: ColumnRef, sources: Sequence[tuple[str, str | None]], schema: Schema) -> int | None:
@@ -152,9 +188,12 @@ def check_parameters(stmt: StatementInfo, text: TextPlan) -> None:
         raise Unsafe("its parameters could not be matched with SQLite's numbering of them")
 
 
-def check_row_order(schema: Schema, text: TextPlan, info: TableInfo | None) -> bool:
-    """Refuse what depends on the order rows are visited in; True when the UPDATE or DELETE is
-    pinned to one row (equality on a unique key)."""
+def check_row_order(schema: Schema, text: TextPlan, info: TableInfo | None
+                    ) -> tuple[bool, list[determinism.OrderNeed]]:
+    """Refuse what depends on the order rows are visited in. Returns whether the UPDATE or DELETE
+    is pinned to one row (equality on a unique key), and the row orders that only number rows
+    (rowids of INSERT ... SELECT, CREATE TABLE ... AS SELECT) and that the text does not fix: the
+    plan may fix them (check_actions decides, once SQLite said what the statement reads)."""
     pinned = False
     if text.kind in ("update", "delete") and text.target:
         pinned = _pinned((text.target, text.target_alias), text.pin_eq, schema)
@@ -166,18 +205,39 @@ def check_row_order(schema: Schema, text: TextPlan, info: TableInfo | None) -> b
             raise Unsafe(f"{site.what} in UPDATE ... SET is evaluated once per row, and this UPDATE "
                          "is not limited to one row by equality on a unique key")
     # Row order: LIMIT, scalar subqueries, order-sensitive functions, rowids of INSERT ... SELECT.
+    numbering: list[determinism.OrderNeed] = []
     for need in text.needs:
+        conflicts = False
         if need.kind == "insert_select":
-            applies = (info is not None and info.rowid_table) or text.conflict in ("IGNORE", "REPLACE") \
-                or text.upsert
-            if not applies:
+            conflicts = text.conflict in ("IGNORE", "REPLACE") or text.upsert
+            if not conflicts and not (info is not None and info.rowid_table):
                 continue
         if not _ordered(need.facts, schema):
-            raise Unsafe(_order_message(need, info))
-    return pinned
+            if need.kind in ("insert_select", "ctas") and not conflicts:
+                numbering.append(need)
+                continue
+            raise Unsafe(_order_message(need, info, conflicts))
+    return pinned, numbering
 
 
-def _order_message(need: determinism.OrderNeed, info: TableInfo | None) -> str:
+def plan_fixes_order(actions: Actions, schema: Schema, text: TextPlan) -> bool:
+    """The order SQLite visits rows in is fixed by the plan: the statement reads only tables and
+    views of the main database (rowid or index order, sorted through temporary B-trees), its own
+    CTEs and table-valued functions of SQLite that return rows in a fixed order (json_each...).
+    A plan depends on the schema, the data and the statistics, the same on every node (the format
+    assumes the same SQLite library); virtual tables order rows as their module does."""
+    for table, _column, db in actions.reads:
+        if db is None or (db == "main" and schema.table(table) is None):
+            if table in text.ctes or table in determinism.ORDERED_TABLE_FUNCS:
+                continue
+            return False
+        read = schema.table(table) if db == "main" else None
+        if read is None or read.kind not in ("table", "view"):
+            return False
+    return True
+
+
+def _order_message(need: determinism.OrderNeed, info: TableInfo | None, conflicts: bool = False) -> str:
     if need.kind == "limit":
         return (f"{need.what} selects rows in an order that is not fully determined (ORDER BY must cover "
                 "a unique key whose columns are NOT NULL)")
@@ -188,16 +248,22 @@ def _order_message(need: determinism.OrderNeed, info: TableInfo | None) -> str:
         what = need.what.replace("groupconcat()", "group_concat()")
         return f"{what}: the result depends on the order rows are visited"
     if need.kind == "ctas":
-        return ("CREATE TABLE ... AS SELECT assigns rowids in the order the SELECT returns rows, which is "
-                "not fixed (ORDER BY a unique key of every table it reads)")
+        return ("CREATE TABLE ... AS SELECT assigns rowids in the order the SELECT returns rows, which "
+                "neither its ORDER BY (a unique key of every table it reads) nor its plan fixes (it reads "
+                "a virtual table)")
     target = info.name if info is not None else "the table"
-    return (f"INSERT ... SELECT into {target}: the rows it assigns rowids to (or resolves conflicts for) "
-            "come in an order that is not fixed (ORDER BY a unique key of every table it reads)")
+    if conflicts:
+        return (f"INSERT ... SELECT into {target}: the rows it resolves conflicts for come in an order that "
+                "is not fixed (ORDER BY a unique key of every table it reads)")
+    return (f"INSERT ... SELECT into {target}: the rows it assigns rowids to come in an order that neither "
+            "its ORDER BY (a unique key of every table it reads) nor its plan fixes (it reads a virtual table)")
 
 
 def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text: TextPlan,
-                  pinned: bool, app_functions: frozenset[str]) -> None:
-    """What the prepared statement does beyond its text: triggers, views, defaults, reads."""
+                  pinned: bool, numbering: Sequence[determinism.OrderNeed], app_functions: frozenset[str]
+                  ) -> bool:
+    """What the prepared statement does beyond its text: triggers, views, defaults, reads. Returns
+    whether its result relies on the order its plan visits rows in (see plan_fixes_order)."""
     builtins = builtin_function_names()
     triggers = schema.triggers()
     nondeterministic = determinism.RANDOM_FUNCS | determinism.TIME_FUNCS | {
@@ -216,16 +282,16 @@ def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text
         # Top-level random() and the clock were rewritten in the text, and the DEFAULTs of omitted
         # columns made explicit; SQLite also reports DEFAULTs an UPDATE never evaluates.
     for table, column, db in actions.reads:
-        if db == "temp":
-            raise Unsafe(f"it reads the TEMP table {table!r}, which exists on the leader connection only")
-        if table in _PHYSICAL_TABLES:
-            raise Unsafe(f"it reads {table}, the layout of this node's file")
+        _check_read(table, db, text, schema)
         if column.upper() == "ROWID":
             read = schema.table(table)
             if read is not None and read.rowid_table and read.has_pk and read.ipk is None:
                 raise Unsafe(f"it reads the hidden rowid of {table!r}, whose PRIMARY KEY is not an INTEGER "
                              "PRIMARY KEY: VACUUM renumbers such rowids on the leader alone")
-    for owner in actions.owners:
+    temp_triggers = schema.temp_triggers()
+    for owner in sorted(actions.owners):
+        if owner in temp_triggers:
+            raise Unsafe(f"it fires the TEMP trigger {owner!r}, which exists on the leader connection only")
         if owner in triggers and schema.raises_fail(owner):
             raise Unsafe(f"trigger {owner!r} uses RAISE(FAIL), which keeps the rows a failing statement "
                          "changed before it failed; the log only holds statements that succeeded")
@@ -237,13 +303,63 @@ def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text
         if written is not None and written.conflict_fail:
             raise Unsafe(f"table {written.name!r} declares ON CONFLICT FAIL, which keeps the rows a "
                          "failing statement changed before it failed")
+    by_plan = False
+    if numbering:
+        if not plan_fixes_order(actions, schema, text):
+            raise Unsafe(_order_message(numbering[0], info))
+        by_plan = True
     if actions.trigger_inserts:
         rowid_targets = [t for t in sorted(actions.trigger_inserts)
                          if (ti := schema.table(t)) is not None and ti.rowid_table]
         if rowid_targets and not _rows_in_order(text, pinned, schema):
-            raise Unsafe(f"it fires triggers that insert into {rowid_targets[0]!r} once per changed row, "
-                         "and the rowids they get depend on the order rows are visited (limit the "
-                          "statement to one row by a unique key)")
+            if not plan_fixes_order(actions, schema, text):
+                raise Unsafe(f"it fires triggers that insert into {rowid_targets[0]!r} once per changed row, "
+                             "and the rowids they get depend on the order rows are visited, which its plan "
+                             "does not fix (it reads a virtual table)")
+            by_plan = True
+    return by_plan
+
+
+def check_collations(conn: apsw.Connection, actions: Actions, text: TextPlan) -> None:
+    """Refuse a collation the application registered on this connection (followers would stop on
+    "no such collation sequence"), named in the statement or in the schema of what it touches. The
+    authorizer does not report collations: their names are looked for among the words."""
+    registered = application_collations(conn)
+    if not registered:
+        return
+    names = sorted(actions.written | {t for t, _c, _d in actions.reads} | actions.owners)
+    listed = ", ".join("?" * len(names)) or "NULL"
+    texts = [text.sql] + [str(sql) for (sql,) in fetch_rows(
+        conn, f"SELECT sql FROM main.sqlite_master WHERE sql IS NOT NULL AND (lower(name) IN ({listed}) "
+        f"OR lower(tbl_name) IN ({listed}))", names * 2)]
+    for sql in texts:
+        for _type, word in determinism.table_tokens(sql):
+            if word.lower() in registered:
+                raise Unsafe(f"it uses the collation {word.lower()!r}, which the application registered on "
+                             "this connection: followers do not have it")
+
+
+def _check_read(table: str, db: str | None, text: TextPlan, schema: Schema) -> None:
+    """A write may read replicated data only: the user's tables and views of the main database,
+    its own CTEs and SQLite's table-valued functions of their arguments (json_each...)."""
+    if db == "main" and table not in ("sqlite_master", "sqlite_schema") and schema.table(table) is None:
+        db = None  # SQLite names main for the columns of an eponymous virtual table (pragma_...)
+    if table in _PHYSICAL_TABLES:
+        raise Unsafe(f"it reads {table}, the layout of this node's file")
+    if db == "temp":
+        raise Unsafe(f"it reads the TEMP table or view {table!r}, which exists on the leader connection only")
+    if db is None:
+        if table in text.ctes or table in determinism.ORDERED_TABLE_FUNCS:
+            return
+        raise Unsafe(f"it reads {table}, which reports the state of this connection or node, not "
+                     "replicated data")
+    if db != "main":
+        raise Unsafe(f"it reads {table!r} of the attached database {db!r}, which is not replicated")
+    if table.startswith(INTERNAL_PREFIX):
+        raise Unsafe(f"it reads {table!r}, one of replproxy's own tables, which hold each node's own values")
+    if table in ("sqlite_master", "sqlite_schema"):
+        raise Unsafe("it reads sqlite_schema, which lists replproxy's own objects and the pages of this "
+                     "node's file")
 
 
 def _owner(name: str, triggers: dict[str, str]) -> str:

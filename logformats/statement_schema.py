@@ -59,6 +59,7 @@ class Schema:
         self.conn = conn
         self._tables: dict[str, TableInfo | None] = {}
         self._triggers: dict[str, str] | None = None
+        self._temp_triggers: frozenset[str] | None = None
         self._fk_parents: frozenset[str] | None = None
         self._raises_fail: dict[str, bool] = {}
 
@@ -86,6 +87,13 @@ class Schema:
                 str(n).lower(): str(t).lower() for n, t in fetch_rows(
                     self.conn, "SELECT name, tbl_name FROM main.sqlite_master WHERE type='trigger'")}
         return self._triggers
+
+    def temp_triggers(self) -> frozenset[str]:
+        """TEMP triggers of this connection (lowercase): they fire on the leader only."""
+        if self._temp_triggers is None:
+            self._temp_triggers = frozenset(str(n).lower() for (n,) in fetch_rows(
+                self.conn, "SELECT name FROM temp.sqlite_master WHERE type='trigger'"))
+        return self._temp_triggers
 
     def fk_parents(self) -> frozenset[str]:
         """Tables that foreign keys with ON DELETE/UPDATE actions refer to: changing them may
@@ -192,3 +200,31 @@ def _case_sensitive_like(row: tuple[Any, ...]) -> bool:
     # built-in; the statement format replays that setting itself (FLAG_CASE_SENSITIVE_LIKE).
     name, _builtin, _type, _enc, narg, flags = row[:6]
     return str(name).lower() == "like" and narg in (2, 3) and flags == 0x200000
+
+
+@lru_cache(maxsize=1)
+def _pristine_collations() -> frozenset[str]:
+    conn = apsw.Connection(":memory:")
+    try:
+        return frozenset(str(r[1]).lower() for r in conn.execute("PRAGMA collation_list"))
+    finally:
+        conn.close()
+
+
+def application_collations(conn: apsw.Connection) -> frozenset[str]:
+    """Collations registered on this connection beyond SQLite's own (lowercase)."""
+    return frozenset(str(r[1]).lower() for r in conn.execute("PRAGMA collation_list")) - _pristine_collations()
+
+
+@lru_cache(maxsize=1)
+def _pristine_modules() -> frozenset[str]:
+    conn = apsw.Connection(":memory:")
+    try:
+        return frozenset(str(r[0]).lower() for r in conn.execute("PRAGMA module_list"))
+    finally:
+        conn.close()
+
+
+def application_modules(conn: apsw.Connection) -> frozenset[str]:
+    """Virtual table modules registered on this connection beyond SQLite's own (lowercase)."""
+    return frozenset(str(r[0]).lower() for r in conn.execute("PRAGMA module_list")) - _pristine_modules()

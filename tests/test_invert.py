@@ -143,8 +143,8 @@ def run_workload(make_cluster: MakeCluster, format: str = "row", row_image: str 
     conn.execute("INSERT INTO notes(body, n) VALUES ('late', 3.5)")
     conn.execute("INSERT INTO kv VALUES ('e', 'text'), ('f', 9223372036854775807)")
     commit()
-    # 2. a user trigger fires: audit rows are images too
-    conn.execute("UPDATE customers SET score = score * 1.5 WHERE id % 2 = 0")
+    # 2. a user trigger fires: audit rows are images too (randomblob() per row: row images in mixed)
+    conn.execute("UPDATE customers SET score = score * 1.5, photo = randomblob(2) WHERE id % 2 = 0")
     commit()
     # 3. key-changing updates, a rowid move, storage-class changes
     conn.execute("UPDATE customers SET id = 103 WHERE id = 3")
@@ -346,7 +346,7 @@ def test_mixed_workload_undoes_only_the_entries_made_of_row_images(make_cluster)
         else:
             assert {kind for kind, _item in payload_items(fmt.invert(entry.payload))} <= {"rows"}
             undoable.append(entry.lsn)
-    # The multi-row UPDATE whose user trigger inserts audit rows is unsafe as a statement.
+    # The multi-row UPDATE computing randomblob() per row is unsafe as a statement.
     assert undoable == [work.start + 2]
 
 
@@ -437,13 +437,13 @@ def test_mixed_entries_of_row_images_are_undone_and_statement_entries_refused(ma
 
     commit()
     start = cluster.leader_lsn()
-    # random() per row, INSERT ... SELECT and LIMIT without ORDER BY are unsafe as statements:
-    # the mixed format logs their row images.
+    # random() per row, INSERT ... SELECT in a random order and LIMIT without ORDER BY are unsafe as
+    # statements: the mixed format logs their row images.
     conn.execute("UPDATE t SET v = 'statement' WHERE id = 4")
     conn.execute("UPDATE t SET v = random() WHERE id >= 5")
     commit()
     conn.execute("UPDATE t SET v = random() WHERE id <= 3")
-    conn.execute("INSERT INTO n(body, x) SELECT v, id FROM t")
+    conn.execute("INSERT INTO n(body, x) SELECT v, id FROM t ORDER BY random()")
     commit()
     conn.execute("DELETE FROM n WHERE rowid IN (SELECT rowid FROM n LIMIT 2)")
     conn.execute("UPDATE t SET id = id + 100 WHERE id IN (SELECT id FROM t WHERE id > 4 LIMIT 2)")

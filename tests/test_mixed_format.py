@@ -91,9 +91,9 @@ def test_one_entry_mixes_statements_and_row_images_in_order(make_cluster):
                  "(NEW.id, 'upd'); END")
     conn.execute("BEGIN")
     conn.execute("INSERT INTO t2(v) VALUES ('statement 1')")
-    conn.execute("INSERT INTO t2(v) SELECT v FROM t")  # unordered: row images
+    conn.execute("INSERT INTO t2(v) SELECT v FROM t ORDER BY random()")  # unordered: row images
     conn.execute("UPDATE t2 SET v = random() WHERE id = 1")  # pinned: a statement
-    conn.execute("UPDATE t2 SET v = v || '!'")  # fires a_upd per row: row images
+    conn.execute("UPDATE t2 SET v = v || random()")  # random per row, fires a_upd per row: row images
     conn.execute("INSERT INTO t2(v) VALUES ('statement 2')")
     conn.execute("COMMIT")
     kinds = [e.kind if e.kind == "SQL" else "ROWS" for e in events(cluster, cluster.leader_lsn())]

@@ -210,6 +210,8 @@ class _Touched:
     functions: set[str] = field(default_factory=set)
     uses_temp: bool = False
     is_insert: bool = False
+    # A trigger changes a replicated table: a TEMP trigger on a TEMP object makes the write a DML
+    trigger_writes: bool = False
 
     @classmethod
     def of(cls, actions: list[_Action]) -> _Touched:
@@ -221,6 +223,8 @@ class _Touched:
                 if arg1.lower() not in _SCHEMA_TABLES and dbname != "temp":
                     touched.written.add(arg1)
                     touched.is_insert = touched.is_insert or code == apsw.SQLITE_INSERT
+            elif code in _WRITE and isinstance(arg1, str) and dbname != "temp":
+                touched.trigger_writes = touched.trigger_writes or arg1.lower() not in _SCHEMA_TABLES
             elif code == apsw.SQLITE_READ and isinstance(arg1, str) and dbname != "temp":
                 if arg1.lower() not in _SCHEMA_TABLES:
                     touched.read.add(arg1)
@@ -257,7 +261,7 @@ def _kind(sql: str, readonly: bool, explain: bool, touched: _Touched, actions: l
     if apsw.SQLITE_PRAGMA in codes and not touched.written:
         op = next(a for a in actions if a[0] == apsw.SQLITE_PRAGMA)
         return _Kind("pragma", pragma=op[1], pragma_value=op[2])
-    if touched.written:
+    if touched.written or touched.trigger_writes:
         return _Kind("dml")
     if not readonly and not actions:
         return _Kind("vacuum")
