@@ -288,3 +288,35 @@ def test_refuse_policy_aborts_outside_writes(setup, options):
     cluster.wait_for_catchup()
     assert leader_state(cluster).state == "ok"
     assert_identical(cluster)
+
+
+# -- where people see it -------------------------------------------------------------------------------
+
+
+def test_cli_status_and_shell_show_it(setup):
+    import io
+    import json
+
+    from click.testing import CliRunner
+
+    from proxy.tools.cli import main
+    from proxy.tools.shell.repl import Shell
+
+    cluster, _conn = setup(format="statement")
+    other = outside(cluster)
+    other.execute("INSERT INTO u(k) VALUES ('outside')")
+    other.close()
+    wait_alarm(cluster)
+    result = CliRunner().invoke(main, ["status", str(cluster.directory), "--json"])
+    assert result.exit_code == 0, result.output
+    leader = next(n for n in json.loads(result.output)["nodes"] if n["role"] == "leader")
+    assert leader["state"] == "outside-writes" and "1 row change(s) to u" in leader["error"]
+    out = io.StringIO()
+    shell = Shell(cluster, stdout=out, stderr=io.StringIO())
+    try:
+        shell.run_script(io.StringIO(".nodes\n.schema t\n"))
+    finally:
+        shell.close()
+    assert "outside-writes" in out.getvalue()
+    # The guard triggers are replproxy's, not the user's schema.
+    assert "_replproxy_guard" not in out.getvalue()
