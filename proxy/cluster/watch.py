@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import weakref
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,9 +117,21 @@ def install_guards(conn: apsw.Connection) -> int:
     return len(tables)
 
 
-def record_header(conn: apsw.Connection, epoch: int) -> None:
-    """Inside a write transaction: the header as it stands is the one the log accounts for."""
-    store.set_meta(conn, store.GUARD_KEY, f"{epoch}:{header(conn)}")
+def fingerprint(conn: apsw.Connection) -> str:
+    """A checksum of the user's schema (replproxy's own objects and root pages left out: VACUUM
+    moves those and bumps schema_version without changing the schema)."""
+    rows = [r for r in conn.execute("SELECT type, name, tbl_name, sql FROM main.sqlite_master "
+                                    "ORDER BY type, name")
+            if not is_internal_table(r[1]) and not is_internal_table(r[2])]
+    return f"{zlib.crc32(repr(rows).encode()):08x}"
+
+
+def record_header(conn: apsw.Connection, epoch: int) -> str:
+    """Inside a write transaction: the header and schema as they stand are what the log accounts
+    for; return the header."""
+    now = header(conn)
+    store.set_meta(conn, store.GUARD_KEY, f"{epoch}:{now}:{fingerprint(conn)}")
+    return now
 
 
 def baseline(conn: apsw.Connection) -> None:
@@ -138,10 +152,12 @@ class Findings:
     """What the leader's file says about writers outside the proxy (one read snapshot)."""
 
     epoch: int
-    expected: str | None  # "epoch:header" the log accounts for, None: never recorded
+    expected: str | None  # "epoch:header:fingerprint" the log accounts for; None: never recorded
     header: str
     rows: list[tuple[str, int]]  # (table, rows changed outside the proxy)
     alarm: str | None  # recorded once detected
+    moved: bool = False  # the header is not the recorded one
+    changed: bool = False  # ... and the schema, user_version or application_id differ too
 
     @property
     def needs_baseline(self) -> bool:
@@ -156,7 +172,7 @@ class Findings:
         if self.rows:
             parts.append(f"{sum(n for _, n in self.rows)} row change(s) to "
                          + ", ".join(t for t, _ in self.rows))
-        if self.expected != f"{self.epoch}:{self.header}":
+        if self.changed:
             parts.append("a schema or header (user_version, application_id) change")
         return " and ".join(parts) or None
 
@@ -168,10 +184,19 @@ def findings(conn: apsw.Connection) -> Findings:
             "SELECT tbl, writes FROM _replproxy_outside ORDER BY first_at, tbl")]
     except apsw.SQLError:
         rows = []  # not guarded yet
-    expected = _meta(conn, store.GUARD_KEY)
+    value = _meta(conn, store.GUARD_KEY)
+    expected = None if value is None else str(value)
     alarm = _meta(conn, store.OUTSIDE_KEY)
-    return Findings(store.meta_epoch(conn), None if expected is None else str(expected),
-                    header(conn), rows, None if alarm is None else str(alarm))
+    now = header(conn)
+    moved = changed = False
+    if expected is not None:
+        recorded = expected.split(":")
+        current = now.split(":")
+        moved = recorded[1:4] != current
+        # Only schema_version moved (a VACUUM): the same schema is no change.
+        changed = moved and (recorded[2:4] != current[1:] or recorded[4:] != [fingerprint(conn)])
+    return Findings(store.meta_epoch(conn), expected, now, rows, None if alarm is None else str(alarm),
+                    moved, changed)
 
 
 def alarm_text(problem: str) -> str:
@@ -210,11 +235,15 @@ def set_policy(conn: apsw.Connection, policy: str) -> None:
         store.set_meta(conn, store.GUARD_POLICY_KEY, policy)
         _drop_guards(conn)
         install_guards(conn)
-        if before.expected == f"{before.epoch}:{before.header}":
+        if not before.changed:
             record_header(conn, before.epoch)  # else leave the outside change visible
 
 
 # -- inside the proxy's write transactions ---------------------------------------------------------
+
+# The header each proxy connection last left or checked: while it is unchanged at BEGIN, nothing
+# else touched the schema (any schema change moves schema_version), so there is nothing to compare.
+_seen: weakref.WeakKeyDictionary[apsw.Connection, str] = weakref.WeakKeyDictionary()
 
 
 class GuardedCapture(Capture):
@@ -226,6 +255,25 @@ class GuardedCapture(Capture):
         super().__init__(inner.conn, inner.options)
         self.inner = inner
         self._start = header(inner.conn)
+        if _seen.get(inner.conn) != self._start:
+            self._check_start()
+
+    def _check_start(self) -> None:
+        """The header is not the last one this connection left or checked: compare with the record
+        before this transaction changes anything."""
+        conn = self.conn
+        found = findings(conn)
+        if found.needs_baseline:
+            baseline(conn)
+        elif found.changed and found.alarm is None:
+            # Changed outside before this transaction began: recording over it would hide it.
+            message = alarm_text(found.problem or "a schema change")
+            store.set_meta(conn, store.OUTSIDE_KEY, message)
+            log.error("leader %s: %s", conn.filename, message)
+        elif found.moved and not found.changed:
+            record_header(conn, found.epoch)  # a VACUUM: same schema
+        self._start = header(conn)
+        _seen[conn] = self._start
 
     def prepare(self, stmt: Any, sql: str, params: Any) -> tuple[str, Any]:
         return self.inner.prepare(stmt, sql, params)
@@ -245,15 +293,11 @@ class GuardedCapture(Capture):
     def finish(self) -> bytes | None:
         payload = self.inner.finish()
         conn = self.conn
-        if header(conn) != self._start:
-            found = findings(conn)
-            if not found.needs_baseline and found.expected != f"{found.epoch}:{self._start}" \
-                    and found.alarm is None:
-                # Changed outside before this transaction began: recording over it would hide it.
-                store.set_meta(conn, store.OUTSIDE_KEY, alarm_text(
-                    "a schema or header (user_version, application_id) change"))
-            install_guards(conn)
-            record_header(conn, found.epoch)
+        end = header(conn)
+        if end != self._start:
+            install_guards(conn)  # the tables it created, before anyone else can write to them
+            end = record_header(conn, store.meta_epoch(conn))
+        _seen[conn] = end
         return payload
 
     def close(self) -> None:
@@ -329,8 +373,8 @@ class OutsideGuard:
         conn.execute("BEGIN")
         try:
             found = findings(conn)
-            todo = found.needs_baseline or (found.problem is not None and found.alarm is None) \
-                or bool(unguarded(conn))
+            todo = (found.needs_baseline or (found.problem is not None and found.alarm is None)
+                    or (found.moved and not found.changed) or bool(unguarded(conn)))
         finally:
             conn.execute("COMMIT")
         if not todo:
@@ -352,9 +396,9 @@ class OutsideGuard:
                     self._reported = message
                 added = 1
             if unguarded(conn):
-                install_guards(conn)
-                if problem is None:
-                    record_header(conn, found.epoch)
+                install_guards(conn)  # tables an older replproxy or another program created
+            if not found.changed:
+                record_header(conn, found.epoch)  # after a VACUUM or new guards
             return added
 
     def _connection(self) -> apsw.Connection:
