@@ -35,6 +35,7 @@ import apsw
 
 from logformats import Capture, is_internal_table
 
+from ..errors import ClusterError
 from ..store import node as store
 from .core import ClusterCore
 
@@ -323,7 +324,7 @@ def guard_captures(cluster: ClusterCore) -> None:
 
 def ensure_guarded(cluster: ClusterCore) -> None:
     """Guard the leader now if it is not for its epoch (opening a cluster); a busy or stopped leader
-    is left to the watcher."""
+    is left to the watcher, a leader that cannot be opened to whoever reports it."""
     if cluster.leader_down:
         return
     try:
@@ -333,7 +334,7 @@ def ensure_guarded(cluster: ClusterCore) -> None:
                 return
             with store.write_transaction(conn):
                 baseline(conn)
-    except apsw.BusyError:
+    except (apsw.Error, ClusterError):
         pass
 
 
