@@ -40,6 +40,11 @@ OUTSIDE_WRITES = {
     "create-trigger": ["CREATE TRIGGER t_log AFTER INSERT ON t BEGIN SELECT 1; END"],
     "drop-table": ["DROP TABLE u"],
     "user-version": ["PRAGMA user_version = 42"],
+    # Dropping a guard to write unseen is a schema change of its own.
+    "drop-guard-then-insert": [
+        "SELECT 'DROP TRIGGER ' || name FROM sqlite_master WHERE name LIKE '\\_replproxy\\_guard\\_i%' "
+        "ESCAPE '\\' AND tbl_name = 't'",
+        "INSERT INTO t(id, v) VALUES (101, 'unseen')"],
 }
 
 
@@ -97,7 +102,8 @@ def test_an_outside_write_is_reported_by_status(setup, options, kind):
     other = outside(cluster)
     with other:
         for sql in OUTSIDE_WRITES[kind]:
-            other.execute(sql)
+            for row in other.execute(sql).fetchall():  # a row is a statement to run (drop-guard)
+                other.execute(row[0])
     other.close()
     leader = wait_alarm(cluster)
     assert leader.state == "outside-writes"

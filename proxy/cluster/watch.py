@@ -119,11 +119,12 @@ def install_guards(conn: apsw.Connection) -> int:
 
 
 def fingerprint(conn: apsw.Connection) -> str:
-    """A checksum of the user's schema (replproxy's own objects and root pages left out: VACUUM
-    moves those and bumps schema_version without changing the schema)."""
+    """A checksum of the user's schema and the guards (root pages left out: VACUUM moves them and
+    bumps schema_version without changing the schema); a guard dropped outside is a change."""
     rows = [r for r in conn.execute("SELECT type, name, tbl_name, sql FROM main.sqlite_master "
                                     "ORDER BY type, name")
-            if not is_internal_table(r[1]) and not is_internal_table(r[2])]
+            if (not is_internal_table(r[1]) and not is_internal_table(r[2]))
+            or r[1].lower().startswith(GUARD_PREFIX)]
     return f"{zlib.crc32(repr(rows).encode()):08x}"
 
 
