@@ -12,8 +12,10 @@ so replproxy detects them, records it once and reports it in `status`, within a 
   made through the proxy is ever unguarded; the watcher guards the others (older files, a new
   leader after a failover).
 - schema and header PRAGMAs: the leader's meta holds "epoch:schema_version:user_version:
-  application_id" as the proxy left it; a proxy transaction that changes one of them records the
-  new value in the same transaction. A committed header that differs was written by someone else.
+  application_id:checksum of the schema" as the proxy left it; a proxy transaction that changes
+  the header records the new value in the same transaction. A committed header that differs, with
+  a different schema, user_version or application_id, was written by someone else (schema_version
+  alone moves with a VACUUM, which the proxy runs on the leader only).
 
 `OutsideGuard.poll` (replicator thread, every 10 ms, only when the leader's data_version moved)
 records what it finds in the leader's meta (once, and in the log); `report` is what `status` shows.
@@ -244,7 +246,7 @@ def set_policy(conn: apsw.Connection, policy: str) -> None:
 # -- inside the proxy's write transactions ---------------------------------------------------------
 
 # The header each proxy connection last left or checked: while it is unchanged at BEGIN, nothing
-# else touched the schema (any schema change moves schema_version), so there is nothing to compare.
+# else changed the schema (that moves schema_version) or the header PRAGMAs: nothing to compare.
 _seen: weakref.WeakKeyDictionary[apsw.Connection, str] = weakref.WeakKeyDictionary()
 
 
