@@ -349,3 +349,13 @@ def _header_recorded(cluster: proxy.Cluster) -> bool:
             return not watch.findings(conn).moved
         finally:
             conn.execute("COMMIT")
+
+
+def test_an_outside_write_to_a_table_renamed_through_the_proxy_names_it(setup):
+    cluster, conn = setup(format="row")
+    conn.execute("ALTER TABLE t RENAME TO t_renamed")
+    conn.commit()
+    other = outside(cluster)
+    other.execute("DELETE FROM t_renamed WHERE id = 1")
+    other.close()
+    assert "1 row change(s) to t_renamed" in (leader_state(cluster).error or "")

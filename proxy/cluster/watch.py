@@ -85,9 +85,11 @@ def refusing(conn: apsw.Connection) -> bool:
 def unguarded(conn: apsw.Connection) -> list[str]:
     """User tables of the leader without their three guard triggers."""
     have: dict[str, int] = {}
-    for (table,) in conn.execute("SELECT tbl_name FROM main.sqlite_master WHERE type = 'trigger' "
-                                 "AND name LIKE '\\_replproxy\\_guard\\_%' ESCAPE '\\'"):
-        have[table.lower()] = have.get(table.lower(), 0) + 1
+    for table, sql in conn.execute("SELECT tbl_name, sql FROM main.sqlite_master WHERE type = 'trigger' "
+                                   "AND name LIKE '\\_replproxy\\_guard\\_%' ESCAPE '\\'"):
+        # A counting guard names its table: after ALTER TABLE ... RENAME it names the old one.
+        if "RAISE(ABORT" in sql or f"VALUES ({_text(table)}, 1," in sql:
+            have[table.lower()] = have.get(table.lower(), 0) + 1
     tables = conn.execute("SELECT name FROM pragma_table_list WHERE schema = 'main' "
                           "AND type = 'table'").fetchall()
     return [t for (t,) in tables if not is_internal_table(t) and have.get(t.lower(), 0) < len(_KINDS)]
