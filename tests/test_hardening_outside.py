@@ -359,3 +359,36 @@ def test_an_outside_write_to_a_table_renamed_through_the_proxy_names_it(setup):
     other.execute("DELETE FROM t_renamed WHERE id = 1")
     other.close()
     assert "1 row change(s) to t_renamed" in (leader_state(cluster).error or "")
+
+
+# A proxy writer in another process: schema changes and rows, while this process's watcher polls.
+PROXY_WRITER = """
+import sys
+import proxy
+conn = proxy.connect(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    conn.execute(f"CREATE TABLE p{i}(id INTEGER PRIMARY KEY, v)")
+    conn.execute(f"INSERT INTO p{i}(v) VALUES (?)", (i,))
+    conn.execute("UPDATE t SET v = ? WHERE id = 1", (str(i),))
+    conn.commit()
+    conn.execute(f"PRAGMA user_version = {i}")
+    conn.commit()
+conn.close()
+"""
+
+
+@pytest.mark.parametrize("options", FORMATS)
+def test_no_false_alarm_for_a_proxy_in_another_process_then_the_outside_write_is_seen(setup, options):
+    cluster, conn = setup(**options)
+    run_python(PROXY_WRITER, cluster.directory, 15)
+    cluster.wait_for_catchup()
+    cluster.wait_for_catchup()  # the watcher ran on every commit it saw
+    assert leader_state(cluster).state == "ok"
+    conn.execute("INSERT INTO p3(v) VALUES ('here')")  # a table made by the other process
+    conn.commit()
+    assert leader_state(cluster).state == "ok"
+    # Tables created by the other process are guarded too.
+    other = outside(cluster)
+    other.execute("UPDATE p14 SET v = 'outside'")
+    other.close()
+    assert "p14" in (wait_alarm(cluster).error or "")
