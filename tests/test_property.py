@@ -113,6 +113,7 @@ def node_content(path: Path) -> dict[str, Any]:
         schema = sorted(
             r for r in conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")
             if not r[2].lower().startswith(("_replproxy_", "sqlite_"))
+            and not r[1].lower().startswith("_replproxy_")  # replproxy's own triggers (leader only)
         )
         try:
             sequence = sorted(conn.execute("SELECT name, seq FROM sqlite_sequence"))

@@ -11,9 +11,10 @@ from typing import Any
 
 import apsw
 
+from ..errors import ClusterError
 from ..store import config as cfg
 from ..store.log import append
-from . import health, modes, nodes, outside, settings, snapshots
+from . import health, modes, nodes, outside, settings, snapshots, watch
 from .core import ClusterCore
 from .create import create_cluster
 from .failover import FailoverResult, failover
@@ -36,6 +37,11 @@ class Cluster(ClusterCore):
             # Transactions committed on the leader outside the proxy become entries of their own.
             self.format.bind_outside_log(self._append_outside)
             self.watcher_factory = lambda: outside.OutsideWatcher(self)
+        else:
+            # Other formats cannot log such writes: they detect and report them (watch.py).
+            watch.guard_captures(self)
+            watch.ensure_guarded(self)
+            self.watcher_factory = lambda: watch.OutsideGuard(self)
         self.monitor = health.HealthMonitor(self)
         self._maintenance = Maintenance(self)
         self.round_hooks.append(self._after_round_hook)
@@ -69,6 +75,20 @@ class Cluster(ClusterCore):
         """Log now what programs outside the proxy committed on the leader (trigger format; the
         background watcher does it every poll interval); return the number of entries added."""
         return outside.log_outside_writes(self)
+
+    def clear_outside_writes(self) -> None:
+        """Forget writes outside the proxy detected on the leader (row, statement and mixed
+        formats), once every follower was re-seeded (`resync`) or found identical (`verify`)."""
+        with self.node(self.leader) as conn:
+            watch.clear(conn)
+
+    def outside_writes_policy(self, policy: str) -> None:
+        """"detect" (the default: report writes outside the proxy in `status`) or "refuse" (the
+        leader's guard triggers abort them); row, statement and mixed formats."""
+        if self.format.captures_outside_writers:
+            raise ClusterError("the trigger format logs writes outside the proxy: nothing to refuse")
+        with self.node(self.leader) as conn:
+            watch.set_policy(conn, policy)
 
     # -- replication modes and settings ---------------------------------------------------------
 

@@ -10,6 +10,7 @@ import apsw
 
 from ..errors import ClusterError
 from ..store import log, node
+from . import watch
 from .core import ClusterCore
 
 STOPPED_LEADER = "stopped with replproxy stop-node: no writes until a failover or start-node"
@@ -25,7 +26,7 @@ class NodeStatus:
     applied_lsn: int
     lag_entries: int
     lag_seconds: float
-    state: str  # "ok", "paused", "error", "needs-snapshot", "missing", "stopped"
+    state: str  # "ok", "paused", "error", "needs-snapshot", "missing", "stopped", "outside-writes"
     error: str | None = None
     error_lsn: int | None = None
     # A follower's replication role ("sync" or "async"); empty for the leader.
@@ -41,8 +42,11 @@ def status(cluster: ClusterCore) -> list[NodeStatus]:
         leader_lsn = log.last_lsn(leader_conn)
         now = time.time()
         down = cluster.config.leader.stopped
+        # Writes committed on the leader file outside the proxy that no follower will see.
+        outside = None if down or cluster.format.captures_outside_writers else watch.report(leader_conn)
         result = [NodeStatus(cluster.leader, "leader", str(cluster.path_of(cluster.leader)), leader_lsn,
-                             0, 0.0, "stopped" if down else "ok", STOPPED_LEADER if down else None)]
+                             0, 0.0, "stopped" if down else "outside-writes" if outside else "ok",
+                             STOPPED_LEADER if down else outside)]
         for follower in cluster.config.followers:
             row = _follower_status(cluster, follower.name, leader_conn, leader_lsn, now)
             if follower.stopped:

@@ -68,6 +68,30 @@ DEPOSED_KEY = "deposed_by_epoch"  # the fence: a failover to this epoch deposed 
 DEGRADED_KEY = "semi_sync_degraded"  # leader: when semi-sync degraded to async (absent: it did not)
 DEGRADED_REASON_KEY = "semi_sync_degraded_reason"
 HOLD_PREFIX = "retention_hold:"  # leader: a snapshot in progress keeps the entries after an LSN
+# leader, formats that do not capture outside writers (see cluster/watch.py): the header as the
+# log left it, "epoch:schema_version:user_version:application_id", and, once writes outside the
+# proxy were detected, why the followers may differ.
+GUARD_KEY = "outside_guard"
+OUTSIDE_KEY = "outside_writes"
+GUARD_POLICY_KEY = "outside_policy"  # leader: "detect" (the default) or "refuse" outside writes
+
+# Only replproxy's own connections answer 1 to sqlite_compileoption_used('REPLPROXY_WRITER'):
+# the leader's guard triggers (cluster/watch.py) fire for every other writer and for no proxy one.
+PROXY_WRITER_OPTION = "REPLPROXY_WRITER"
+_OPTIONS = frozenset(apsw.compile_options)
+
+
+def _compileoption_used(name: object) -> int:
+    option = str(name).upper().removeprefix("SQLITE_")
+    if option == PROXY_WRITER_OPTION:
+        return 1
+    return int(any(o == option or o.startswith(option + "=") for o in _OPTIONS))
+
+
+def mark_proxy(conn: apsw.Connection) -> None:
+    """Make `conn` a proxy writer for the guard triggers (other options answer as SQLite does)."""
+    conn.create_scalar_function("sqlite_compileoption_used", _compileoption_used, 1,
+                                deterministic=True, flags=apsw.SQLITE_INNOCUOUS)
 
 
 class StopKind(enum.StrEnum):
@@ -119,6 +143,7 @@ def open_node(path: str | os.PathLike[str], *, synchronous: str = "full", name: 
     try:
         conn = apsw.Connection(str(path), flags=flags)
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        mark_proxy(conn)
         conn.execute(f"PRAGMA synchronous={synchronous}")
         if create:
             conn.execute("PRAGMA journal_mode=wal").fetchall()

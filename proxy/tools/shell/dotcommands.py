@@ -90,7 +90,8 @@ def _nodes(shell: Shell, args: list[str]) -> None:
     """Show every node: role, applied LSN, lag (entries and seconds) and state.
 
     State is ok, paused (held by .pause), error (stopped by an entry it could not apply), missing,
-    needs-snapshot or stopped (.stop).
+    needs-snapshot or stopped (.stop); the leader shows outside-writes when a program wrote to its
+    file directly (row, statement and mixed formats), which the followers never receive.
     """
     nodes = shell.cluster.status()
     headers = ["node", "role", "applied LSN", "lag", "lag (s)", "state", "error"]

@@ -294,10 +294,12 @@ class Shell:
 
     def schema_sql(self, pattern: str | None = None) -> list[str]:
         rows = self._leader_meta().execute(
-            "SELECT tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL AND tbl_name LIKE ? "
+            "SELECT tbl_name, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND tbl_name LIKE ? "
             "AND tbl_name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
             "ORDER BY tbl_name, type DESC, name", (pattern or "%",))
-        return [sql for table, sql in rows if not logformats.is_internal_table(table)]
+        # replproxy's own triggers on user tables (guards, captures) are not the user's schema.
+        return [sql for table, name, sql in rows
+                if not logformats.is_internal_table(table) and not logformats.is_internal_table(name)]
 
     def functions(self) -> list[str]:
         if self._functions is None:  # SQLite's built-in functions do not change while we run
