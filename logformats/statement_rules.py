@@ -63,6 +63,8 @@ def authorize(conn: apsw.Connection, sql: str) -> Actions:
     traced: dict[str, int] = {}
 
     def authorizer(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
+        if trigger is not None and str(trigger).lower().startswith(INTERNAL_PREFIX):
+            return apsw.SQLITE_OK  # replproxy's own triggers (the leader's guards): not the statement's doing
         if trigger is not None:
             found.owners.add(str(trigger).lower())
         if code == apsw.SQLITE_FUNCTION and isinstance(arg2, str):
@@ -269,8 +271,6 @@ def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text
     nondeterministic = determinism.RANDOM_FUNCS | determinism.TIME_FUNCS | {
         "current_timestamp", "current_date", "current_time"}
     for name, owner in actions.functions:
-        if owner is not None and owner.lower().startswith(INTERNAL_PREFIX):
-            continue  # replproxy's guard triggers: on the leader only, silent for the proxy's writes
         if name in app_functions or name not in builtins:
             where = f" (in {_owner(owner, triggers)})" if owner else ""
             raise Unsafe(f"it calls {name}(){where}, an application-defined function that followers "
