@@ -111,6 +111,14 @@ class Applier:
             time.sleep(idle)
         return self.applied_lsn
 
+    def apply_next(self, applied: int) -> tuple[int, int]:
+        """Apply the entries after `applied` (one batch, as far as the source gives them) inside
+        the caller's write transaction on `self.conn`; return (position reached, entries applied).
+        A failure stops the follower in that transaction, as `step` would."""
+        reached, count, _last = self._apply_entries(self.conn, applied)
+        self.applied_lsn = reached
+        return reached, count
+
     def _epoch_fence(self, conn: apsw.Connection) -> tuple[int, int]:
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if self._fence is None or self._fence[0] != version:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import click
 
 import logformats
@@ -25,7 +26,7 @@ from .render import render
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"replproxy: {message}", err=True)
     sys.exit(code)
 
 
@@ -398,28 +399,60 @@ def start_node(directory: str, node: str, timeout: float, as_json: bool) -> None
     _print_result(result, as_json)
 
 
-@main.command()
+class _UsageExitsThree(click.Command):
+    """A command whose usage errors exit 3 (its own codes 1 and 2 mean something else)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = VERIFY_ERROR
+            raise
+
+
+VERIFY_EXIT = {"identical": 0, "different": 1, "could-not-compare": 2}
+VERIFY_ERROR = 3
+
+
+@main.command(cls=_UsageExitsThree)
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--timeout", default=10.0, show_default=True, type=float,
-              help="Seconds to wait for followers to catch up before comparing.")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait for each follower's write lock (verify holds every follower, "
+                   "brings it to the leader's LSN itself and compares it there).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def verify(directory: str, timeout: float, as_json: bool) -> None:
-    """Compare schema and content of every user table on every node; exit 0 only if identical."""
-    with _cluster(directory) as cluster:
+    """Compare schema and content of every user table on every node at exactly one LSN.
+
+    Exit status: 0 identical; 1 different (a table differs, or a follower diverged or is ahead of
+    the leader); 2 could not compare (a follower is paused, stopped, or its lock timed out);
+    3 usage or cluster error."""
+    try:
+        cluster = Cluster(directory)
+    except Error as exc:
+        _fail(str(exc), VERIFY_ERROR)
+        return
+    try:
         report = verify_cluster(cluster, timeout=timeout)
-        stopped = [n.name for n in cluster.config.nodes if n.stopped]
-    if stopped and not as_json:
-        click.echo(f"not compared: {', '.join(stopped)} (stopped; start-node brings it back)")
+    except (Error, apsw.Error) as exc:
+        _fail(str(exc), VERIFY_ERROR)
+        return
+    finally:
+        cluster.close()
+    outcome = report.outcome
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
-    elif report.identical:
+    elif outcome == "identical":
         click.echo(f"OK: {len(report.nodes)} nodes identical at LSN {report.lsn} "
                    f"({report.tables} tables compared)")
     else:
-        click.echo(f"DIFFERENT at LSN {report.lsn}:")
+        head = "DIFFERENT" if outcome == "different" else "COULD NOT COMPARE"
+        click.echo(f"{head} at LSN {report.lsn}:")
         for diff in report.differences:
-            click.echo(f"  {diff.node}: {diff.object}: {diff.detail}")
-    sys.exit(0 if report.identical else 1)
+            label = diff.object if diff.compared else "not compared"
+            click.echo(f"  {diff.node}: {label}: {diff.detail}")
+        if any(d.kind == "content" for d in report.differences):
+            click.echo(f"re-seed a differing follower with `replproxy resync {directory} NODE`")
+    sys.exit(VERIFY_EXIT[outcome])
 
 
 @main.command("log")
