@@ -200,6 +200,7 @@ def test_verify_and_status_catch_an_outside_edit_of_the_applied_position(cluster
 
 def test_verify_catches_an_edited_position_on_a_follower_without_log_copies(cluster):
     write(cluster, "CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    cluster.wait_for_catchup(HANG)
     cluster.pause("node2")
     write(cluster, "INSERT INTO t VALUES (1, 'never applied on node2')")
     write(cluster, "INSERT INTO t VALUES (2, 'v')")
@@ -352,3 +353,92 @@ def test_status_stays_ok_through_resync_failover_and_retention(make_cluster, fmt
     cluster.wait_for_catchup(HANG)
     assert set(states(cluster).values()) == {"ok"}, cluster.status()
     assert_identical(cluster)
+
+
+# -- class 16: resync replaces a damaged follower; a failing follower is logged once ---------------
+
+
+def damage(path: Path, how: str) -> None:
+    size = path.stat().st_size
+    Path(str(path) + "-wal").unlink(missing_ok=True)
+    Path(str(path) + "-shm").unlink(missing_ok=True)
+    if how == "header":
+        with open(path, "r+b") as f:
+            f.write(b"this is no longer a SQLite file")
+    elif how == "truncated":
+        with open(path, "r+b") as f:
+            f.truncate(size // 3)
+    elif how == "garbage":
+        path.write_bytes(bytes(range(256)) * 64)
+    elif how == "empty":
+        path.write_bytes(b"")
+
+
+def filled(make_cluster, fmt: str = "row") -> proxy.Cluster:
+    cluster = make_cluster(format=fmt)
+    write(cluster, "CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    write(cluster, *(f"INSERT INTO t VALUES ({i}, '{'x' * 500}')" for i in range(200)))
+    cluster.wait_for_catchup(HANG)
+    return cluster
+
+
+@pytest.mark.parametrize("how", ["header", "truncated", "garbage", "empty"])
+def test_resync_replaces_a_damaged_follower_file(make_cluster, how):
+    cluster = filled(make_cluster)
+    directory = cluster.directory
+    cluster.close()
+    damage(directory / "node2.db", how)
+    with proxy.Cluster(directory) as reopened:
+        write(reopened, "INSERT INTO t VALUES (1000, 'after the damage')")
+        assert reopened.resync("node2") > 0
+        reopened.wait_for_catchup(HANG)
+        assert_identical(reopened)
+        assert {n.name: n.state for n in reopened.status()}["node2"] == "ok"
+    if how != "empty":  # what was there is kept for inspection, never deleted
+        assert list(directory.glob("node2.db.damaged-*"))
+
+
+def test_resync_cli_replaces_a_damaged_follower_file(make_cluster):
+    cluster = filled(make_cluster)
+    directory = cluster.directory
+    cluster.close()
+    damage(directory / "node3.db", "header")
+    done = run_replproxy("resync", directory, "node3")
+    assert "re-seeded" in done.stdout and "caught up" in done.stdout
+    run_replproxy("verify", directory)
+
+
+@pytest.mark.parametrize("how", ["header", "state-table"])
+def test_a_damaged_follower_is_logged_once_and_its_recovery_once(make_cluster, caplog, how):
+    cluster = filled(make_cluster)
+    directory = cluster.directory
+    caplog.set_level("WARNING", logger="replproxy")
+    if how == "header":  # damaged before the process opens the cluster
+        cluster.close()
+        damage(directory / "node2.db", "header")
+        watching = proxy.Cluster(directory)  # its replicator keeps trying node2
+    else:  # damaged under an open applier: every step fails
+        watching = cluster
+        tamper(cluster, "node2", "DROP TABLE _replproxy_state")
+        write(cluster, "INSERT INTO t VALUES (999, 'v')")
+    rounds = []
+    watching.round_hooks.append(lambda lsn, positions: rounds.append(lsn))
+    try:
+        watching.replicator.reopen_interval = 0.0  # reopen node2 on every round: the worst case
+        wait_until(lambda: len(rounds) > 50, message="replicator rounds")
+        about_node2 = [r for r in caplog.records
+                       if "node2" in r.getMessage() and r.name == "replproxy.replication"]
+        assert len(about_node2) == 1, [r.getMessage() for r in about_node2]
+        # Another process re-seeds it: this one picks the new file up and says so once.
+        with proxy.Cluster(directory, replicate=False) as other:
+            other.resync("node2")
+        write(watching, "INSERT INTO t VALUES (1000, 'v')")
+        watching.wait_for_catchup(HANG, nodes=["node2"])
+        wait_until(lambda: "node2" not in watching.replicator.errors, message="node2 recovered")
+        count = len(rounds)
+        wait_until(lambda: len(rounds) > count + 20, message="more rounds")
+        about_node2 = [r.getMessage() for r in caplog.records
+                       if "node2" in r.getMessage() and r.name == "replproxy.replication"]
+        assert len(about_node2) == 2 and "working again" in about_node2[1], about_node2
+    finally:
+        watching.close()

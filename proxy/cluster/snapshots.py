@@ -136,6 +136,16 @@ def remove_follower(cluster: ClusterCore, name: str, *, delete_file: bool = Fals
         store.remove_files(cluster.directory / node.file)
 
 
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged node file (with its -wal and -shm) out of the way; return its new name."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    for suffix in ("", "-wal", "-shm"):
+        old = Path(str(path) + suffix)
+        if old.exists():
+            old.rename(Path(str(aside) + suffix))
+    return aside
+
+
 def resync(cluster: ClusterCore, name: str) -> int:
     """Re-seed follower `name` from a new snapshot of the leader (its file is replaced in one
     transaction, so its readers see the old or the new copy); return the snapshot's LSN."""
@@ -148,8 +158,18 @@ def resync(cluster: ClusterCore, name: str) -> int:
     _set_hold(cluster, name, cluster.leader_lsn())
     try:
         lsn = snapshot(cluster, temp, name)
-        with store.opened(temp, name=name) as source:
-            _backup_into(source, target, name)
+        try:
+            with store.opened(temp, name=name) as source:
+                _backup_into(source, target, name)
+        except (ClusterError, apsw.Error) as exc:
+            # Its file is damaged (not a database, a bad header): keep it aside and put the
+            # snapshot in its place in one rename (no process sees a half-made file).
+            aside = _set_aside(target)
+            log.warning("%s: its file cannot be written in place (%s); moved to %s, replaced "
+                        "from the snapshot", name, exc, aside)
+            for suffix in ("", "-wal"):
+                if Path(str(temp) + suffix).exists():
+                    os.replace(str(temp) + suffix, str(target) + suffix)
     finally:
         store.remove_files(temp)
         _set_hold(cluster, name, None)
