@@ -442,3 +442,99 @@ def test_a_damaged_follower_is_logged_once_and_its_recovery_once(make_cluster, c
         assert len(about_node2) == 2 and "working again" in about_node2[1], about_node2
     finally:
         watching.close()
+
+
+# -- class 17: no traceback reaches a CLI user ----------------------------------------------------
+
+
+def replproxy_bytes(*args: str | bytes | Path, stdin: bytes | None = None):
+    """`replproxy ARGS` as a subprocess, arguments and input as raw bytes (not UTF-8 allowed)."""
+    import subprocess
+
+    from helpers import replproxy_command
+
+    done = subprocess.run([*replproxy_command(), *(a if isinstance(a, bytes) else str(a) for a in args)],
+                          input=stdin, capture_output=True, timeout=HANG)
+    err = done.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err, err
+    return done.returncode, done.stdout.decode("utf-8", "replace"), err
+
+
+@pytest.fixture
+def hostile_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "c"
+    run_replproxy("init", directory)
+    run_replproxy("exec", directory, "CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    run_replproxy("exec", directory, "INSERT INTO t VALUES (1, 'a' || X'FF')")  # text, not UTF-8
+    return directory
+
+
+NOT_UTF8 = "not valid UTF-8"
+HOSTILE = [
+    # (arguments with {dir} for the cluster, expected exit code, expected in stderr)
+    (["exec", "{dir}", "SELECT * FROM t"], 1, NOT_UTF8),
+    (["exec", "{dir}", "SELECT v FROM t", "--mode", "json"], 1, NOT_UTF8),
+    (["exec", "{dir}", b"SELECT '\xff'"], 1, NOT_UTF8),
+    (["exec", "{dir}", "SELECT ?", "-p", b"\xfe"], 1, NOT_UTF8),
+    (["exec", "{dir}", "SELEC"], 1, "syntax error"),
+    (["log", "{dir}", "--from", "99999999999999999999999"], 2, "--from"),
+    (["init", "/proc/replproxy-cannot-be-here"], 1, "cannot create a cluster"),
+    (["init", "{dir}/cluster.toml/sub"], 1, "cannot create a cluster"),
+    (["init", b"/proc/\xff"], 1, "replproxy: "),
+    (["config", "{dir}", "--semi-sync-k", "3"], 1, "semi_sync_k 3 is more than the 2 follower"),
+    (["config", "{dir}", "--mode", "semi-sync", "--semi-sync-k", "5"], 1, "semi_sync_k 5"),
+    (["compare", "-q", "--json", "/nonexistent-dir/r.json"], 2, "--json /nonexistent-dir/r.json"),
+    (["compare", "-q", "--html", "{dir}/cluster.toml/r.html"], 2, "--html"),
+    (["resume", "{dir}", b"n\xff"], 1, "replproxy: "),
+    (["add-follower", "{dir}", b"n\xff"], 1, "bad node name"),
+]
+
+
+@pytest.mark.parametrize("args, code, expected", HOSTILE, ids=[str(i) for i in range(len(HOSTILE))])
+def test_cli_hostile_inputs_end_in_one_line_not_a_traceback(hostile_dir, args, code, expected):
+    args = [a.replace("{dir}", str(hostile_dir)) if isinstance(a, str) else a for a in args]
+    returncode, _out, err = replproxy_bytes(*args)
+    assert returncode == code, err
+    assert expected in err, err
+    assert err.strip().splitlines()[-1].startswith(("replproxy: ", "Error: ")), err
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_log_shows_entries_holding_text_that_is_not_utf8(hostile_dir, as_json):
+    returncode, out, err = replproxy_bytes("log", hostile_dir, *(["--json"] if as_json else []))
+    assert returncode == 0, err
+    if as_json:
+        records = [json.loads(line) for line in out.splitlines()]
+        assert [r["lsn"] for r in records] == [1, 2] and NOT_UTF8 in records[1]["error"]
+    else:
+        assert "# LSN 2" in out and NOT_UTF8 in out
+
+
+def test_shell_reports_text_that_is_not_utf8_and_goes_on(hostile_dir):
+    script = b"SELECT v FROM t;\nSELECT '\xff';\nSELECT 40 + 2;\n.log 2\n"
+    returncode, out, err = replproxy_bytes("shell", hostile_dir, stdin=script)
+    assert returncode == 1  # a script with errors
+    assert "Error in stdin line 1: a value is text that is not valid UTF-8" in err
+    assert "Error in stdin line 2: input is not valid UTF-8" in err
+    assert "42" in out and "# LSN 2" in out
+
+
+def test_compare_refuses_an_unwritable_output_before_running(tmp_path):
+    existing = tmp_path / "keep.json"
+    existing.write_text("mine")
+    returncode, out, err = replproxy_bytes("compare", "-q", "--workload", "oltp", "--format", "row-full",
+                                           "--json", existing, "--html", tmp_path / "no" / "r.html")
+    assert returncode == 2 and "--html" in err and out == ""
+    assert existing.read_text() == "mine"  # the probe neither truncates nor removes it
+    assert not (tmp_path / "no").exists()
+
+
+def test_semi_sync_k_cannot_exceed_the_followers(cluster):
+    with pytest.raises(proxy.ClusterError, match="semi_sync_k 3 is more than the 2 follower"):
+        cluster.configure(semi_sync_k=3)
+    cluster.configure(mode="semi-sync", semi_sync_k=2)
+    with pytest.raises(proxy.ClusterError, match="semi_sync_k 2"):
+        cluster.remove_follower("node3")
+    assert cluster.config.semi_sync_k == 2 and len(cluster.followers) == 2
+    cluster.configure(semi_sync_k=1)
+    cluster.remove_follower("node3")

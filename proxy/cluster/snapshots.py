@@ -128,6 +128,7 @@ def remove_follower(cluster: ClusterCore, name: str, *, delete_file: bool = Fals
         if new.mode == "sync" and not new.sync_followers:
             raise ClusterError(f"{name} is the last sync follower of a sync-mode cluster; "
                                "change the mode or the sync followers first")
+        cfg.check_semi_sync(new)
         return new
 
     cluster.change_config(change)

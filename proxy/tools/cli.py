@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ from ..cluster.verify import verify as verify_cluster
 from ..driver import connect
 from ..errors import Error, ReplicationTimeout
 from ..store import config as cfg
+from ..store.decode import bad_input, not_utf8
 from .render import render
 
 
@@ -45,7 +47,7 @@ def _cluster(directory: str, replicate: bool = True, require_leader: bool = True
     try:
         yield cluster
     except Error as exc:
-        _fail(str(exc))
+        _fail(_describe(exc))
     finally:
         cluster.close()
 
@@ -90,7 +92,40 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group: whatever escapes a command ends it with one line, never a traceback
+    (REPLPROXY_TRACEBACK=1 shows it, for a bug report)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("REPLPROXY_TRACEBACK"):
+                raise
+            click.echo(f"replproxy: {_describe(exc)}", err=True)
+            ctx.exit(1)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception a command did not handle itself."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, Error) and isinstance(cause, UnicodeError):
+        exc = cause  # the driver's wrapping of a value that is not UTF-8
+    if isinstance(exc, UnicodeDecodeError):
+        return not_utf8(exc)
+    if isinstance(exc, UnicodeEncodeError) and "surrogates" in str(exc):
+        return bad_input(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, (Error, apsw.Error)):
+        return str(exc)
+    return (f"internal error: {type(exc).__name__}: {exc} (REPLPROXY_TRACEBACK=1 shows where; "
+            "please report it)")
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="replproxy")
 def main() -> None:
     """replproxy: a SQL replication proxy over SQLite.
@@ -148,6 +183,10 @@ def init(directory: str, followers: int, log_format: str, row_image: str, from_d
                                 follower_synchronous=follower_synchronous, options=options)
     except (Error, ValueError) as exc:
         _fail(str(exc))
+        return
+    except OSError as exc:
+        _fail(f"cannot create a cluster in {directory}: {exc.strerror or exc}"
+              + (f" ({exc.filename})" if exc.filename and str(exc.filename) != directory else ""))
         return
     extra = "".join(f", {key.replace('_', ' ')} {value}" for key, value in sorted(options.items()))
     click.echo(f"Created cluster in {directory} (format {config.format}, row image {config.row_image}{extra})")
@@ -410,6 +449,7 @@ class _UsageExitsThree(click.Command):
             raise
 
 
+MAX_LSN = 2**63 - 1  # SQLite's largest integer
 VERIFY_EXIT = {"identical": 0, "different": 1, "could-not-compare": 2}
 VERIFY_ERROR = 3
 
@@ -433,8 +473,8 @@ def verify(directory: str, timeout: float, as_json: bool) -> None:
         return
     try:
         report = verify_cluster(cluster, timeout=timeout)
-    except (Error, apsw.Error) as exc:
-        _fail(str(exc), VERIFY_ERROR)
+    except Exception as exc:  # exit 1 and 2 are answers: anything else is a cluster error
+        _fail(_describe(exc), VERIFY_ERROR)
         return
     finally:
         cluster.close()
@@ -457,9 +497,9 @@ def verify(directory: str, timeout: float, as_json: bool) -> None:
 
 @main.command("log")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--from", "from_lsn", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--from", "from_lsn", default=1, show_default=True, type=click.IntRange(1, MAX_LSN),
               help="First LSN to show.")
-@click.option("--limit", type=click.IntRange(0), help="Show at most this many entries.")
+@click.option("--limit", type=click.IntRange(0, MAX_LSN), help="Show at most this many entries.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry, one per line.")
 def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> None:
     """Decode log entries for humans, like mysqlbinlog: LSN, epoch, time, and the changes."""
