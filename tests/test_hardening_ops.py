@@ -11,7 +11,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from checks import assert_identical
+from checks import assert_identical, node_rows
 from helpers import HANG, in_background, open_plain, run_replproxy, wait_until
 
 import proxy
@@ -157,12 +157,23 @@ def test_verify_and_status_see_a_fork_when_the_restored_leader_writes_on(make_cl
     cluster.close()
     restore_leader(cluster, tmp_path / "backup.db")
     with proxy.Cluster(cluster.directory) as reopened:
-        for i in range(3):  # past the followers' position, other entries at the same LSNs
+        for i in range(2):  # up to the followers' position: other entries at the same LSNs
             write(reopened, f"INSERT INTO t VALUES ({10 + i}, 'new history')")
         nodes = {n.name: n for n in reopened.status()}
         for name in ("node2", "node3"):
             assert nodes[name].state == "diverged", nodes[name]
             assert "no longer continues" in nodes[name].error and "resync" in nodes[name].error
+        report = proxy.verify(reopened, timeout=HANG)
+        assert report.outcome == "different"
+        assert {d.node for d in report.differences} == {"node2", "node3"}
+        # Past their position: the appliers refuse to apply the new history on top of the old.
+        write(reopened, "INSERT INTO t VALUES (12, 'new history')")
+        wait_until(lambda: {n.name: n.state for n in reopened.status()}["node3"] == "needs-snapshot"
+                   and {n.name: n.state for n in reopened.status()}["node2"] == "needs-snapshot",
+                   cluster=reopened, message="the followers stop at the fork")
+        for name in ("node2", "node3"):
+            assert node_rows(reopened, name, "SELECT id FROM t WHERE v = 'new history'") == []
+            assert "no longer continues" in {n.name: n for n in reopened.status()}[name].error
         report = proxy.verify(reopened, timeout=HANG)
         assert report.outcome == "different"
         assert {d.node for d in report.differences} == {"node2", "node3"}

@@ -211,6 +211,9 @@ class _CappedSource(LogSource):
     def commit_time(self, lsn: int) -> float | None:
         return self.inner.commit_time(lsn)
 
+    def identity(self, lsn: int) -> tuple[int, int] | None:
+        return self.inner.identity(lsn)
+
     def close(self) -> None:
         self.inner.close()
 
