@@ -549,3 +549,16 @@ def test_semi_sync_k_cannot_exceed_the_followers(cluster):
     assert cluster.config.semi_sync_k == 2 and len(cluster.followers) == 2
     cluster.configure(semi_sync_k=1)
     cluster.remove_follower("node3")
+
+
+@pytest.mark.parametrize("how", ["header", "garbage"])
+def test_status_and_verify_name_a_damaged_follower_and_suggest_resync(make_cluster, how):
+    cluster = filled(make_cluster)
+    directory = cluster.directory
+    cluster.close()
+    damage(directory / "node2.db", how)
+    with proxy.Cluster(directory, replicate=False) as reopened:
+        node2 = {n.name: n for n in reopened.status()}["node2"]
+        assert node2.state == "damaged" and "resync" in node2.error and "node2.db" in node2.error
+        report = proxy.verify(reopened, timeout=HANG)
+        assert report.outcome == "could-not-compare" and "resync" in report.not_compared["node2"]

@@ -26,7 +26,8 @@ class NodeStatus:
     applied_lsn: int
     lag_entries: int
     lag_seconds: float
-    # "ok", "paused", "error", "needs-snapshot", "missing", "stopped"; a follower whose position
+    # "ok", "paused", "error", "needs-snapshot", "missing", "damaged" (its file cannot be read as a
+    # node), "stopped"; a follower whose position
     # its content or the leader's log contradicts: "diverged" or "ahead-of-leader" (divergence.py);
     # a leader whose log ends before what its followers applied: "behind-followers".
     state: str
@@ -84,14 +85,18 @@ def _follower_status(cluster: ClusterCore, name: str, leader_conn: apsw.Connecti
     try:
         conn = cluster.open_node(name)
     except ClusterError as exc:
-        return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "missing", str(exc))
+        if not cluster.path_of(name).exists():
+            return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "missing", str(exc))
+        return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "damaged",
+                          f"{exc}; `replproxy resync {cluster.directory} {name}` replaces it")
     try:
         conn.execute("BEGIN")  # its state and its log copy as of one moment
         state = node.read_state(conn)
         hint = f"re-seed it with `replproxy resync {cluster.directory} {name}`"
         problem = divergence.check(name, conn, state, leader_conn, hint)
     except (apsw.Error, ClusterError) as exc:
-        return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "error", str(exc))
+        return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "damaged",
+                          f"{exc}; `replproxy resync {cluster.directory} {name}` replaces it")
     finally:
         conn.close()
     lag = max(0, leader_lsn - state.applied_lsn)

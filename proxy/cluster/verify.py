@@ -298,8 +298,10 @@ def _hold(cluster: ClusterCore, name: str, source: LogSource, deadline: float, t
     """Take follower `name`'s write lock (kept in `held`); why not, if it cannot be had."""
     try:
         applier = cluster.applier(name, source)
-    except ClusterError as exc:
-        return str(exc)
+    except (ClusterError, apsw.Error) as exc:
+        if not cluster.path_of(name).exists():
+            return str(exc)
+        return f"{exc}; `replproxy resync {cluster.directory} {name}` replaces its file"
     try:
         applier.conn.set_busy_timeout(max(0, int((deadline - time.monotonic()) * 1000)))
         applier.conn.execute("BEGIN IMMEDIATE")
