@@ -498,6 +498,11 @@ HOSTILE = [
     (["compare", "-q", "--html", "{dir}/cluster.toml/r.html"], 2, "--html"),
     (["resume", "{dir}", b"n\xff"], 1, "replproxy: "),
     (["add-follower", "{dir}", b"n\xff"], 1, "bad node name"),
+    (["exec", "{dir}", "--settle", "nan", "SELECT 1"], 2, "finite"),
+    (["add-follower", "{dir}", "n4", "--wait", "inf"], 2, "finite"),
+    (["config", "{dir}", "--timeout", "nan"], 2, "finite"),
+    (["config", "{dir}", "--retain-max-age", "inf"], 2, "finite"),
+    (["verify", "{dir}", "--timeout", "nan"], 3, "finite"),
 ]
 
 
@@ -562,3 +567,12 @@ def test_status_and_verify_name_a_damaged_follower_and_suggest_resync(make_clust
         assert node2.state == "damaged" and "resync" in node2.error and "node2.db" in node2.error
         report = proxy.verify(reopened, timeout=HANG)
         assert report.outcome == "could-not-compare" and "resync" in report.not_compared["node2"]
+
+
+def test_shell_dot_commands_with_hostile_arguments_go_on(hostile_dir):
+    script = (b".log 99999999999999999999999\n.wait nan\n.wait -1\n.read /proc/nope\n"
+              b".output /proc/nope/x\n.pause nope\nSELECT 40 + 2;\n")
+    returncode, out, err = replproxy_bytes("shell", hostile_dir, stdin=script)
+    assert returncode == 1 and "42" in out and "# LSN 1" in out
+    for line in (2, 3, 4, 5, 6):
+        assert f"Error in stdin line {line}: " in err, err

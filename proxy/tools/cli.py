@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -25,6 +26,25 @@ from ..errors import Error, ReplicationTimeout
 from ..store import config as cfg
 from ..store.decode import bad_input, not_utf8
 from .render import render
+
+
+class _Seconds(click.FloatRange):
+    """A number of seconds: finite and not negative (nan and inf would wait forever or crash)."""
+
+    name = "seconds"
+
+    def __init__(self, positive: bool = False) -> None:
+        super().__init__(min=0, min_open=positive)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
+POSITIVE_SECONDS = _Seconds(positive=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -203,7 +223,7 @@ def init(directory: str, followers: int, log_format: str, row_image: str, from_d
 @click.option("--node", help="Read from this node only (writes are refused unless it is the leader).")
 @click.option("--mode", type=click.Choice(["table", "box", "csv", "json", "line"]), default="table",
               show_default=True, help="Output format for rows.")
-@click.option("--settle", default=2.0, show_default=True, type=float,
+@click.option("--settle", default=2.0, show_default=True, type=SECONDS,
               help="Seconds to let followers catch up before exiting (0: exit at once).")
 def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, mode: str,
           settle: float) -> None:
@@ -307,19 +327,19 @@ def _mode_line(r: dict[str, Any]) -> str:
 @click.option("--mode", type=click.Choice(cfg.MODES), help="Replication mode.")
 @click.option("--sync-followers", help="Comma-separated followers whose role becomes sync (others: async).")
 @click.option("--semi-sync-k", type=click.IntRange(1), help="semi-sync: followers that must apply a commit.")
-@click.option("--timeout", "sync_timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", "sync_timeout", type=POSITIVE_SECONDS,
               help="Seconds a commit waits for acknowledgements (sync: then fails; semi-sync: then degrades).")
 @click.option("--retain-min-entries", type=click.IntRange(0),
               help="Keep at least the last N log entries even when every follower applied them.")
 @click.option("--retain-max-bytes", type=click.IntRange(0), help="Log retention size limit (0: none).")
-@click.option("--retain-max-age", type=click.FloatRange(0), help="Log retention age limit in seconds (0: none).")
+@click.option("--retain-max-age", type=SECONDS, help="Log retention age limit in seconds (0: none).")
 @click.option("--auto-resync/--no-auto-resync", default=None,
               help="Re-seed followers left behind by retention from a new snapshot automatically.")
 @click.option("--auto-failover/--no-auto-failover", default=None,
               help="Promote the most up-to-date follower when the leader fails (default on).")
-@click.option("--failover-timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--failover-timeout", type=POSITIVE_SECONDS,
               help="Seconds without an answer from the leader before automatic failover (default 5).")
-@click.option("--failover-cooldown", type=click.FloatRange(0),
+@click.option("--failover-cooldown", type=SECONDS,
               help="No automatic failover within this many seconds of the last one (default 60).")
 @click.option("--failover-key-gap", type=click.IntRange(0),
               help="AUTOINCREMENT counters jump by this much when the old leader was unreachable.")
@@ -349,7 +369,7 @@ def config_(directory: str, mode: str | None, sync_followers: str | None, semi_s
 @click.argument("name")
 @click.option("--file", "file_name", help="Database file in DIRECTORY (default NAME.db).")
 @click.option("--sync", "sync_role", is_flag=True, help="Give the new follower the sync role.")
-@click.option("--wait", default=30.0, show_default=True, type=float,
+@click.option("--wait", default=30.0, show_default=True, type=SECONDS,
               help="Seconds to wait for it to catch up (0: return after the snapshot).")
 def add_follower(directory: str, name: str, file_name: str | None, sync_role: bool, wait: float) -> None:
     """Add follower NAME online: a snapshot of the leader (backup API) at an exact LSN, then catch-up."""
@@ -375,7 +395,7 @@ def remove_follower(directory: str, name: str, delete_file: bool) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("node")
-@click.option("--wait", default=30.0, show_default=True, type=float,
+@click.option("--wait", default=30.0, show_default=True, type=SECONDS,
               help="Seconds to wait for it to catch up (0: return after the snapshot).")
 def resync(directory: str, node: str, wait: float) -> None:
     """Re-seed follower NODE from a new snapshot of the leader (after it fell behind retention)."""
@@ -392,7 +412,7 @@ def resync(directory: str, node: str, wait: float) -> None:
 @click.option("--force", is_flag=True,
               help="Promote a target that is behind; the old leader's later entries are recorded "
                    "in DIR/lost-writes-epoch<N>.jsonl.")
-@click.option("--timeout", default=10.0, show_default=True, type=float,
+@click.option("--timeout", default=10.0, show_default=True, type=SECONDS,
               help="Seconds to wait for the old leader's lock and for the target to catch up.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def failover(directory: str, to: str | None, force: bool, timeout: float, as_json: bool) -> None:
@@ -427,7 +447,7 @@ def stop_node(directory: str, node: str) -> None:
 @main.command("start-node")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("node")
-@click.option("--timeout", default=10.0, show_default=True, type=float,
+@click.option("--timeout", default=10.0, show_default=True, type=SECONDS,
               help="Seconds to wait for the node's write lock.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def start_node(directory: str, node: str, timeout: float, as_json: bool) -> None:
@@ -456,7 +476,7 @@ VERIFY_ERROR = 3
 
 @main.command(cls=_UsageExitsThree)
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0),
+@click.option("--timeout", default=10.0, show_default=True, type=SECONDS,
               help="Seconds to wait for each follower's write lock (verify holds every follower, "
                    "brings it to the leader's LSN itself and compares it there).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")

@@ -5,6 +5,7 @@ Importing this module registers them; the shell package does it once.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,6 +139,7 @@ def _log(shell: Shell, args: list[str]) -> None:
     if count < 1:
         raise CommandError("N must be at least 1")
     cluster = shell.cluster
+    count = min(count, max(cluster.leader_lsn(), 1))  # no more than there are (SQLite's integers)
     first = max(1, cluster.leader_lsn() - count + 1)
     for item in cluster.decode(cluster.entries(first, count)):
         shell.write("\n".join(item.lines()) + "\n")
@@ -167,6 +169,8 @@ def _wait(shell: Shell, args: list[str]) -> None:
         timeout = float(args[0]) if args else 10.0
     except ValueError:
         raise CommandError(f"SECONDS must be a number, not {args[0]!r}") from None
+    if not math.isfinite(timeout) or timeout < 0:
+        raise CommandError(f"SECONDS must be a finite number of seconds, not {args[0]!r}")
     moving = [n.name for n in shell.cluster.status() if n.role == "follower" and n.state == "ok"]
     lsn = shell.cluster.wait_for_catchup(timeout, nodes=moving)
     shell.message(f"{', '.join(moving) or 'no follower'} at LSN {lsn}")

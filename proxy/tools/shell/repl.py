@@ -190,6 +190,9 @@ class Shell:
         except OSError as exc:  # a file a dot-command reads or writes
             self.error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), where)
             return False
+        except Exception as exc:  # a bug: said in one line, the session goes on
+            self.error(f"internal error: {type(exc).__name__}: {exc}", where)
+            return False
         return True
 
     def run_sql(self, sql: str, where: str | None = None) -> bool:
