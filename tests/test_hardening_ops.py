@@ -576,3 +576,32 @@ def test_shell_dot_commands_with_hostile_arguments_go_on(hostile_dir):
     assert returncode == 1 and "42" in out and "# LSN 1" in out
     for line in (2, 3, 4, 5, 6):
         assert f"Error in stdin line {line}: " in err, err
+
+
+def test_verify_outcomes_for_other_cluster_states(make_cluster):
+    lone = make_cluster("lone", followers=0)
+    write(lone, "CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    assert proxy.verify(lone).outcome == "identical"
+    cluster = make_cluster()
+    write(cluster, "CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    cluster.wait_for_catchup(HANG)
+    # Behind retention: its data is a prefix, not a fork; it cannot be brought to the LSN.
+    cluster.configure(retain_min_entries=0, retain_max_bytes=200)
+    cluster.pause("node2")
+    for i in range(20):
+        write(cluster, f"INSERT INTO t VALUES ({i})")
+    cluster.wait_for_catchup(HANG, nodes=["node3"])
+    cluster.truncate_log()
+    report = proxy.verify(cluster, timeout=HANG)
+    assert report.outcome == "could-not-compare" and "paused" in report.not_compared["node2"]
+    cluster.resume("node2")
+    wait_until(lambda: states(cluster)["node2"] == "needs-snapshot", cluster=cluster, timeout=HANG)
+    report = proxy.verify(cluster, timeout=HANG)
+    assert report.outcome == "could-not-compare", report.differences
+    assert "resync" in report.not_compared["node2"]
+    cluster.resync("node2")
+    assert proxy.verify(cluster, timeout=HANG).outcome == "identical"
+    cluster.configure(auto_failover=False)
+    cluster.stop_node(cluster.leader)
+    report = proxy.verify(cluster, timeout=HANG)
+    assert report.outcome == "could-not-compare" and "node1" in report.not_compared

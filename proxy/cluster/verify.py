@@ -346,5 +346,9 @@ def _bring_to(cluster: ClusterCore, name: str, applier: Applier, leader_conn: ap
         why = (" (paused; `replproxy resume` lets it apply)" if state.paused
                else f" (stopped: {state.error})" if state.error
                else f" ({applier.held})" if applier.held else "")
-        return _not_compared(name, f"behind: applied LSN {state.applied_lsn} of {lsn}{why}")
+        detail = f"behind: applied LSN {state.applied_lsn} of {lsn}{why}"
+        if state.needs_snapshot:  # found while verify applied: said as when found before
+            kind = divergence.DIVERGED if state.kind == store.StopKind.DIVERGED else "not-compared"
+            return Difference(name, "position", f"{detail}; {hint}", kind)
+        return _not_compared(name, detail)
     return fingerprint(conn)
