@@ -138,7 +138,10 @@ def run_one(base: Path, workload: str, fmt: str, scale: int, synchronous: str) -
             result.converged = False
             result.error = apply_error
         report = verify(cluster, timeout=1.0) if not apply_error else None
-        if report is not None:
+        if report is not None and report.outcome == "could-not-compare":
+            result.converged = None  # not known: say why rather than "diverged"
+            result.error = "; ".join(f"{n}: {why}" for n, why in report.not_compared.items())
+        elif report is not None:
             result.converged = report.identical
             result.differing_tables = sorted(report.differing_tables)
     finally:
