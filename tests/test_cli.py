@@ -487,7 +487,7 @@ def test_broken_follower_file(cdir: Path, damage: str) -> None:
     assert "node2.db" in result.stderr
     # status shows the node's trouble and the file at fault, and still reports the others
     nodes = {n["name"]: n for n in json.loads(run("status", cdir, "--json").stdout)["nodes"]}
-    assert nodes["node2"]["state"] in ("missing", "error")
+    assert nodes["node2"]["state"] in ("missing", "damaged")  # issue 14: a damaged file says so
     assert "node2.db" in nodes["node2"]["error"]
     assert nodes["node3"]["state"] == "ok"
     text = run("status", cdir).stdout

@@ -173,12 +173,14 @@ class ClusterCore:
         appliers: list[Applier] = []
         if isinstance(source, DownSource):
             return appliers
+        if self.replicator is not None:
+            self.replicator.forget([f.name for f in self.config.running_followers])
         for follower in self.config.running_followers:
             try:
                 appliers.append(self.applier(follower.name, source))
-            except ClusterError as exc:
+            except (ClusterError, apsw.Error) as exc:  # a damaged file: retried, logged once (replicator.py)
                 if self.replicator is not None:
-                    self.replicator.errors[follower.name] = str(exc)
+                    self.replicator.failed(follower.name, str(exc))
         return appliers
 
     def _after_round(self, leader_lsn: int, positions: dict[str, int]) -> None:

@@ -47,6 +47,8 @@ def configure(cluster: ClusterCore, *, mode: str | None = None, sync_followers: 
         new = replace(config, **values)
         if new.mode == "sync" and not new.sync_followers:
             raise ClusterError("sync mode needs at least one sync follower (--sync-followers)")
+        cfg.check_semi_sync(new, semi_sync_k)
+        cfg.check_semi_sync(new)
         return new
 
     return cluster.change_config(change)

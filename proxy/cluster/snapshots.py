@@ -128,12 +128,23 @@ def remove_follower(cluster: ClusterCore, name: str, *, delete_file: bool = Fals
         if new.mode == "sync" and not new.sync_followers:
             raise ClusterError(f"{name} is the last sync follower of a sync-mode cluster; "
                                "change the mode or the sync followers first")
+        cfg.check_semi_sync(new)
         return new
 
     cluster.change_config(change)
     _set_hold(cluster, name, None)
     if delete_file:
         store.remove_files(cluster.directory / node.file)
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged node file (with its -wal and -shm) out of the way; return its new name."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    for suffix in ("", "-wal", "-shm"):
+        old = Path(str(path) + suffix)
+        if old.exists():
+            old.rename(Path(str(aside) + suffix))
+    return aside
 
 
 def resync(cluster: ClusterCore, name: str) -> int:
@@ -148,8 +159,18 @@ def resync(cluster: ClusterCore, name: str) -> int:
     _set_hold(cluster, name, cluster.leader_lsn())
     try:
         lsn = snapshot(cluster, temp, name)
-        with store.opened(temp, name=name) as source:
-            _backup_into(source, target, name)
+        try:
+            with store.opened(temp, name=name) as source:
+                _backup_into(source, target, name)
+        except (ClusterError, apsw.Error) as exc:
+            # Its file is damaged (not a database, a bad header): keep it aside and put the
+            # snapshot in its place in one rename (no process sees a half-made file).
+            aside = _set_aside(target)
+            log.warning("%s: its file cannot be written in place (%s); moved to %s, replaced "
+                        "from the snapshot", name, exc, aside)
+            for suffix in ("", "-wal"):
+                if Path(str(temp) + suffix).exists():
+                    os.replace(str(temp) + suffix, str(target) + suffix)
     finally:
         store.remove_files(temp)
         _set_hold(cluster, name, None)

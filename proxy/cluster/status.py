@@ -10,7 +10,7 @@ import apsw
 
 from ..errors import ClusterError
 from ..store import log, node
-from . import watch
+from . import divergence, watch
 from .core import ClusterCore
 
 STOPPED_LEADER = "stopped with replproxy stop-node: no writes until a failover or start-node"
@@ -26,7 +26,12 @@ class NodeStatus:
     applied_lsn: int
     lag_entries: int
     lag_seconds: float
-    state: str  # "ok", "paused", "error", "needs-snapshot", "missing", "stopped", "outside-writes"
+    # "ok", "paused", "error", "needs-snapshot", "missing", "damaged" (its file cannot be read as a
+    # node), "stopped"; a follower whose position its content or the leader's log contradicts:
+    # "diverged" or "ahead-of-leader" (divergence.py); a leader whose log ends before what its
+    # followers applied: "behind-followers"; a leader written by programs outside the proxy (row,
+    # statement and mixed formats, watch.py): "outside-writes".
+    state: str
     error: str | None = None
     error_lsn: int | None = None
     # A follower's replication role ("sync" or "async"); empty for the leader.
@@ -57,6 +62,16 @@ def status(cluster: ClusterCore) -> list[NodeStatus]:
                                  "stopped", "stopped with replproxy stop-node", None,
                                  follower.replication)
             result.append(row)
+        ahead = [r for r in result if r.state == divergence.AHEAD]
+        if ahead and not down:
+            top = max(r.applied_lsn for r in ahead)
+            result[0] = NodeStatus(
+                cluster.leader, "leader", result[0].file, leader_lsn, 0, 0.0, "behind-followers",
+                f"{cluster.leader}: its log ends at LSN {leader_lsn} but "
+                f"{', '.join(r.name for r in ahead)} applied up to LSN {top}: the leader's file is "
+                "older than what its followers applied (restored from an older backup?); writes made "
+                "since are on a fork: resync the followers from it, or fail over to the most "
+                "up-to-date follower")
         return result
 
 
@@ -74,11 +89,18 @@ def _follower_status(cluster: ClusterCore, name: str, leader_conn: apsw.Connecti
     try:
         conn = cluster.open_node(name)
     except ClusterError as exc:
-        return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "missing", str(exc))
+        if not cluster.path_of(name).exists():
+            return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "missing", str(exc))
+        return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "damaged",
+                          f"{exc}; `replproxy resync {cluster.directory} {name}` replaces it")
     try:
+        conn.execute("BEGIN")  # its state and its log copy as of one moment
         state = node.read_state(conn)
+        hint = f"re-seed it with `replproxy resync {cluster.directory} {name}`"
+        problem = divergence.check(name, conn, state, leader_conn, hint)
     except (apsw.Error, ClusterError) as exc:
-        return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "error", str(exc))
+        return NodeStatus(name, "follower", path, 0, leader_lsn, 0.0, "damaged",
+                          f"{exc}; `replproxy resync {cluster.directory} {name}` replaces it")
     finally:
         conn.close()
     lag = max(0, leader_lsn - state.applied_lsn)
@@ -98,6 +120,8 @@ def _follower_status(cluster: ClusterCore, name: str, leader_conn: apsw.Connecti
         error = cluster.replicator.errors.get(name)
     if state.needs_snapshot:
         node_state = "needs-snapshot"
+    elif problem is not None:
+        node_state, error = problem.kind, problem.message
     elif lag and log.first_missing_gone(leader_conn, state.applied_lsn):
         node_state = "needs-snapshot"
         error = error or (f"{name}: log entry {state.applied_lsn + 1} is no longer retained; "

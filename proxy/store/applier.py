@@ -111,6 +111,14 @@ class Applier:
             time.sleep(idle)
         return self.applied_lsn
 
+    def apply_next(self, applied: int) -> tuple[int, int]:
+        """Apply the entries after `applied` (one batch, as far as the source gives them) inside
+        the caller's write transaction on `self.conn`; return (position reached, entries applied).
+        A failure stops the follower in that transaction, as `step` would."""
+        reached, count, _last = self._apply_entries(self.conn, applied)
+        self.applied_lsn = reached
+        return reached, count
+
     def _epoch_fence(self, conn: apsw.Connection) -> tuple[int, int]:
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if self._fence is None or self._fence[0] != version:
@@ -118,7 +126,33 @@ class Applier:
             self._fence = (version, fence.epoch, fence.base)
         return self._fence[1], self._fence[2]
 
+    def _fork(self, conn: apsw.Connection, applied: int) -> str | None:
+        """Why the source no longer continues what this follower applied (its entry at `applied`
+        has another epoch or checksum there), or None. Applying on would diverge silently."""
+        theirs = self.source.identity(applied) if applied > 0 else None
+        if theirs is None:
+            return None
+        row = conn.execute("SELECT epoch, checksum FROM _replproxy_log WHERE lsn = ?", (applied,)).fetchone()
+        if row is not None:
+            if (int(row[0]), int(row[1])) == theirs:
+                return None
+            mine = f"epoch {row[0]}, checksum {row[1]}"
+        else:  # no copy (a fresh snapshot): the epoch it recorded is all there is
+            (epoch,) = conn.execute("SELECT applied_epoch FROM _replproxy_state WHERE id = 1").fetchone()
+            if not epoch or epoch == theirs[0]:
+                return None
+            mine = f"epoch {epoch}"
+        return (f"{self.name}: the entry {applied} it applied ({mine}) is not the leader's entry "
+                f"{applied} (epoch {theirs[0]}, checksum {theirs[1]}): the leader's log no longer "
+                "continues what it applied (a leader restored from an older backup?); this "
+                "follower needs a new snapshot (replproxy resync)")
+
     def _apply_entries(self, conn: apsw.Connection, applied: int) -> tuple[int, int, LogEntry | None]:
+        fork = self._fork(conn, applied)
+        if fork is not None:
+            log.error("%s", fork)
+            store.set_error(conn, store.StopKind.DIVERGED, fork, applied + 1)
+            return applied, 0, None
         entries = self.source.read(applied, BATCH_ENTRIES)
         epoch, base = self._epoch_fence(conn)
         self.held = None

@@ -292,6 +292,18 @@ def check_replication(config: ClusterConfig, source: str = CONFIG_NAME) -> None:
                            "be negative")
 
 
+def check_semi_sync(config: ClusterConfig, k: int | None = None) -> None:
+    """Refuse a semi-sync k (`k`, or the configured one in semi-sync mode) larger than the number
+    of followers: no commit could ever be acknowledged by that many (checked when settings or
+    followers change, not when reading, so a cluster stays readable)."""
+    k = config.semi_sync_k if k is None and config.mode == "semi-sync" else k
+    count = len(config.followers)
+    if k is not None and k > count:
+        raise ClusterError(f"semi_sync_k {k} is more than the {count} follower(s) of the cluster: "
+                           "no commit could be acknowledged by that many; add followers first or "
+                           "lower semi_sync_k")
+
+
 def config_path(directory: str | os.PathLike[str]) -> Path:
     return Path(directory) / CONFIG_NAME
 

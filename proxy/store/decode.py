@@ -26,6 +26,21 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Why a value cannot be shown: SQLite text that is not valid UTF-8."""
+    return (f"a value is text that is not valid UTF-8 ({exc.reason} at byte {exc.start}: "
+            f"{exc.object[max(0, exc.start - 8):exc.end + 8]!r}); select CAST(value AS BLOB) "
+            "or hex(value) to see its bytes")
+
+
+def bad_input(exc: UnicodeEncodeError) -> str:
+    """Why text given to SQLite was refused: bytes that are not UTF-8 (Python keeps them from
+    arguments and input as surrogates)."""
+    bad = exc.object[exc.start:exc.end].encode("utf-8", "surrogateescape")
+    return (f"input is not valid UTF-8 (byte 0x{bad.hex()} in {exc.object[:60]!r}): SQL text, "
+            "values and file names must be UTF-8; write a BLOB as x'hex'")
+
+
 def jsonable(value: Any) -> Any:
     """A value JSON can carry; BLOBs become hex strings."""
     if isinstance(value, bytes):
@@ -92,6 +107,9 @@ def decode_entries(entries: Iterable[LogEntry], columns: dict[str, list[str]],
             out.append(DecodedEntry(entry, tuple(fmt.decode(entry.payload, columns.get))))
         except logformats.DecodeError as exc:
             out.append(DecodedEntry(entry, (), f"cannot decode: {exc}"))
+        except UnicodeDecodeError as exc:
+            # SQLite holds text that is not UTF-8 (upper(X'80')); the entry applies as it is.
+            out.append(DecodedEntry(entry, (), f"cannot show its changes: {not_utf8(exc)}"))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -47,9 +48,31 @@ class Replicator(threading.Thread):
         self._wake = threading.Event()
         self._halt = threading.Event()
         self.progress = threading.Condition()
+        # Why a follower (or "maintenance", "outside", "*") is failing, while it is: logged once
+        # when it starts failing and once when it recovers, not on every round.
         self.errors: dict[str, str] = {}
+        # A follower failing for another reason than an entry (its file damaged, replaced): its
+        # applier is reopened this often, so a file re-seeded by another process is picked up.
+        self.reopen_interval = 1.0
+        self._reopen_at = 0.0
         self._reload = threading.Event()
         self._reloaded = threading.Event()
+
+    def failed(self, key: str, message: str) -> None:
+        """`key` fails with `message`: logged when it starts failing or the reason changes."""
+        if self.errors.get(key) != message:
+            log.warning("%s: %s", _label(key), message)
+        self.errors[key] = message
+
+    def recovered(self, key: str) -> None:
+        """`key` works again: logged once if it was failing."""
+        if self.errors.pop(key, None) is not None:
+            log.warning("%s: working again", _label(key))
+
+    def forget(self, keep: list[str]) -> None:
+        """Drop the failures of followers no longer in `keep` (removed, stopped)."""
+        for key in [k for k in self.errors if k not in _NOT_FOLLOWERS and k not in keep]:
+            del self.errors[key]
 
     def notify(self, urgent: bool = False) -> None:
         """A commit happened in this process: look at the log now rather than at the next poll.
@@ -86,6 +109,7 @@ class Replicator(threading.Thread):
                         source.close()
                     source = self._make_source()
                     appliers = self._make_appliers(source)
+                    self._reopen_at = time.monotonic() + self.reopen_interval
                     with self.progress:
                         self.applied = {a.name: a.applied_lsn for a in appliers}
                     self._reloaded.set()
@@ -107,21 +131,24 @@ class Replicator(threading.Thread):
                         elif self.applied.get(applier.name) != applier.applied_lsn:
                             with self.progress:  # moved by another process
                                 self.applied[applier.name] = applier.applied_lsn
-                        self.errors.pop(applier.name, None)
+                        self.recovered(applier.name)
                     except apsw.BusyError:
                         progressed = True  # someone else holds the follower; try again soon
                     except Exception as exc:  # keep the other followers moving
-                        self.errors[applier.name] = str(exc)
-                        log.warning("follower %s: %s", applier.name, exc)
+                        self.failed(applier.name, str(exc))
+                names = {a.name for a in appliers}
+                if any(k not in _NOT_FOLLOWERS and k not in names for k in self.errors) or any(
+                        a.name in self.errors for a in appliers):
+                    if time.monotonic() >= self._reopen_at:
+                        self._reload.set()  # reopen the failing followers' files next round
                 with self.progress:
                     self.progress.notify_all()
                 if self._after_round is not None:
                     try:
                         self._after_round(leader_lsn, dict(self.applied))
-                        self.errors.pop("maintenance", None)
+                        self.recovered("maintenance")
                     except Exception as exc:  # keep the followers moving
-                        self.errors["maintenance"] = str(exc)
-                        log.warning("replicator maintenance: %s", exc)
+                        self.failed("maintenance", str(exc))
                 if not progressed:
                     self._wake.wait(self.poll_interval)
                     self._wake.clear()
@@ -129,8 +156,7 @@ class Replicator(threading.Thread):
                     self._urgent.wait(self.linger)
                 self._urgent.clear()
             except Exception as exc:
-                log.warning("replicator: %s", exc)
-                self.errors["*"] = str(exc)
+                self.failed("*", str(exc))
                 source = None
                 self._halt.wait(0.2)
         for applier in appliers:
@@ -144,10 +170,17 @@ class Replicator(threading.Thread):
         assert self._watcher is not None
         try:
             self._watcher.poll()
-            self.errors.pop("outside", None)
+            self.recovered("outside")
         except Exception as exc:  # keep the followers moving
-            self.errors["outside"] = str(exc)
-            log.warning("outside writers: %s", exc)
+            self.failed("outside", str(exc))
+
+
+_NOT_FOLLOWERS = frozenset({"maintenance", "outside", "*"})
+
+
+def _label(key: str) -> str:
+    return {"maintenance": "replicator maintenance", "outside": "outside writers",
+            "*": "replicator"}.get(key, f"follower {key}")
 
 
 class Watcher(Protocol):

@@ -31,6 +31,12 @@ class LogSource(abc.ABC):
     def commit_time(self, lsn: int) -> float | None:
         """The leader commit time of entry `lsn`, if the source still holds it."""
 
+    def identity(self, lsn: int) -> tuple[int, int] | None:
+        """(epoch, checksum) of entry `lsn` if the source holds it: a follower checks with it that
+        the source still continues what it applied."""
+        entries = self.read(lsn - 1, 1)
+        return (entries[0].epoch, entries[0].checksum) if entries and entries[0].lsn == lsn else None
+
     def close(self) -> None:
         """Release the source."""
 
@@ -50,6 +56,10 @@ class LeaderFileSource(LogSource):
 
     def commit_time(self, lsn: int) -> float | None:
         return log.commit_time(self.conn, lsn)
+
+    def identity(self, lsn: int) -> tuple[int, int] | None:
+        row = self.conn.execute("SELECT epoch, checksum FROM _replproxy_log WHERE lsn = ?", (lsn,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
 
     def close(self) -> None:
         self.conn.close()

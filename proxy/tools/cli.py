@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import os
 import signal
 import sys
 import time
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import click
 
 import logformats
@@ -21,11 +24,31 @@ from ..cluster.verify import verify as verify_cluster
 from ..driver import connect
 from ..errors import Error, ReplicationTimeout
 from ..store import config as cfg
+from ..store.decode import bad_input, not_utf8
 from .render import render
 
 
+class _Seconds(click.FloatRange):
+    """A number of seconds: finite and not negative (nan and inf would wait forever or crash)."""
+
+    name = "seconds"
+
+    def __init__(self, positive: bool = False) -> None:
+        super().__init__(min=0, min_open=positive)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
+POSITIVE_SECONDS = _Seconds(positive=True)
+
+
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"replproxy: {message}", err=True)
     sys.exit(code)
 
 
@@ -44,7 +67,7 @@ def _cluster(directory: str, replicate: bool = True, require_leader: bool = True
     try:
         yield cluster
     except Error as exc:
-        _fail(str(exc))
+        _fail(_describe(exc))
     finally:
         cluster.close()
 
@@ -89,7 +112,40 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group: whatever escapes a command ends it with one line, never a traceback
+    (REPLPROXY_TRACEBACK=1 shows it, for a bug report)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("REPLPROXY_TRACEBACK"):
+                raise
+            click.echo(f"replproxy: {_describe(exc)}", err=True)
+            ctx.exit(1)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception a command did not handle itself."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, Error) and isinstance(cause, UnicodeError):
+        exc = cause  # the driver's wrapping of a value that is not UTF-8
+    if isinstance(exc, UnicodeDecodeError):
+        return not_utf8(exc)
+    if isinstance(exc, UnicodeEncodeError) and "surrogates" in str(exc):
+        return bad_input(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, (Error, apsw.Error)):
+        return str(exc)
+    return (f"internal error: {type(exc).__name__}: {exc} (REPLPROXY_TRACEBACK=1 shows where; "
+            "please report it)")
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="replproxy")
 def main() -> None:
     """replproxy: a SQL replication proxy over SQLite.
@@ -148,6 +204,10 @@ def init(directory: str, followers: int, log_format: str, row_image: str, from_d
     except (Error, ValueError) as exc:
         _fail(str(exc))
         return
+    except OSError as exc:
+        _fail(f"cannot create a cluster in {directory}: {exc.strerror or exc}"
+              + (f" ({exc.filename})" if exc.filename and str(exc.filename) != directory else ""))
+        return
     extra = "".join(f", {key.replace('_', ' ')} {value}" for key, value in sorted(options.items()))
     click.echo(f"Created cluster in {directory} (format {config.format}, row image {config.row_image}{extra})")
     for node in config.nodes:
@@ -163,7 +223,7 @@ def init(directory: str, followers: int, log_format: str, row_image: str, from_d
 @click.option("--node", help="Read from this node only (writes are refused unless it is the leader).")
 @click.option("--mode", type=click.Choice(["table", "box", "csv", "json", "line"]), default="table",
               show_default=True, help="Output format for rows.")
-@click.option("--settle", default=2.0, show_default=True, type=float,
+@click.option("--settle", default=2.0, show_default=True, type=SECONDS,
               help="Seconds to let followers catch up before exiting (0: exit at once).")
 def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, mode: str,
           settle: float) -> None:
@@ -267,19 +327,19 @@ def _mode_line(r: dict[str, Any]) -> str:
 @click.option("--mode", type=click.Choice(cfg.MODES), help="Replication mode.")
 @click.option("--sync-followers", help="Comma-separated followers whose role becomes sync (others: async).")
 @click.option("--semi-sync-k", type=click.IntRange(1), help="semi-sync: followers that must apply a commit.")
-@click.option("--timeout", "sync_timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", "sync_timeout", type=POSITIVE_SECONDS,
               help="Seconds a commit waits for acknowledgements (sync: then fails; semi-sync: then degrades).")
 @click.option("--retain-min-entries", type=click.IntRange(0),
               help="Keep at least the last N log entries even when every follower applied them.")
 @click.option("--retain-max-bytes", type=click.IntRange(0), help="Log retention size limit (0: none).")
-@click.option("--retain-max-age", type=click.FloatRange(0), help="Log retention age limit in seconds (0: none).")
+@click.option("--retain-max-age", type=SECONDS, help="Log retention age limit in seconds (0: none).")
 @click.option("--auto-resync/--no-auto-resync", default=None,
               help="Re-seed followers left behind by retention from a new snapshot automatically.")
 @click.option("--auto-failover/--no-auto-failover", default=None,
               help="Promote the most up-to-date follower when the leader fails (default on).")
-@click.option("--failover-timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--failover-timeout", type=POSITIVE_SECONDS,
               help="Seconds without an answer from the leader before automatic failover (default 5).")
-@click.option("--failover-cooldown", type=click.FloatRange(0),
+@click.option("--failover-cooldown", type=SECONDS,
               help="No automatic failover within this many seconds of the last one (default 60).")
 @click.option("--failover-key-gap", type=click.IntRange(0),
               help="AUTOINCREMENT counters jump by this much when the old leader was unreachable.")
@@ -309,7 +369,7 @@ def config_(directory: str, mode: str | None, sync_followers: str | None, semi_s
 @click.argument("name")
 @click.option("--file", "file_name", help="Database file in DIRECTORY (default NAME.db).")
 @click.option("--sync", "sync_role", is_flag=True, help="Give the new follower the sync role.")
-@click.option("--wait", default=30.0, show_default=True, type=float,
+@click.option("--wait", default=30.0, show_default=True, type=SECONDS,
               help="Seconds to wait for it to catch up (0: return after the snapshot).")
 def add_follower(directory: str, name: str, file_name: str | None, sync_role: bool, wait: float) -> None:
     """Add follower NAME online: a snapshot of the leader (backup API) at an exact LSN, then catch-up."""
@@ -335,7 +395,7 @@ def remove_follower(directory: str, name: str, delete_file: bool) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("node")
-@click.option("--wait", default=30.0, show_default=True, type=float,
+@click.option("--wait", default=30.0, show_default=True, type=SECONDS,
               help="Seconds to wait for it to catch up (0: return after the snapshot).")
 def resync(directory: str, node: str, wait: float) -> None:
     """Re-seed follower NODE from a new snapshot of the leader (after it fell behind retention)."""
@@ -352,7 +412,7 @@ def resync(directory: str, node: str, wait: float) -> None:
 @click.option("--force", is_flag=True,
               help="Promote a target that is behind; the old leader's later entries are recorded "
                    "in DIR/lost-writes-epoch<N>.jsonl.")
-@click.option("--timeout", default=10.0, show_default=True, type=float,
+@click.option("--timeout", default=10.0, show_default=True, type=SECONDS,
               help="Seconds to wait for the old leader's lock and for the target to catch up.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def failover(directory: str, to: str | None, force: bool, timeout: float, as_json: bool) -> None:
@@ -387,7 +447,7 @@ def stop_node(directory: str, node: str) -> None:
 @main.command("start-node")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("node")
-@click.option("--timeout", default=10.0, show_default=True, type=float,
+@click.option("--timeout", default=10.0, show_default=True, type=SECONDS,
               help="Seconds to wait for the node's write lock.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def start_node(directory: str, node: str, timeout: float, as_json: bool) -> None:
@@ -398,35 +458,68 @@ def start_node(directory: str, node: str, timeout: float, as_json: bool) -> None
     _print_result(result, as_json)
 
 
-@main.command()
+class _UsageExitsThree(click.Command):
+    """A command whose usage errors exit 3 (its own codes 1 and 2 mean something else)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = VERIFY_ERROR
+            raise
+
+
+MAX_LSN = 2**63 - 1  # SQLite's largest integer
+VERIFY_EXIT = {"identical": 0, "different": 1, "could-not-compare": 2}
+VERIFY_ERROR = 3
+
+
+@main.command(cls=_UsageExitsThree)
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--timeout", default=10.0, show_default=True, type=float,
-              help="Seconds to wait for followers to catch up before comparing.")
+@click.option("--timeout", default=10.0, show_default=True, type=SECONDS,
+              help="Seconds to wait for each follower's write lock (verify holds every follower, "
+                   "brings it to the leader's LSN itself and compares it there).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def verify(directory: str, timeout: float, as_json: bool) -> None:
-    """Compare schema and content of every user table on every node; exit 0 only if identical."""
-    with _cluster(directory) as cluster:
+    """Compare schema and content of every user table on every node at exactly one LSN.
+
+    Exit status: 0 identical; 1 different (a table differs, or a follower diverged or is ahead of
+    the leader); 2 could not compare (a follower is paused, stopped, or its lock timed out);
+    3 usage or cluster error."""
+    try:
+        cluster = Cluster(directory)
+    except Error as exc:
+        _fail(str(exc), VERIFY_ERROR)
+        return
+    try:
         report = verify_cluster(cluster, timeout=timeout)
-        stopped = [n.name for n in cluster.config.nodes if n.stopped]
-    if stopped and not as_json:
-        click.echo(f"not compared: {', '.join(stopped)} (stopped; start-node brings it back)")
+    except Exception as exc:  # exit 1 and 2 are answers: anything else is a cluster error
+        _fail(_describe(exc), VERIFY_ERROR)
+        return
+    finally:
+        cluster.close()
+    outcome = report.outcome
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
-    elif report.identical:
+    elif outcome == "identical":
         click.echo(f"OK: {len(report.nodes)} nodes identical at LSN {report.lsn} "
                    f"({report.tables} tables compared)")
     else:
-        click.echo(f"DIFFERENT at LSN {report.lsn}:")
+        head = "DIFFERENT" if outcome == "different" else "COULD NOT COMPARE"
+        click.echo(f"{head} at LSN {report.lsn}:")
         for diff in report.differences:
-            click.echo(f"  {diff.node}: {diff.object}: {diff.detail}")
-    sys.exit(0 if report.identical else 1)
+            label = diff.object if diff.compared else "not compared"
+            click.echo(f"  {diff.node}: {label}: {diff.detail}")
+        if any(d.kind == "content" for d in report.differences):
+            click.echo(f"re-seed a differing follower with `replproxy resync {directory} NODE`")
+    sys.exit(VERIFY_EXIT[outcome])
 
 
 @main.command("log")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--from", "from_lsn", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--from", "from_lsn", default=1, show_default=True, type=click.IntRange(1, MAX_LSN),
               help="First LSN to show.")
-@click.option("--limit", type=click.IntRange(0), help="Show at most this many entries.")
+@click.option("--limit", type=click.IntRange(0, MAX_LSN), help="Show at most this many entries.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry, one per line.")
 def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> None:
     """Decode log entries for humans, like mysqlbinlog: LSN, epoch, time, and the changes."""

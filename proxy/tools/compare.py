@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import platform
 import shutil
 import sys
@@ -137,7 +138,10 @@ def run_one(base: Path, workload: str, fmt: str, scale: int, synchronous: str) -
             result.converged = False
             result.error = apply_error
         report = verify(cluster, timeout=1.0) if not apply_error else None
-        if report is not None:
+        if report is not None and report.outcome == "could-not-compare":
+            result.converged = None  # not known: say why rather than "diverged"
+            result.error = "; ".join(f"{n}: {why}" for n, why in report.not_compared.items())
+        elif report is not None:
             result.converged = report.identical
             result.differing_tables = sorted(report.differing_tables)
     finally:
@@ -339,6 +343,20 @@ def _print_table(report: dict[str, Any]) -> None:
     console.print(table, crop=False)
 
 
+def _unwritable(path: str) -> str | None:
+    """Why `path` cannot be written (a missing directory, a directory, no permission), or None:
+    it is opened for appending, and removed again if it did not exist."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        return f"cannot be written: {exc.strerror or exc}"
+    if not existed:
+        os.unlink(path)
+    return None
+
+
 @click.command("compare")
 @click.option("--workload", "workload_names", multiple=True, type=click.Choice(wl.names()),
               help="Workload to run (repeatable; default: all).")
@@ -364,6 +382,12 @@ def compare_command(workload_names: tuple[str, ...], format_names: tuple[str, ..
     Exit status 0 when every run completed (refusals and divergence are results, reported in the
     table), 1 when a workload failed with an unexpected error.
     """
+    for option, path in (("--json", json_file), ("--html", html_file)):
+        if path:
+            problem = _unwritable(path)
+            if problem:  # said now, not after a run that could take minutes
+                click.echo(f"replproxy: {option} {path}: {problem}", err=True)
+                sys.exit(2)
     workloads = list(workload_names) or wl.names()
     formats = list(format_names) or list(FORMATS)
     if quiet:
@@ -385,10 +409,13 @@ def compare_command(workload_names: tuple[str, ...], format_names: tuple[str, ..
             report = run_compare(workloads, formats, scale, synchronous, workdir, on_step=step)
             progress.advance(task)
         _print_table(report)
-    if json_file:
-        write_json(report, json_file)
-    if html_file:
-        write_html(report, html_file)
+    for path, write in ((json_file, write_json), (html_file, write_html)):
+        if path:
+            try:
+                write(report, path)
+            except OSError as exc:  # it became unwritable during the run: the table was shown
+                click.echo(f"replproxy: cannot write {path}: {exc.strerror or exc}", err=True)
+                sys.exit(1)
     if not quiet:
         for path in (json_file, html_file):
             if path:

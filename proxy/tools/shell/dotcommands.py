@@ -5,13 +5,16 @@ Importing this module registers them; the shell package does it once.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import apsw
+
 from ...cluster.verify import verify
 from ...driver import consistency
-from ...errors import Error, ReplicationTimeout
+from ...errors import Error
 from ..render import MODES, render
 from .registry import CommandError, command, commands, lookup
 
@@ -137,6 +140,7 @@ def _log(shell: Shell, args: list[str]) -> None:
     if count < 1:
         raise CommandError("N must be at least 1")
     cluster = shell.cluster
+    count = min(count, max(cluster.leader_lsn(), 1))  # no more than there are (SQLite's integers)
     first = max(1, cluster.leader_lsn() - count + 1)
     for item in cluster.decode(cluster.entries(first, count)):
         shell.write("\n".join(item.lines()) + "\n")
@@ -166,6 +170,8 @@ def _wait(shell: Shell, args: list[str]) -> None:
         timeout = float(args[0]) if args else 10.0
     except ValueError:
         raise CommandError(f"SECONDS must be a number, not {args[0]!r}") from None
+    if not math.isfinite(timeout) or timeout < 0:
+        raise CommandError(f"SECONDS must be a finite number of seconds, not {args[0]!r}")
     moving = [n.name for n in shell.cluster.status() if n.role == "follower" and n.state == "ok"]
     lsn = shell.cluster.wait_for_catchup(timeout, nodes=moving)
     shell.message(f"{', '.join(moving) or 'no follower'} at LSN {lsn}")
@@ -175,24 +181,24 @@ def _wait(shell: Shell, args: list[str]) -> None:
 def _verify(shell: Shell, args: list[str]) -> None:
     """Compare every follower with the leader, like `replproxy verify`.
 
-    Schema and content of every user table are compared at one LSN.
+    Schema and content of every user table are compared at exactly one LSN: every follower is
+    held and brought to the leader's last LSN, then compared.
 
-    Followers that are not paused are first given up to 10 s to catch up; a paused follower is
-    reported as behind.
+    A paused or stopped follower is reported as not compared; a follower that diverged or is
+    ahead of the leader as different.
     """
-    cluster = shell.cluster
-    moving = [n.name for n in cluster.status() if n.role == "follower" and n.state == "ok"]
     try:
-        cluster.wait_for_catchup(10.0, nodes=moving)
-    except ReplicationTimeout:
-        pass  # verify reports who is behind
-    report = verify(cluster, timeout=0)
+        report = verify(shell.cluster, timeout=10.0)
+    except (Error, apsw.Error) as exc:
+        raise CommandError(str(exc)) from None
     if report.identical:
         shell.write(f"OK: {len(report.nodes)} nodes identical at LSN {report.lsn} "
                     f"({report.tables} tables compared)\n")
         return
-    shell.write(f"DIFFERENT at LSN {report.lsn}:\n")
-    shell.write("".join(f"  {d.node}: {d.object}: {d.detail}\n" for d in report.differences))
+    head = "DIFFERENT" if report.outcome == "different" else "COULD NOT COMPARE"
+    shell.write(f"{head} at LSN {report.lsn}:\n")
+    shell.write("".join(f"  {d.node}: {d.object if d.compared else 'not compared'}: {d.detail}\n"
+                        for d in report.differences))
     shell.errors += 1
 
 

@@ -32,6 +32,7 @@ from ...cluster import Cluster
 from ...driver import Connection, Cursor, connect
 from ...errors import Error
 from ...store import config as cfg
+from ...store.decode import bad_input, not_utf8
 from ..render import MODES, render
 from . import registry
 
@@ -180,6 +181,18 @@ class Shell:
         except (registry.CommandError, Error) as exc:
             self.error(str(exc), where)
             return False
+        except UnicodeDecodeError as exc:
+            self.error(not_utf8(exc), where)
+            return False
+        except UnicodeEncodeError as exc:
+            self.error(bad_input(exc), where)
+            return False
+        except OSError as exc:  # a file a dot-command reads or writes
+            self.error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), where)
+            return False
+        except Exception as exc:  # a bug: said in one line, the session goes on
+            self.error(f"internal error: {type(exc).__name__}: {exc}", where)
+            return False
         return True
 
     def run_sql(self, sql: str, where: str | None = None) -> bool:
@@ -191,6 +204,12 @@ class Shell:
                 rows = cursor.fetchall() if cursor.description else []
         except Error as exc:
             self.error(str(exc), where)  # SQLite's own message
+            return False
+        except UnicodeDecodeError as exc:
+            self.error(not_utf8(exc), where)
+            return False
+        except UnicodeEncodeError as exc:
+            self.error(bad_input(exc), where)
             return False
         elapsed = time.perf_counter() - started
         if cursor.description and rows:
@@ -244,6 +263,12 @@ class Shell:
             for number, line in enumerate(lines, 1):
                 if self.done:
                     return
+                try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError as exc:  # bytes that are not UTF-8: drop the statement
+                    self.error(bad_input(exc), f"in {source} line {number}")
+                    buffer = ""
+                    continue
                 if not buffer and is_dot_command(line):
                     self.handle(line, f"in {source} line {number}")
                     continue
@@ -607,6 +632,9 @@ def run_shell(directory: str | os.PathLike[str], *, create: bool = False, histor
             cluster = Cluster(path)
     except Error as exc:
         stderr.write(f"Error: {exc}\n")
+        return 1
+    except OSError as exc:
+        stderr.write(f"Error: {exc.strerror or exc}: {exc.filename or path}\n")
         return 1
     try:
         shell = Shell(cluster, stdout=stdout, stderr=stderr, mode=mode)
