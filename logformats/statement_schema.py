@@ -14,6 +14,7 @@ from typing import Any
 import apsw
 
 from . import determinism
+from .row_keys import is_rowid_alias
 
 # The names of the rowid of a rowid table (unless a column takes the name).
 ROWID_ALIASES = ("rowid", "oid", "_rowid_")
@@ -124,8 +125,8 @@ class Schema:
         lowered = {c.lower() for c in columns}
         pk = sorted((c for c in info if c[4]), key=lambda c: c[4])
         ipk = None
-        if not without_rowid and len(pk) == 1 and pk[0][1].upper() == "INTEGER":
-            ipk = pk[0][0]
+        if len(pk) == 1 and is_rowid_alias(conn, real, bool(without_rowid)):
+            ipk = pk[0][0]  # as SQLite decides (INTEGER PRIMARY KEY DESC is not an alias)
         notnull = {c[0].lower() for c in info if c[2]}
         if without_rowid:
             notnull |= {c[0].lower() for c in pk}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from checks import node_rows
+from checks import assert_identical, node_rows, same_on_all
 from helpers import examples, suppressed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -568,3 +568,35 @@ def test_virtual_table_of_an_application_module(make_cluster, fmt):
         conn.execute("CREATE VIRTUAL TABLE vt USING appmod")
     conn.execute("CREATE VIRTUAL TABLE ft USING fts5(body)")  # SQLite's own module
     _identical(cluster)
+
+
+def test_hidden_rowid_of_an_integer_primary_key_desc_table_is_not_read_by_a_statement(make_cluster):
+    """`INTEGER PRIMARY KEY DESC` is not a rowid alias (SQLite's own rule): its rowid is hidden, VACUUM
+    may renumber it on the leader alone, so a write reading it is refused like any hidden rowid."""
+    cluster = make_cluster(format="statement")
+    conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
+    conn.execute("CREATE TABLE src(id INTEGER PRIMARY KEY DESC, v TEXT)")
+    conn.execute("CREATE TABLE copied(n INTEGER)")
+    conn.executemany("INSERT INTO src VALUES (?, ?)", [(i, f"v{i}") for i in (5, 1, 9, 3)])
+    with pytest.raises(proxy.UnsafeStatementError, match="hidden rowid"):
+        conn.execute("INSERT INTO copied(n) SELECT rowid FROM src")
+    conn.execute("INSERT INTO copied(n) SELECT id FROM src")  # the key itself is replicated data
+    cluster.wait_for_catchup()
+    assert_identical(cluster)
+    conn.close()
+
+
+@pytest.mark.parametrize("fmt", ["statement", "mixed"])
+def test_integer_primary_key_desc_is_not_taken_for_the_rowid(make_cluster, fmt):
+    """`INTEGER PRIMARY KEY DESC` keeps a hidden rowid apart from the key (SQLite's own rule): the
+    statement format must not treat its key as the rowid when it copies rows."""
+    cluster = make_cluster(format=fmt)
+    conn = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
+    conn.execute("CREATE TABLE src(id INTEGER PRIMARY KEY DESC, v TEXT)")
+    conn.execute("CREATE TABLE dst(id INTEGER PRIMARY KEY DESC, v TEXT)")
+    conn.executemany("INSERT INTO src VALUES (?, ?)", [(i, f"v{i}") for i in (5, 1, 9, 3)])
+    conn.execute("INSERT INTO dst SELECT * FROM src")
+    cluster.wait_for_catchup()
+    assert_identical(cluster)
+    assert same_on_all(cluster, "SELECT id, v FROM dst ORDER BY id") == [(1, "v1"), (3, "v3"), (5, "v5"), (9, "v9")]
+    conn.close()
