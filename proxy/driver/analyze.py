@@ -2,7 +2,15 @@
 
 The statement is prepared on the leader connection with an authorizer that records every action
 and an exec tracer that stops it before it runs; the read-only flag comes from
-`sqlite3_stmt_readonly`. No regular expressions decide anything here. Results are cached by SQL text.
+`sqlite3_stmt_readonly`. No regular expressions decide anything here.
+
+Results are cached by SQL text for one schema: what a statement does depends on the schema (a
+trigger it fires, a view it reads, a TEMP table that shadows a table), so the cache holds only
+verdicts made under the leader's current `schema_version` and the connection's TEMP
+`schema_version`, read before each use. A schema change by any connection or process, a TEMP
+object created or dropped, and a rolled-back schema change all empty it. A write checks again once
+its transaction holds the leader's write lock (cursor.py), when no other connection can change the
+schema until it commits.
 """
 
 from __future__ import annotations
@@ -42,16 +50,44 @@ class MultipleStatementsError(ProgrammingError):
 
 
 class Analyzer:
-    """Classifies statements for one leader connection, caching by SQL text."""
+    """Classifies statements for one leader connection, caching by SQL text for one schema."""
 
     def __init__(self, conn: apsw.Connection):
         self.conn = conn
         self._cache: dict[str, StatementInfo] = {}
+        self._versions: tuple[int, int] | None = None
 
     def clear(self) -> None:
         self._cache.clear()
+        self._versions = None
+
+    def observe(self) -> None:
+        """Empty the cache if the schema is not the one its verdicts were made under: another
+        connection changed it, this one did, or a ROLLBACK took a change back (a schema may then
+        come back to a number it had, with other content: observing after each rollback keeps an
+        old verdict from matching it)."""
+        try:
+            main = self.conn.execute("PRAGMA main.schema_version").fetchone()[0]
+            temp = self.conn.execute("PRAGMA temp.schema_version").fetchone()[0]
+            if (main, temp) != self._versions:
+                # SQLite prepares with the schema it last loaded, and reloads it only when a
+                # statement runs and finds the file's schema cookie moved: this one does, so the
+                # next verdicts see another connection's trigger (a verdict never runs its
+                # statement). Read after the cookie: the schema loaded is at least that new.
+                for _ in self.conn.execute("SELECT 1 FROM main.sqlite_schema LIMIT 0"):
+                    pass
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        if (main, temp) != self._versions:
+            self._cache.clear()
+            self._versions = (main, temp)
 
     def __call__(self, sql: str) -> StatementInfo:
+        if not isinstance(sql, str):
+            raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
+        if "\0" in sql:
+            raise ProgrammingError("the query contains a null character")  # sqlite3's words
+        self.observe()
         info = self._cache.get(sql)
         if info is None:
             info = self._analyze(sql)
@@ -61,8 +97,6 @@ class Analyzer:
         return info
 
     def _analyze(self, sql: str) -> StatementInfo:
-        if not isinstance(sql, str):
-            raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
         traced, actions = self._prepare(sql)
         if not traced:
             # Only whitespace or comments: SQLite has nothing to run.
@@ -78,7 +112,9 @@ class Analyzer:
 
         def authorizer(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
             actions.append((code, arg1, arg2, dbname, trigger))
-            return apsw.SQLITE_OK
+            # SQLite carries out many PRAGMAs as it prepares them (locking_mode, the flags): ignored
+            # here, a PRAGMA compiles to nothing and only runs if the cursor decides it may.
+            return apsw.SQLITE_IGNORE if code == apsw.SQLITE_PRAGMA else apsw.SQLITE_OK
 
         cursor = self.conn.cursor()
         cursor.exec_trace = _tracer_into(traced)
@@ -135,6 +171,8 @@ def _has_statement(conn: apsw.Connection, sql: str) -> bool:
 
     cursor = conn.cursor()
     cursor.exec_trace = tracer
+    previous = conn.authorizer
+    conn.authorizer = _no_pragma
     try:
         cursor.execute(sql, _NULL_BINDINGS, can_cache=False)
     except apsw.ExecTraceAbort:
@@ -142,8 +180,14 @@ def _has_statement(conn: apsw.Connection, sql: str) -> bool:
     except apsw.Error:
         return True
     finally:
+        conn.authorizer = previous
         cursor.exec_trace = None
     return any(found)
+
+
+def _no_pragma(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
+    """Prepare without carrying out a PRAGMA (SQLite does many as it prepares them)."""
+    return apsw.SQLITE_IGNORE if code == apsw.SQLITE_PRAGMA else apsw.SQLITE_OK
 
 
 # Blanks and SQL comments between the words of a statement.
@@ -269,9 +313,23 @@ def _kind(sql: str, readonly: bool, explain: bool, touched: _Touched, actions: l
 
 
 def _check_allowed(kind: str, actions: list[_Action]) -> None:
-    """Refuse statements that change replproxy's own tables, and ATTACH / DETACH."""
+    """Refuse statements that change replproxy's own tables or edit the schema tables directly,
+    and ATTACH / DETACH."""
+    if any(code == apsw.SQLITE_ANALYZE and isinstance(arg1, str) and arg1.lower().startswith("_replproxy_")
+           for code, arg1, _arg2, _dbname, _trigger in actions):
+        raise ProgrammingError(
+            "this ANALYZE would also analyze replproxy's internal tables (_replproxy_*), which cannot "
+            "be changed through the proxy: name the tables or indexes to analyze (ANALYZE mytable), "
+            "which is replicated")
     if _touches_internal(kind, actions):
         raise ProgrammingError("replproxy's internal tables (_replproxy_*) cannot be changed through the proxy")
+    codes = {a[0] for a in actions}
+    if not codes & (_DDL | _TEMP_DDL) and any(
+            code in _WRITE and isinstance(arg1, str) and arg1.lower() in _SCHEMA_TABLES
+            for code, arg1, _arg2, _dbname, _trigger in actions):
+        raise ProgrammingError(
+            "the schema table (sqlite_schema) cannot be edited through the proxy: such edits are "
+            "never replicated. Change the schema with CREATE, DROP and ALTER statements")
     if kind == "attach":
         raise NotSupportedError(
             "ATTACH and DETACH are not supported through the proxy: changes to attached databases "
