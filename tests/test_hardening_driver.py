@@ -168,6 +168,36 @@ def test_a_read_of_a_name_a_temp_object_shadows_reads_the_temp_object(make_clust
     assert cur.fetchall() == [(1,)] and cur.node != cluster.leader
 
 
+@pytest.mark.parametrize("sql", [
+    "CREATE TEMP TABLE _replproxy_log(lsn INTEGER PRIMARY KEY, epoch, format, payload, checksum, "
+    "committed_at, origin)",
+    "CREATE TEMP VIEW _replproxy_state AS SELECT 1 AS applied_lsn",
+    "CREATE TEMP TRIGGER spy AFTER INSERT ON main._replproxy_log BEGIN SELECT 1; END",
+])
+def test_a_temp_object_never_stands_in_for_replproxys_tables(make_cluster, sql):
+    """Names resolve to TEMP first: a TEMP _replproxy_log would take the log's entries."""
+    cluster, conn = setup(make_cluster)
+    with pytest.raises(proxy.ProgrammingError, match="internal tables"):
+        conn.execute(sql)
+    conn.execute("INSERT INTO t(x) VALUES (2)")
+    assert same_on_all(cluster, "SELECT count(*) FROM t") == [(2,)]
+
+
+@pytest.mark.parametrize("fmt", ["statement", "mixed", "row"])
+def test_ddl_on_temp_objects_stays_on_the_leader_connection(make_cluster, fmt):
+    """SQLite reports some TEMP DDL with main codes (ALTER TABLE, CREATE INDEX ...): never logged."""
+    cluster, conn = setup(make_cluster, format=fmt)
+    entries = log_rows(cluster)
+    for sql in ("CREATE TEMP TABLE x(a)", "ALTER TABLE temp.x RENAME TO y", "ALTER TABLE y ADD COLUMN b",
+                "CREATE INDEX temp.iy ON y(a)", "ALTER TABLE y RENAME COLUMN b TO c",
+                "CREATE TABLE temp.z AS SELECT 1 AS q", "DROP INDEX temp.iy"):
+        assert conn.execute(sql).node == cluster.leader
+    assert log_rows(cluster) == entries
+    conn.execute("INSERT INTO t(x) VALUES (2)")
+    assert same_on_all(cluster, "SELECT count(*) FROM t") == [(2,)]
+    assert_identical(cluster)
+
+
 # -- 9. PRAGMAs: a declared rule each -----------------------------------------------------------------
 
 def test_every_pragma_sqlite_knows_has_a_rule():
@@ -187,6 +217,7 @@ def test_every_pragma_sqlite_knows_has_a_rule():
     ("PRAGMA count_changes=1", "rowcount"),
     ("PRAGMA schema_version=99", "schema_version"),
     ("PRAGMA optimize", "ANALYZE mytable"),
+    ("PRAGMA analysis_limit=100", "statistics"),
     ("PRAGMA locking_mode=EXCLUSIVE", "NORMAL"),
     ("PRAGMA journal_mode=DELETE", "WAL"),
     ("PRAGMA main.journal_mode=memory", "WAL"),
@@ -207,7 +238,7 @@ def test_pragmas_that_would_diverge_the_leader_are_refused_with_what_to_do(make_
 @pytest.mark.parametrize("sql", [
     "PRAGMA legacy_alter_table=OFF", "PRAGMA writable_schema=0", "PRAGMA locking_mode=NORMAL",
     "PRAGMA journal_mode=WAL", "PRAGMA journal_mode", "PRAGMA schema_version", "PRAGMA count_changes=0",
-    "PRAGMA locking_mode", "PRAGMA ignore_check_constraints=OFF",
+    "PRAGMA locking_mode", "PRAGMA ignore_check_constraints=OFF", "PRAGMA analysis_limit=0",
 ])
 def test_the_same_pragmas_are_accepted_when_they_change_nothing(make_cluster, sql):
     cluster, conn = setup(make_cluster)
@@ -490,3 +521,15 @@ def test_text_that_is_not_utf8_is_an_operational_error_as_in_sqlite3(make_cluste
     conn.execute("INSERT INTO t(x) VALUES (3)")
     assert_identical(cluster)
     plain.close()
+
+
+def test_text_a_capture_cannot_read_never_escapes_as_a_raw_decode_error(make_cluster):
+    """CREATE TABLE ... AS SELECT copying text that is not UTF-8: replicated exactly, or refused
+    with a DB-API error and nothing kept (never a UnicodeDecodeError, never a leader-only table)."""
+    cluster, conn = setup(make_cluster)
+    conn.execute("INSERT INTO t(x) VALUES (CAST(x'80' AS TEXT))")
+    try:
+        conn.execute("CREATE TABLE copy AS SELECT * FROM t")
+    except proxy.Error:
+        assert not conn.in_transaction
+    assert_identical(cluster)

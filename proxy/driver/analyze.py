@@ -6,11 +6,14 @@ and an exec tracer that stops it before it runs; the read-only flag comes from
 
 Results are cached by SQL text for one schema: what a statement does depends on the schema (a
 trigger it fires, a view it reads, a TEMP table that shadows a table), so the cache holds only
-verdicts made under the leader's current `schema_version` and the connection's TEMP
-`schema_version`, read before each use. A schema change by any connection or process, a TEMP
-object created or dropped, and a rolled-back schema change all empty it. A write checks again once
-its transaction holds the leader's write lock (cursor.py), when no other connection can change the
-schema until it commits.
+verdicts made under the leader's `schema_version` and the connection's TEMP `schema_version` of the
+moment. The TEMP one is read before every statement that follows one that could change it (only
+this connection's own statements can: anything but a read) and after each rollback; the leader's
+before every statement that is not a read (a read writes nothing whatever the schema) and after
+each rollback. A schema change by
+any connection or process, a TEMP object created or dropped, and a rolled-back schema change all
+empty the cache. A write checks again once its transaction holds the leader's write lock
+(cursor.py), when no other connection can change the schema until it commits.
 """
 
 from __future__ import annotations
@@ -49,45 +52,75 @@ class MultipleStatementsError(ProgrammingError):
     """More than one statement was passed to execute()."""
 
 
+# Verdicts that no schema change can alter: what the text says (a PRAGMA, BEGIN, a savepoint,
+# nothing), and reads, which write nothing whatever the schema (they are judged again only when a
+# TEMP object of the connection changes, which decides where they are served).
+_SCHEMA_FREE = frozenset({"read", "pragma", "transaction", "savepoint", "empty"})
+
+
 class Analyzer:
     """Classifies statements for one leader connection, caching by SQL text for one schema."""
 
     def __init__(self, conn: apsw.Connection):
         self.conn = conn
         self._cache: dict[str, StatementInfo] = {}
-        self._versions: tuple[int, int] | None = None
+        self._main: int | None = None  # main.schema_version the verdicts were made under
+        self._temp: int | None = None  # temp.schema_version the verdicts were made under
+        # The last verdict was a read: only this connection changes its TEMP schema, and a read
+        # cannot, so the next statement need not read it again (rollbacks call observe()).
+        self._settled = False
 
     def clear(self) -> None:
         self._cache.clear()
-        self._versions = None
+        self._main = self._temp = None
+        self._settled = False
 
     def observe(self) -> None:
         """Empty the cache if the schema is not the one its verdicts were made under: another
         connection changed it, this one did, or a ROLLBACK took a change back (a schema may then
         come back to a number it had, with other content: observing after each rollback keeps an
         old verdict from matching it)."""
+        self._observe(main=True)
+
+    def _observe(self, main: bool) -> bool:
+        """Empty the cache if the TEMP schema (and with `main`, the leader's schema) moved since
+        its verdicts were made; True if it did."""
+        conn = self.conn
         try:
-            main = self.conn.execute("PRAGMA main.schema_version").fetchone()[0]
-            temp = self.conn.execute("PRAGMA temp.schema_version").fetchone()[0]
-            if (main, temp) != self._versions:
-                # SQLite prepares with the schema it last loaded, and reloads it only when a
-                # statement runs and finds the file's schema cookie moved: this one does, so the
-                # next verdicts see another connection's trigger (a verdict never runs its
-                # statement). Read after the cookie: the schema loaded is at least that new.
-                for _ in self.conn.execute("SELECT 1 FROM main.sqlite_schema LIMIT 0"):
-                    pass
+            temp = conn.execute("PRAGMA temp.schema_version").fetchone()[0]
+            changed = temp != self._temp
+            if main:
+                version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+                if version != self._main:
+                    # SQLite prepares with the schema it last loaded, and reloads it only when a
+                    # statement runs and finds the file's schema cookie moved: this one does, so
+                    # the next verdicts see another connection's trigger (a verdict never runs its
+                    # statement). Run after reading the cookie: the schema is at least that new.
+                    for _ in conn.execute("SELECT 1 FROM main.sqlite_schema LIMIT 0"):
+                        pass
+                    self._main = version
+                    changed = True
         except apsw.Error as exc:
             raise translate(exc) from exc
-        if (main, temp) != self._versions:
+        if changed:
             self._cache.clear()
-            self._versions = (main, temp)
+            self._temp = temp
+        return changed
 
     def __call__(self, sql: str) -> StatementInfo:
         if not isinstance(sql, str):
             raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
         if "\0" in sql:
             raise ProgrammingError("the query contains a null character")  # sqlite3's words
-        self.observe()
+        if not self._settled:
+            self._observe(main=False)
+        info = self._lookup(sql)
+        if info.kind not in _SCHEMA_FREE and self._observe(main=True):
+            info = self._lookup(sql)  # judged again, under the schema as it is now
+        self._settled = info.kind == "read"
+        return info
+
+    def _lookup(self, sql: str) -> StatementInfo:
         info = self._cache.get(sql)
         if info is None:
             info = self._analyze(sql)
@@ -295,7 +328,9 @@ def _kind(sql: str, readonly: bool, explain: bool, touched: _Touched, actions: l
     if codes & {apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH}:
         return _Kind("attach")
     if codes & _DDL:
-        return _Kind("ddl")
+        # SQLite reports some DDL on TEMP objects with the codes of main ones (ALTER TABLE, CREATE
+        # INDEX, CREATE TABLE temp.x AS ...): what only changes the TEMP schema is not replicated.
+        return _Kind("temp", "DDL") if _temp_only(actions) else _Kind("ddl")
     if codes & _TEMP_DDL:
         return _Kind("temp", "DDL")
     if apsw.SQLITE_PRAGMA in codes and not touched.written:
@@ -347,7 +382,7 @@ def _touches_internal(kind: str, actions: list[_Action]) -> bool:
         for code, arg1, _arg2, dbname, trigger in actions
     ):
         return True
-    if kind != "ddl":
+    if kind not in ("ddl", "temp"):
         return False
     # DROP TABLE drops the table's capture triggers with it.
     dropped = {str(a[1]).lower() for a in actions if a[0] == apsw.SQLITE_DROP_TABLE}
@@ -355,8 +390,17 @@ def _touches_internal(kind: str, actions: list[_Action]) -> bool:
         if (code == apsw.SQLITE_DROP_TRIGGER and isinstance(arg2, str) and arg2.lower() in dropped
                 and not arg2.lower().startswith("_replproxy_")):
             continue
-        if code in _DDL and trigger is None:
+        # TEMP objects too: a TEMP table named _replproxy_log would take the log's entries (names
+        # resolve to TEMP first), a TEMP trigger on it would run at every commit.
+        if (code in _DDL or code in _TEMP_DDL) and trigger is None:
             for name in (arg1, arg2):
                 if isinstance(name, str) and name.lower().startswith("_replproxy_"):
                     return True
     return False
+
+
+def _temp_only(actions: list[_Action]) -> bool:
+    """True when every schema change of the statement is in the TEMP database."""
+    targets = [arg1 if code == apsw.SQLITE_ALTER_TABLE else dbname
+               for code, arg1, _arg2, dbname, _trigger in actions if code in _DDL or code in _TEMP_DDL]
+    return bool(targets) and all(target == "temp" for target in targets)

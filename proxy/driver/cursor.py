@@ -402,6 +402,13 @@ class Cursor:
         except logformats.UnsafeStatementError as exc:
             conn._abort()
             raise errors.UnsafeStatementError(f"{exc} (rolled back)") from exc
+        except (apsw.Error, UnicodeDecodeError) as exc:
+            # The capture could not read what the statement did (text that is not UTF-8 in rows
+            # it copies): nothing of it can be logged, so nothing of it is kept.
+            conn._abort()
+            error = _translate(exc, None)
+            error.args = (f"{error} (rolled back)",)
+            raise error from exc
         except BaseException:
             conn._abort()
             raise

@@ -114,6 +114,9 @@ _WRITABLE_SCHEMA = ("PRAGMA writable_schema=ON lets sqlite_schema be edited dire
 _SCHEMA_VERSION = ("writing PRAGMA schema_version changes the leader's header alone and may corrupt "
                    "the schema cache of every connection to it; it is never replicated. Only a query "
                    "of it is allowed")
+_ANALYSIS_LIMIT = ("PRAGMA analysis_limit makes ANALYZE on the leader sample its tables, while followers "
+                   "replay the same ANALYZE in full: the statistics, and so the query plans (and the "
+                   "order of rows a statement visits), would differ between nodes. Leave it 0")
 _COUNT_CHANGES = ("PRAGMA count_changes is deprecated and makes every INSERT, UPDATE and DELETE on the "
                   "leader connection return a row, replproxy's own included; read cursor.rowcount "
                   "(or SELECT changes()) instead")
@@ -132,7 +135,7 @@ PRAGMAS: dict[str, Rule] = {
     "schema_version": Rule(QUERY, _never_set(_SCHEMA_VERSION)),
     # settings of the session's connection (the leader's, mirrored to its follower reads)
     **{name: Rule(SETTING) for name in (
-        "analysis_limit", "automatic_index", "busy_timeout", "cache_size", "cache_spill",
+        "automatic_index", "busy_timeout", "cache_size", "cache_spill",
         "case_sensitive_like", "cell_size_check", "checkpoint_fullfsync", "empty_result_callbacks",
         "encoding", "foreign_keys", "full_column_names", "fullfsync", "hard_heap_limit",
         "journal_size_limit", "max_page_count", "mmap_size", "read_uncommitted",
@@ -145,6 +148,7 @@ PRAGMAS: dict[str, Rule] = {
     "query_only": Rule(SETTING, mirror=False),
     "ignore_check_constraints": Rule(SETTING, _check_constraints),
     "count_changes": Rule(SETTING, _only_off(_COUNT_CHANGES)),
+    "analysis_limit": Rule(SETTING, _only_off(_ANALYSIS_LIMIT)),
     "legacy_alter_table": Rule(SETTING, _only_off(_LEGACY_ALTER)),
     "writable_schema": Rule(SETTING, _only_off(_WRITABLE_SCHEMA), mirror=False),
     "journal_mode": Rule(SETTING, _journal_mode, mirror=False),

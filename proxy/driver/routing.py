@@ -158,6 +158,8 @@ class Router:
         self.leader = leader
         self.followers = followers
         self.unsettled: str | None = None  # follower read since the session's read LSN was exact
+        # sql -> (the verdict it was decided for, leader only?): valid for that very verdict only
+        self._leader_only: dict[str, tuple[StatementInfo, bool]] = {}
 
     def connection_for(self, name: str) -> apsw.Connection:
         return self.leader.conn if name == self.leader.name else self.followers.open(name)
@@ -179,8 +181,16 @@ class Router:
         # TEMP objects (a TEMP table or view that shadows a table of the same name included) and
         # replproxy's own tables live on the leader connection or file only. Decided from the
         # verdict of this statement under the current schema, never from an earlier one of its text.
-        if (stmt.uses_temp or stmt.kind != "read" or not self.cluster.followers
-                or any(t.lower().startswith(logformats.INTERNAL_PREFIX) for t in stmt.tables_read)):
+        known = self._leader_only.get(stmt.sql)
+        if known is not None and known[0] is stmt:
+            leader_only = known[1]
+        else:
+            if len(self._leader_only) > 4096:
+                self._leader_only.clear()
+            leader_only = (stmt.uses_temp or stmt.kind != "read" or any(
+                t.lower().startswith(logformats.INTERNAL_PREFIX) for t in stmt.tables_read))
+            self._leader_only[stmt.sql] = (stmt, leader_only)
+        if leader_only or not self.cluster.followers:
             return self.leader.name
         needed = self.needed(level)
         last = conn.last_node
