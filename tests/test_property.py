@@ -222,7 +222,10 @@ class ProxyMachine(RuleBasedStateMachine):
             ok = True
         except proxy.Error as exc:
             # SQLITE_FULL: AUTOINCREMENT found no rowid left above 2**63-1 ("database or disk is full").
-            if not isinstance(exc, tolerate) and getattr(exc, "sqlite_errorname", None) != "SQLITE_FULL":
+            # RETURNING a text that is not UTF-8 is an OperationalError, as in sqlite3: a data error.
+            undecodable = isinstance(exc, proxy.OperationalError) and str(exc).startswith("Could not decode")
+            if (not isinstance(exc, tolerate) and getattr(exc, "sqlite_errorname", None) != "SQLITE_FULL"
+                    and not (undecodable and proxy.DataError in tolerate)):
                 raise
             note(f"    -> {type(exc).__name__}: {exc}")
             event(f"statement failed: {type(exc).__name__}")

@@ -2,7 +2,18 @@
 
 The statement is prepared on the leader connection with an authorizer that records every action
 and an exec tracer that stops it before it runs; the read-only flag comes from
-`sqlite3_stmt_readonly`. No regular expressions decide anything here. Results are cached by SQL text.
+`sqlite3_stmt_readonly`. No regular expressions decide anything here.
+
+Results are cached by SQL text for one schema: what a statement does depends on the schema (a
+trigger it fires, a view it reads, a TEMP table that shadows a table), so the cache holds only
+verdicts made under the leader's `schema_version` and the connection's TEMP `schema_version` of the
+moment. The TEMP one is read before every statement that follows one that could change it (only
+this connection's own statements can: anything but a read) and after each rollback; the leader's
+before every statement that is not a read (a read writes nothing whatever the schema) and after
+each rollback. A schema change by
+any connection or process, a TEMP object created or dropped, and a rolled-back schema change all
+empty the cache. A write checks again once its transaction holds the leader's write lock
+(cursor.py), when no other connection can change the schema until it commits.
 """
 
 from __future__ import annotations
@@ -41,17 +52,75 @@ class MultipleStatementsError(ProgrammingError):
     """More than one statement was passed to execute()."""
 
 
+# Verdicts that no schema change can alter: what the text says (a PRAGMA, BEGIN, a savepoint,
+# nothing), and reads, which write nothing whatever the schema (they are judged again only when a
+# TEMP object of the connection changes, which decides where they are served).
+_SCHEMA_FREE = frozenset({"read", "pragma", "transaction", "savepoint", "empty"})
+
+
 class Analyzer:
-    """Classifies statements for one leader connection, caching by SQL text."""
+    """Classifies statements for one leader connection, caching by SQL text for one schema."""
 
     def __init__(self, conn: apsw.Connection):
         self.conn = conn
         self._cache: dict[str, StatementInfo] = {}
+        self._main: int | None = None  # main.schema_version the verdicts were made under
+        self._temp: int | None = None  # temp.schema_version the verdicts were made under
+        # The last verdict was a read: only this connection changes its TEMP schema, and a read
+        # cannot, so the next statement need not read it again (rollbacks call observe()).
+        self._settled = False
 
     def clear(self) -> None:
         self._cache.clear()
+        self._main = self._temp = None
+        self._settled = False
+
+    def observe(self) -> None:
+        """Empty the cache if the schema is not the one its verdicts were made under: another
+        connection changed it, this one did, or a ROLLBACK took a change back (a schema may then
+        come back to a number it had, with other content: observing after each rollback keeps an
+        old verdict from matching it)."""
+        self._observe(main=True)
+
+    def _observe(self, main: bool) -> bool:
+        """Empty the cache if the TEMP schema (and with `main`, the leader's schema) moved since
+        its verdicts were made; True if it did."""
+        conn = self.conn
+        try:
+            temp = conn.execute("PRAGMA temp.schema_version").fetchone()[0]
+            changed = temp != self._temp
+            if main:
+                version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
+                if version != self._main:
+                    # SQLite prepares with the schema it last loaded, and reloads it only when a
+                    # statement runs and finds the file's schema cookie moved: this one does, so
+                    # the next verdicts see another connection's trigger (a verdict never runs its
+                    # statement). Run after reading the cookie: the schema is at least that new.
+                    for _ in conn.execute("SELECT 1 FROM main.sqlite_schema LIMIT 0"):
+                        pass
+                    self._main = version
+                    changed = True
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        if changed:
+            self._cache.clear()
+            self._temp = temp
+        return changed
 
     def __call__(self, sql: str) -> StatementInfo:
+        if not isinstance(sql, str):
+            raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
+        if "\0" in sql:
+            raise ProgrammingError("the query contains a null character")  # sqlite3's words
+        if not self._settled:
+            self._observe(main=False)
+        info = self._lookup(sql)
+        if info.kind not in _SCHEMA_FREE and self._observe(main=True):
+            info = self._lookup(sql)  # judged again, under the schema as it is now
+        self._settled = info.kind == "read"
+        return info
+
+    def _lookup(self, sql: str) -> StatementInfo:
         info = self._cache.get(sql)
         if info is None:
             info = self._analyze(sql)
@@ -61,8 +130,6 @@ class Analyzer:
         return info
 
     def _analyze(self, sql: str) -> StatementInfo:
-        if not isinstance(sql, str):
-            raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
         traced, actions = self._prepare(sql)
         if not traced:
             # Only whitespace or comments: SQLite has nothing to run.
@@ -78,7 +145,9 @@ class Analyzer:
 
         def authorizer(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
             actions.append((code, arg1, arg2, dbname, trigger))
-            return apsw.SQLITE_OK
+            # SQLite carries out many PRAGMAs as it prepares them (locking_mode, the flags): ignored
+            # here, a PRAGMA compiles to nothing and only runs if the cursor decides it may.
+            return apsw.SQLITE_IGNORE if code == apsw.SQLITE_PRAGMA else apsw.SQLITE_OK
 
         cursor = self.conn.cursor()
         cursor.exec_trace = _tracer_into(traced)
@@ -135,6 +204,8 @@ def _has_statement(conn: apsw.Connection, sql: str) -> bool:
 
     cursor = conn.cursor()
     cursor.exec_trace = tracer
+    previous = conn.authorizer
+    conn.authorizer = _no_pragma
     try:
         cursor.execute(sql, _NULL_BINDINGS, can_cache=False)
     except apsw.ExecTraceAbort:
@@ -142,8 +213,14 @@ def _has_statement(conn: apsw.Connection, sql: str) -> bool:
     except apsw.Error:
         return True
     finally:
+        conn.authorizer = previous
         cursor.exec_trace = None
     return any(found)
+
+
+def _no_pragma(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
+    """Prepare without carrying out a PRAGMA (SQLite does many as it prepares them)."""
+    return apsw.SQLITE_IGNORE if code == apsw.SQLITE_PRAGMA else apsw.SQLITE_OK
 
 
 # Blanks and SQL comments between the words of a statement.
@@ -255,7 +332,9 @@ def _kind(sql: str, readonly: bool, explain: bool, touched: _Touched, actions: l
     if codes & {apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH}:
         return _Kind("attach")
     if codes & _DDL:
-        return _Kind("ddl")
+        # SQLite reports some DDL on TEMP objects with the codes of main ones (ALTER TABLE, CREATE
+        # INDEX, CREATE TABLE temp.x AS ...): what only changes the TEMP schema is not replicated.
+        return _Kind("temp", "DDL") if _temp_only(actions) else _Kind("ddl")
     if codes & _TEMP_DDL:
         return _Kind("temp", "DDL")
     if apsw.SQLITE_PRAGMA in codes and not touched.written:
@@ -273,9 +352,23 @@ def _kind(sql: str, readonly: bool, explain: bool, touched: _Touched, actions: l
 
 
 def _check_allowed(kind: str, actions: list[_Action]) -> None:
-    """Refuse statements that change replproxy's own tables, and ATTACH / DETACH."""
+    """Refuse statements that change replproxy's own tables or edit the schema tables directly,
+    and ATTACH / DETACH."""
+    if any(code == apsw.SQLITE_ANALYZE and isinstance(arg1, str) and arg1.lower().startswith("_replproxy_")
+           for code, arg1, _arg2, _dbname, _trigger in actions):
+        raise ProgrammingError(
+            "this ANALYZE would also analyze replproxy's internal tables (_replproxy_*), which cannot "
+            "be changed through the proxy: name the tables or indexes to analyze (ANALYZE mytable), "
+            "which is replicated")
     if _touches_internal(kind, actions):
         raise ProgrammingError("replproxy's internal tables (_replproxy_*) cannot be changed through the proxy")
+    codes = {a[0] for a in actions}
+    if not codes & (_DDL | _TEMP_DDL) and any(
+            code in _WRITE and isinstance(arg1, str) and arg1.lower() in _SCHEMA_TABLES
+            for code, arg1, _arg2, _dbname, _trigger in actions):
+        raise ProgrammingError(
+            "the schema table (sqlite_schema) cannot be edited through the proxy: such edits are "
+            "never replicated. Change the schema with CREATE, DROP and ALTER statements")
     if kind == "attach":
         raise NotSupportedError(
             "ATTACH and DETACH are not supported through the proxy: changes to attached databases "
@@ -293,7 +386,7 @@ def _touches_internal(kind: str, actions: list[_Action]) -> bool:
         for code, arg1, _arg2, dbname, trigger in actions
     ):
         return True
-    if kind != "ddl":
+    if kind not in ("ddl", "temp"):
         return False
     # DROP TABLE drops the table's capture triggers with it.
     dropped = {str(a[1]).lower() for a in actions if a[0] == apsw.SQLITE_DROP_TABLE}
@@ -301,8 +394,17 @@ def _touches_internal(kind: str, actions: list[_Action]) -> bool:
         if (code == apsw.SQLITE_DROP_TRIGGER and isinstance(arg2, str) and arg2.lower() in dropped
                 and not arg2.lower().startswith("_replproxy_")):
             continue
-        if code in _DDL and trigger is None:
+        # TEMP objects too: a TEMP table named _replproxy_log would take the log's entries (names
+        # resolve to TEMP first), a TEMP trigger on it would run at every commit.
+        if (code in _DDL or code in _TEMP_DDL) and trigger is None:
             for name in (arg1, arg2):
                 if isinstance(name, str) and name.lower().startswith("_replproxy_"):
                     return True
     return False
+
+
+def _temp_only(actions: list[_Action]) -> bool:
+    """True when every schema change of the statement is in the TEMP database."""
+    targets = [arg1 if code == apsw.SQLITE_ALTER_TABLE else dbname
+               for code, arg1, _arg2, dbname, _trigger in actions if code in _DDL or code in _TEMP_DDL]
+    return bool(targets) and all(target == "temp" for target in targets)

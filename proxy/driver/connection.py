@@ -42,6 +42,7 @@ from ..store import node as store
 from .consistency import DEFAULT_LEVEL, DEFAULT_POLICY, DEFAULT_WAIT, Session, check_level, check_policy
 from .cursor import Cursor
 from .leader import LeaderSide
+from .local import LocalState
 from .routing import Followers, Router
 
 apilevel = "2.0"
@@ -141,8 +142,10 @@ class Connection:
         self.session = Session(cluster.cluster_id)
         if session_token is not None:
             self.session.merge_token(session_token)
-        followers = Followers(cluster)
-        self._leader_side = LeaderSide(cluster, on_move=followers.leader_moved)
+        # What sqlite3 answers from one connection (last_insert_rowid(), changes(), settings).
+        self._local = LocalState()
+        followers = Followers(cluster, self._local)
+        self._leader_side = LeaderSide(cluster, on_move=followers.leader_moved, local=self._local)
         self._router = Router(self, self._leader_side, followers)
         self._followers = followers
         self._txn: _Transaction | None = None
@@ -271,6 +274,14 @@ class Connection:
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed connection.")
 
+    def _schema_rolled_back(self) -> None:
+        """A ROLLBACK (or ROLLBACK TO) may have taken a schema change back: the analyzer must not
+        keep verdicts made under it (the schema may come back to that number with other content)."""
+        try:
+            self._leader_side.analyze.observe()
+        except Error:
+            self._leader_side.analyze.clear()
+
     def _check_writable(self, stmt: StatementInfo) -> None:
         if self.pinned_node is not None and self.pinned_node != self._leader_name:
             raise ReadOnlyNodeError(
@@ -374,6 +385,8 @@ class Connection:
             raise translate(exc) from exc
         finally:
             self._txn = None
+            if not commit:
+                self._schema_rolled_back()  # TEMP objects made in it are gone
 
     def _commit(self) -> None:
         txn = self._txn
@@ -385,6 +398,7 @@ class Connection:
         except apsw.Error as exc:
             if leader.conn.get_autocommit():
                 self._end_txn()
+                self._schema_rolled_back()
             # Otherwise it stays open, without the log entry (COMMIT refused: deferred foreign keys).
             raise translate(exc) from exc
         except logformats.CaptureError as exc:
@@ -412,6 +426,7 @@ class Connection:
             raise translate(exc) from exc
         finally:
             self._end_txn()
+            self._schema_rolled_back()
 
     def _abort(self) -> None:
         try:
@@ -419,6 +434,7 @@ class Connection:
                 self._leader.execute("ROLLBACK")
         finally:
             self._end_txn()
+            self._schema_rolled_back()
 
     def _end_txn(self) -> None:
         if self._txn is not None:
@@ -431,6 +447,7 @@ class Connection:
         txn = self._txn
         if txn is not None and txn.node == self._leader_name and self._leader.get_autocommit():
             self._end_txn()
+            self._schema_rolled_back()
 
 
 __all__ = [

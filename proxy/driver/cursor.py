@@ -12,7 +12,15 @@ import logformats
 from logformats import StatementInfo
 
 from .. import errors
-from ..errors import IntegrityError, NotSupportedError, OperationalError, ProgrammingError, translate
+from ..errors import (
+    IntegrityError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    ReadOnlyNodeError,
+    translate,
+)
+from . import pragmas
 from .consistency import check_level
 from .types import adapt_params
 
@@ -59,6 +67,8 @@ class Cursor:
         if consistency is not None or self.consistency is not None:
             check_level(level)
         self._run(stmt, operation, _params(parameters), level=level)
+        # As sqlite3: after every execute() (not executemany), the connection's last_insert_rowid().
+        self.lastrowid = conn._local.last_rowid
         return self
 
     def executemany(self, operation: str, seq_of_parameters: Iterable[Any]) -> Cursor:
@@ -70,7 +80,8 @@ class Cursor:
         self._reset()
         total = 0
         for parameters in seq_of_parameters:
-            self._run(stmt, operation, _params(parameters), many=True)
+            # The first row may check the statement again under the write lock: keep its verdict.
+            stmt = self._run(stmt, operation, _params(parameters), many=True)
             total += max(self.rowcount, 0)
         self.rowcount = total
         self._rows = None
@@ -78,20 +89,29 @@ class Cursor:
         return self
 
     def executescript(self, script: str) -> Cursor:
-        """Run several statements; a transaction left open by DML is committed first, as sqlite3 does."""
+        """Run several statements as sqlite3 does: a pending transaction is committed first (unless
+        autocommit=True), then each statement commits by itself unless the script opens a
+        transaction with BEGIN; so a statement that fails leaves the ones before it committed.
+        `lastrowid` is left as it was."""
         self._check_open()
         conn = self.connection
         if not isinstance(script, str):
             raise ValueError("script argument must be unicode.")
-        if conn._txn is not None and not conn._txn.explicit:
+        if "\0" in script:
+            raise ProgrammingError("the query contains a null character")
+        if conn._txn is not None and not conn.autocommit:
             conn.commit()
         for sql in _split_statements(conn._leader, script):
-            self.execute(sql)
+            stmt = conn._leader_side.analyze(sql)
+            self._reset()
+            self._run(stmt, sql, (), level=self.consistency or conn.consistency, autocommit=True)
             if self._rows is not None:
-                for _ in self._rows:
-                    pass
-        if conn._txn is not None and not conn._txn.explicit and not conn.autocommit:
-            conn.commit()
+                try:
+                    for _ in self._rows:
+                        pass
+                except (apsw.Error, UnicodeDecodeError) as exc:
+                    raise _translate(exc, self.description) from exc
+                self._rows = None
         return self
 
     def fetchone(self) -> tuple[Any, ...] | None:
@@ -104,9 +124,9 @@ class Cursor:
         except StopIteration:
             self._rows = None
             return None
-        except apsw.Error as exc:
+        except (apsw.Error, UnicodeDecodeError) as exc:
             self._rows = None
-            raise translate(exc) from exc
+            raise _translate(exc, self.description) from exc
 
     def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
         self._check_open()
@@ -127,8 +147,8 @@ class Cursor:
             return []
         try:
             rows = list(self._rows)
-        except apsw.Error as exc:
-            raise translate(exc) from exc
+        except (apsw.Error, UnicodeDecodeError) as exc:
+            raise _translate(exc, self.description) from exc
         finally:
             self._rows = None
         return rows
@@ -167,28 +187,39 @@ class Cursor:
         self.rowcount = -1
 
     def _run(self, stmt: StatementInfo, sql: str, params: Any, many: bool = False,
-             level: str | None = None) -> None:
+             level: str | None = None, autocommit: bool = False) -> StatementInfo:
+        """Run one statement; return its verdict (checked again when a write took the lock).
+        `autocommit`: a write outside a transaction commits by itself (executescript)."""
         kind = stmt.kind
         if kind == "empty":
-            return
+            return stmt
         if kind == "transaction":
             self._transaction(stmt)
         elif kind == "savepoint":
             self._savepoint(stmt, sql)
-        elif kind == "read" or (kind == "pragma" and not stmt.replicated_pragma):
+        elif kind == "pragma" and not stmt.replicated_pragma:
+            self._pragma(stmt, sql, params, level or self.connection.consistency)
+        elif kind == "read":
             self._read(stmt, sql, params, level or self.connection.consistency)
         elif kind == "temp":
             self._local(stmt, sql, params)
         elif kind == "vacuum":
             self._vacuum(stmt, sql)
         else:
-            self._write(stmt, sql, params)
+            return self._write(stmt, sql, params, autocommit)
+        return stmt
 
     def _execute_on(self, conn: apsw.Connection, sql: str, params: Any,
                     returns_rows: bool = True) -> apsw.Cursor:
+        if conn is self.connection._leader:
+            # replproxy's own inserts (the log) since the session's last statement do not count
+            conn.set_last_insert_rowid(self.connection._local.last_rowid)
         cursor = conn.cursor()
         try:
             cursor.execute(sql, params)
+        except UnicodeDecodeError as exc:
+            # the first row holds text that is not UTF-8
+            raise _translate(exc, None) from exc
         except apsw.Error as exc:
             raise translate(exc) from exc
         except (TypeError, ValueError, OverflowError) as exc:
@@ -236,17 +267,59 @@ class Cursor:
         self._rows = _rows_ahead(cursor) if self.description else None
         if self._rows is None:
             # Statements that return nothing still run to completion now.
-            for _ in cursor:
-                pass
+            try:
+                for _ in cursor:
+                    pass
+            except (apsw.Error, UnicodeDecodeError) as exc:
+                raise _translate(exc, self.description) from exc
 
     def _local(self, stmt: StatementInfo, sql: str, params: Any) -> None:
         """TEMP objects live on the leader connection only and are not replicated."""
         conn = self.connection
-        cursor = self._execute_on(conn._leader, sql, params)
-        rows = list(cursor)
-        self.node = conn._leader_name
+        leader = conn._leader
         writes_rows = not stmt.readonly and stmt.operation != "DDL"
-        self.rowcount = conn._leader.changes() if writes_rows else -1
+        conn._local.before(leader, False)
+        try:
+            cursor = self._execute_on(leader, sql, params)
+            rows = _all_rows(cursor, self.description)
+        finally:
+            conn._local.after(leader, writes_rows)
+        self.node = conn._leader_name
+        self.rowcount = conn._local.changes if writes_rows else -1
+        self._rows = iter(rows) if self.description else None
+
+    def _pragma(self, stmt: StatementInfo, sql: str, params: Any, level: str) -> None:
+        """A PRAGMA, by its rule in pragmas.py: a report runs where reads run; a setting is the
+        session's, made on the leader connection (and its follower reads); the leader's own file is
+        maintained on the leader only; what would make the leader diverge is refused."""
+        conn = self.connection
+        name, value = (stmt.pragma or "").lower(), stmt.pragma_value
+        rule = pragmas.rule_for(name)
+        why = pragmas.refusal(name, value, conn._leader_side.format)
+        if why is not None:
+            raise NotSupportedError(why)
+        if (rule.kind == pragmas.QUERY or rule.kind == pragmas.HEADER and value is None
+                or rule.kind == pragmas.LEADER_FILE and not rule.acts(value)):
+            self._read(stmt, sql, params, level)
+            return
+        on_follower = conn.pinned_node is not None and conn.pinned_node != conn._leader_name
+        if rule.kind == pragmas.LEADER_FILE:
+            if on_follower:
+                raise ReadOnlyNodeError(
+                    f"{conn.pinned_node} is a follower: PRAGMA {name} would change its file, which "
+                    f"only replication changes; run it on the leader ({conn._leader_name}), from a "
+                    f"connection without node=")
+            conn._leader_side.ensure_up()
+        elif rule.kind == pragmas.TRANSACTION and value is not None and conn._txn is not None:
+            if not on_follower:
+                conn._writable_txn()  # it belongs to the leader's write transaction
+        leader = conn._leader
+        cursor = self._execute_on(leader, sql, params)
+        rows = _all_rows(cursor, self.description)
+        if rule.kind == pragmas.SETTING and value is not None:
+            conn._local.remember(name, value, sql)
+        self.node = conn._leader_name
+        self.rowcount = -1
         self._rows = iter(rows) if self.description else None
 
     def _vacuum(self, stmt: StatementInfo, sql: str) -> None:
@@ -264,39 +337,50 @@ class Cursor:
         self._execute_on(conn._leader, sql, None)
         self.node = conn._leader_name
 
-    def _write(self, stmt: StatementInfo, sql: str, params: Any) -> None:
+    def _write(self, stmt: StatementInfo, sql: str, params: Any, autocommit: bool = False) -> StatementInfo:
         conn = self.connection
         conn._check_writable(stmt)
-        try:
-            conn._leader_side.format.check_statement(stmt)
-        except logformats.UnsafeStatementError as exc:
-            raise errors.UnsafeStatementError(str(exc)) from exc
+        _check_format(conn, stmt)
         txn = conn._txn
         own_txn = False
         opened_here = txn is None
+        took_lock = txn is None or txn.capture is None
         if txn is None:
             txn = conn._begin(explicit=False)
             # sqlite3 semantics: DML opens a transaction; DDL outside one commits by itself.
-            own_txn = conn.autocommit or stmt.kind != "dml"
+            own_txn = autocommit or conn.autocommit or stmt.kind != "dml"
         else:
             txn = conn._writable_txn()
         assert txn.capture is not None
         try:
+            if took_lock:
+                # The verdict was made before this transaction held the write lock: another
+                # connection may have changed the schema since (a trigger). Now nobody else can.
+                fresh = conn._leader_side.analyze(sql)
+                if fresh is not stmt:
+                    stmt = fresh
+                    _check_format(conn, stmt)
             run_sql, run_params = txn.capture.prepare(stmt, sql, params)
-        except (logformats.UnsafeStatementError, logformats.CaptureError) as exc:
+        except (errors.Error, logformats.UnsafeStatementError, logformats.CaptureError) as exc:
             # Refused before it ran: a transaction opened for it alone is closed again.
             if opened_here and conn._txn is not None:
                 conn._abort()
+            if isinstance(exc, errors.Error):
+                raise
             if isinstance(exc, logformats.UnsafeStatementError):
                 raise errors.UnsafeStatementError(str(exc)) from exc
             raise IntegrityError(str(exc)) from exc
         cursor = None
+        leader = conn._leader
+        local = conn._local
+        local.before(leader, conn._leader_side.internal_triggers)
         try:
             # No result columns (most writes): no exec tracer needed to learn the description.
-            cursor = self._execute_on(conn._leader, run_sql, run_params,
+            cursor = self._execute_on(leader, run_sql, run_params,
                                       stmt.returns_rows or run_sql is not sql)
             rows = list(cursor)
         except BaseException as exc:
+            local.after(leader, stmt.kind == "dml")
             if cursor is not None:
                 # Stopped half way (RETURNING a text that is not UTF-8): a statement left active
                 # would make the commit fail with "database is locked".
@@ -305,15 +389,10 @@ class Cursor:
             if own_txn and conn._txn is not None:
                 conn._abort()
             if isinstance(exc, (apsw.Error, UnicodeDecodeError)):
-                raise translate(exc) from exc
+                raise _translate(exc, self.description) from exc
             raise
-        leader = conn._leader
-        if stmt.kind == "dml":
-            self.rowcount = leader.changes()
-            if stmt.is_insert:
-                self.lastrowid = leader.last_insert_rowid()
-        else:
-            self.rowcount = -1
+        local.after(leader, stmt.kind == "dml")
+        self.rowcount = local.changes if stmt.kind == "dml" else -1
         try:
             txn.capture.executed(stmt, run_sql, run_params)
         except logformats.CaptureError as exc:
@@ -323,6 +402,13 @@ class Cursor:
         except logformats.UnsafeStatementError as exc:
             conn._abort()
             raise errors.UnsafeStatementError(f"{exc} (rolled back)") from exc
+        except (apsw.Error, UnicodeDecodeError) as exc:
+            # The capture could not read what the statement did (text that is not UTF-8 in rows
+            # it copies): nothing of it can be logged, so nothing of it is kept.
+            conn._abort()
+            error = _translate(exc, None)
+            error.args = (f"{error} (rolled back)",)
+            raise error from exc
         except BaseException:
             conn._abort()
             raise
@@ -331,6 +417,7 @@ class Cursor:
         if own_txn:
             conn._commit()
             self.lsn = conn.last_write_lsn
+        return stmt
 
     def _transaction(self, stmt: StatementInfo) -> None:
         conn = self.connection
@@ -390,9 +477,40 @@ class Cursor:
             txn.capture.release(name)
         else:  # ROLLBACK TO
             self._execute_on(conn._leader, sql, None)
+            conn._schema_rolled_back()
             index = len(txn.savepoints) - 1 - txn.savepoints[::-1].index(name.lower())
             del txn.savepoints[index + 1:]
             txn.capture.rollback_to(name)
+
+
+def _check_format(conn: Connection, stmt: StatementInfo) -> None:
+    try:
+        conn._leader_side.format.check_statement(stmt)
+    except logformats.UnsafeStatementError as exc:
+        raise errors.UnsafeStatementError(str(exc)) from exc
+
+
+def _translate(exc: BaseException, description: Any) -> errors.Error:
+    """The DB-API error for a failure while stepping: text that is not UTF-8 is an
+    OperationalError, in sqlite3's words (which name the column when it is known)."""
+    if not isinstance(exc, UnicodeDecodeError):
+        return translate(exc)
+    raw = exc.object if isinstance(exc.object, bytes) else bytes(exc.object)
+    text = raw.decode("utf-8", "replace")
+    if description is not None and len(description) == 1:
+        column = f"column {description[0][0]!r}"
+    else:
+        column = "a column"
+    error = OperationalError(f"Could not decode to UTF-8 {column} with text {text!r}")
+    error.__cause__ = exc
+    return error
+
+
+def _all_rows(cursor: apsw.Cursor, description: Any) -> list[tuple[Any, ...]]:
+    try:
+        return list(cursor)
+    except (apsw.Error, UnicodeDecodeError) as exc:
+        raise _translate(exc, description) from exc
 
 
 _DESCRIPTIONS: dict[tuple[tuple[str, str | None], ...], tuple[tuple[Any, ...], ...] | None] = {}

@@ -19,6 +19,7 @@ from ..errors import OperationalError, translate
 from ..store import log as entries_log
 from ..store import node as store
 from .analyze import Analyzer
+from .local import LocalState
 
 # How long a writer fenced off a deposed leader waits for cluster.toml to name the new one.
 FAILOVER_WAIT = 10.0
@@ -30,14 +31,20 @@ class LeaderSide:
     """One connection's link to the current leader.
 
     `conn` and `name` change when cluster.toml names another leader; `on_move(name)` is then called
-    (the connection's follower links drop the new leader and forget what they knew).
+    (the connection's follower links drop the new leader and forget what they knew). Every leader
+    connection answers the session's counters and takes its settings (`local`).
     """
 
-    def __init__(self, cluster: Cluster, on_move: Callable[[str], None]):
+    def __init__(self, cluster: Cluster, on_move: Callable[[str], None], local: LocalState):
         self.cluster = cluster
         self.format = cluster.format
+        # replproxy's own triggers write as the session's statements run (trigger format): what
+        # they change is not the session's (total_changes()).
+        self.internal_triggers = self.format.name == "trigger"
+        self.local = local
         self.conn = cluster.open_node(cluster.leader)
         self.name = cluster.leader
+        local.install(self.conn, leader=True)
         self.analyze = Analyzer(self.conn)
         self._on_move = on_move
         self._fence_version: int | None = None  # leader data_version at the last fence check
@@ -54,6 +61,11 @@ class LeaderSide:
         if name == self.name:
             return False
         new = self.cluster.open_node(name)
+        try:
+            self.local.install(new, leader=True)
+        except apsw.Error as exc:
+            new.close()
+            raise translate(exc) from exc
         old, self.conn = self.conn, new
         self.name = name
         self._fence_version = None

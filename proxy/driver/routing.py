@@ -25,6 +25,8 @@ from ..errors import OperationalError
 from ..store import log as entries_log
 from ..store import node as store
 from .leader import LeaderSide
+from .local import LocalState
+from .pragmas import read_only_authorizer
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -48,19 +50,45 @@ class FollowerState:
 
 class Followers:
     """A connection's links to the followers: a read-only SQLite connection to each follower it
-    has read, and what it last saw of each follower's position and health."""
+    has read, and what it last saw of each follower's position and health.
 
-    def __init__(self, cluster: Cluster):
+    Nothing through the proxy changes a follower but the applier, which has connections of its
+    own: these are opened with `PRAGMA query_only=1` and an authorizer that lets SQLite run only
+    reads and the PRAGMAs that report or set what a read returns (pragmas.py). They answer the
+    session's last_insert_rowid(), changes() and total_changes(), and take its settings (local.py).
+    """
+
+    def __init__(self, cluster: Cluster, local: LocalState):
         self.cluster = cluster
+        self.local = local
         self.conns: dict[str, apsw.Connection] = {}
         self.states: dict[str, FollowerState] = {}
 
     def open(self, name: str) -> apsw.Connection:
         conn = self.conns.get(name)
         if conn is None:
-            conn = self.cluster.open_node(name)
+            return self._open(name)
+        try:
+            self.local.apply_settings(conn, leader=False)
+        except apsw.Error:
+            if not conn.get_autocommit():
+                raise
+            # A statement still active on it keeps SQLite from changing a setting now (LIKE):
+            # reads go on through a new connection; the old one closes with its last cursor.
+            del self.conns[name]
+            return self._open(name)
+        return conn
+
+    def _open(self, name: str) -> apsw.Connection:
+        conn = self.cluster.open_node(name)
+        try:
             conn.execute("PRAGMA query_only=1")
-            self.conns[name] = conn
+            self.local.install(conn, leader=False)
+            conn.authorizer = read_only_authorizer
+        except BaseException:
+            conn.close()
+            raise
+        self.conns[name] = conn
         return conn
 
     def refresh(self, name: str) -> FollowerState | None:
@@ -130,7 +158,8 @@ class Router:
         self.leader = leader
         self.followers = followers
         self.unsettled: str | None = None  # follower read since the session's read LSN was exact
-        self._leader_only: dict[str, bool] = {}
+        # sql -> (the verdict it was decided for, leader only?): valid for that very verdict only
+        self._leader_only: dict[str, tuple[StatementInfo, bool]] = {}
 
     def connection_for(self, name: str) -> apsw.Connection:
         return self.leader.conn if name == self.leader.name else self.followers.open(name)
@@ -149,14 +178,18 @@ class Router:
             return conn.pinned_node
         if level == "strong":
             return self.leader.name
-        leader_only = self._leader_only.get(stmt.sql)
-        if leader_only is None:
-            # TEMP objects and replproxy's own tables live on the leader connection or file only.
+        # TEMP objects (a TEMP table or view that shadows a table of the same name included) and
+        # replproxy's own tables live on the leader connection or file only. Decided from the
+        # verdict of this statement under the current schema, never from an earlier one of its text.
+        known = self._leader_only.get(stmt.sql)
+        if known is not None and known[0] is stmt:
+            leader_only = known[1]
+        else:
             if len(self._leader_only) > 4096:
                 self._leader_only.clear()
-            leader_only = self._leader_only[stmt.sql] = (
-                stmt.uses_temp or stmt.kind != "read"
-                or any(t.lower().startswith(logformats.INTERNAL_PREFIX) for t in stmt.tables_read))
+            leader_only = (stmt.uses_temp or stmt.kind != "read" or any(
+                t.lower().startswith(logformats.INTERNAL_PREFIX) for t in stmt.tables_read))
+            self._leader_only[stmt.sql] = (stmt, leader_only)
         if leader_only or not self.cluster.followers:
             return self.leader.name
         needed = self.needed(level)
