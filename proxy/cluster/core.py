@@ -386,3 +386,47 @@ class ClusterCore:
         return decode_entries(entries, columns if columns is not None else self.table_columns(),
                               self.config.format_options())
 
+
+class LeaderPoller:
+    """Something the replicator thread runs every `interval` seconds on the leader, only when another
+    connection committed there (PRAGMA data_version moved); never waits for the write lock."""
+
+    def __init__(self, cluster: ClusterCore, interval: float = 0.01):
+        self.cluster = cluster
+        self.interval = interval
+        self._conn: apsw.Connection | None = None
+        self._data_version: int | None = None
+        self._next = 0.0
+
+    def check(self, conn: apsw.Connection) -> int:
+        """Look at the leader after another connection committed; return what was done (a count)."""
+        raise NotImplementedError
+
+    def poll(self) -> int:
+        now = time.monotonic()
+        if now < self._next or self.cluster.leader_down:
+            return 0
+        self._next = now + self.interval
+        conn = self._connection()
+        try:
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+            if version == self._data_version:
+                return 0
+            done = self.check(conn)
+        except apsw.BusyError:
+            return 0  # the write lock is taken; look again at the next poll
+        self._data_version = version
+        return done
+
+    def _connection(self) -> apsw.Connection:
+        if self._conn is None:
+            self._conn = self.cluster.open_node(self.cluster.leader)
+            self._conn.set_busy_timeout(0)
+            self._data_version = None
+        return self._conn
+
+    def close(self) -> None:
+        """Forget the leader connection (the leader may have changed); the next poll reopens it."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

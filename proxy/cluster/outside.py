@@ -17,16 +17,10 @@ same transaction that appends their entries.
 
 from __future__ import annotations
 
-import time
-
 import apsw
 
 from ..store import node as store
-from .core import ClusterCore
-
-# The watcher never waits for the leader's write lock: a proxy transaction holding it will log
-# the outside changes itself when it begins, or the next poll will.
-WATCHER_BUSY_TIMEOUT_MS = 0
+from .core import ClusterCore, LeaderPoller
 
 
 def pending(cluster: ClusterCore, conn: apsw.Connection) -> bool:
@@ -56,46 +50,12 @@ def log_outside_writes(cluster: ClusterCore, conn: apsw.Connection | None = None
     return added
 
 
-class OutsideWatcher:
-    """Polls the leader for changes committed outside the proxy and logs them (replicator thread)."""
+class OutsideWatcher(LeaderPoller):
+    """Polls the leader for changes committed outside the proxy and logs them (replicator thread).
+    It never waits for the leader's write lock: a proxy transaction holding it logs the outside
+    changes itself when it begins, or the next poll does."""
 
-    def __init__(self, cluster: ClusterCore, interval: float = 0.01):
-        self.cluster = cluster
-        self.interval = interval
-        self._conn: apsw.Connection | None = None
-        self._data_version: int | None = None
-        self._next = 0.0
-
-    def poll(self) -> int:
-        """Log pending outside changes if any; return the number of entries added."""
-        now = time.monotonic()
-        if now < self._next:
+    def check(self, conn: apsw.Connection) -> int:
+        if not self.cluster.format.outside_pending(conn):
             return 0
-        self._next = now + self.interval
-        conn = self._connection()
-        try:
-            # Only another connection's commit can leave something to log.
-            (version,) = conn.execute("PRAGMA data_version").fetchone()
-            if version == self._data_version:
-                return 0
-            if not self.cluster.format.outside_pending(conn):
-                self._data_version = version
-                return 0
-            added = log_outside_writes(self.cluster, conn)
-        except apsw.BusyError:
-            return 0  # the write lock is taken; try again at the next poll
-        self._data_version = version
-        return added
-
-    def _connection(self) -> apsw.Connection:
-        if self._conn is None:
-            self._conn = self.cluster.open_node(self.cluster.leader)
-            self._conn.set_busy_timeout(WATCHER_BUSY_TIMEOUT_MS)
-            self._data_version = None
-        return self._conn
-
-    def close(self) -> None:
-        """Forget the leader connection (the leader may have changed); the next poll reopens it."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        return log_outside_writes(self.cluster, conn)

@@ -26,7 +26,6 @@ changes cannot be refused: they are detected).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 import weakref
 import zlib
@@ -39,7 +38,7 @@ from logformats import Capture, is_internal_table
 
 from ..errors import ClusterError
 from ..store import node as store
-from .core import ClusterCore
+from .core import ClusterCore, LeaderPoller
 
 log = logging.getLogger("replproxy.replication")
 
@@ -346,36 +345,15 @@ def ensure_guarded(cluster: ClusterCore) -> None:
 # -- in the replicator thread ----------------------------------------------------------------------
 
 
-class OutsideGuard:
-    """Polls the leader for writes outside the proxy and records them once (replicator thread)."""
+class OutsideGuard(LeaderPoller):
+    """Polls the leader for writes outside the proxy and records them once (replicator thread);
+    `poll` returns 1 when it recorded a new alarm."""
 
     def __init__(self, cluster: ClusterCore, interval: float = 0.01):
-        self.cluster = cluster
-        self.interval = interval
-        self._conn: apsw.Connection | None = None
-        self._data_version: int | None = None
-        self._next = 0.0
+        super().__init__(cluster, interval)
         self._reported: str | None = None
 
-    def poll(self) -> int:
-        """Check the leader if another connection committed there; return 1 when it recorded a
-        new alarm, else 0."""
-        now = time.monotonic()
-        if now < self._next or self.cluster.leader_down:
-            return 0
-        self._next = now + self.interval
-        conn = self._connection()
-        try:
-            (version,) = conn.execute("PRAGMA data_version").fetchone()
-            if version == self._data_version:
-                return 0
-            added = self._check(conn)
-        except apsw.BusyError:
-            return 0  # the write lock is taken; look again at the next poll
-        self._data_version = version
-        return added
-
-    def _check(self, conn: apsw.Connection) -> int:
+    def check(self, conn: apsw.Connection) -> int:
         conn.execute("BEGIN")
         try:
             found = findings(conn)
@@ -406,16 +384,3 @@ class OutsideGuard:
             if not found.changed:
                 record_header(conn, found.epoch)  # after a VACUUM or new guards
             return added
-
-    def _connection(self) -> apsw.Connection:
-        if self._conn is None:
-            self._conn = self.cluster.open_node(self.cluster.leader)
-            self._conn.set_busy_timeout(0)
-            self._data_version = None
-        return self._conn
-
-    def close(self) -> None:
-        """Forget the leader connection (the leader may have changed); the next poll reopens it."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
