@@ -7,6 +7,7 @@ connection has beyond SQLite's own.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -57,12 +58,21 @@ class Schema:
     """Schema facts of one database at one schema version, read lazily."""
 
     def __init__(self, conn: apsw.Connection):
-        self.conn = conn
+        # Weak: a Schema is cached per connection in a WeakKeyDictionary, whose values must not keep
+        # their key (the connection, with its open files) alive.
+        self._conn = weakref.ref(conn)
         self._tables: dict[str, TableInfo | None] = {}
         self._triggers: dict[str, str] | None = None
         self._temp_triggers: frozenset[str] | None = None
         self._fk_parents: frozenset[str] | None = None
         self._raises_fail: dict[str, bool] = {}
+
+    @property
+    def conn(self) -> apsw.Connection:
+        conn = self._conn()
+        if conn is None:
+            raise ReferenceError("the connection these schema facts were read from is gone")
+        return conn
 
     def table(self, name: str) -> TableInfo | None:
         key = name.lower()

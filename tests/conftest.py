@@ -3,6 +3,7 @@ the hypothesis profiles."""
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,9 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., proxy.Cluster]]:
     for cluster in made:
         cluster.close()
     close_shared_clusters(tmp_path)
+    # Connections a test dropped without close() hold node files open until collected; thousands
+    # of tests would exhaust descriptors (pexpect's select() fails past 1024).
+    gc.collect()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def spawn(directory: Path, history: Path) -> pexpect.spawn:
     command, *args = replproxy_command()
     env = dict(os.environ, TERM="xterm", HOME=str(history.parent), REPLPROXY_HISTORY=str(history),
                PROMPT_TOOLKIT_NO_CPR="1")  # a pty that never answers cursor-position requests
-    return pexpect.spawn(command, [*args, "shell", str(directory)], env=env, dimensions=(30, 120),
+    return pexpect.spawn(command, [*args, "shell", str(directory)], env=env, dimensions=(30, 120), use_poll=True,
                          encoding="utf-8", timeout=TIMEOUT)
 
 
