@@ -181,11 +181,8 @@ class Shell:
         except (registry.CommandError, Error) as exc:
             self.error(str(exc), where)
             return False
-        except UnicodeDecodeError as exc:
-            self.error(not_utf8(exc), where)
-            return False
-        except UnicodeEncodeError as exc:
-            self.error(bad_input(exc), where)
+        except UnicodeError as exc:
+            self.error(_unicode_problem(exc), where)
             return False
         except OSError as exc:  # a file a dot-command reads or writes
             self.error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), where)
@@ -205,11 +202,8 @@ class Shell:
         except Error as exc:
             self.error(str(exc), where)  # SQLite's own message
             return False
-        except UnicodeDecodeError as exc:
-            self.error(not_utf8(exc), where)
-            return False
-        except UnicodeEncodeError as exc:
-            self.error(bad_input(exc), where)
+        except UnicodeError as exc:
+            self.error(_unicode_problem(exc), where)
             return False
         elapsed = time.perf_counter() - started
         if cursor.description and rows:
@@ -652,3 +646,12 @@ def run_shell(directory: str | os.PathLike[str], *, create: bool = False, histor
         shell.close()
         cluster.close()
     return 1 if shell.errors and not interactive else 0
+
+
+def _unicode_problem(exc: UnicodeError) -> str:
+    """Text that is not UTF-8: a value read (decode) or what the user typed (encode)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return not_utf8(exc)
+    if isinstance(exc, UnicodeEncodeError):
+        return bad_input(exc)
+    return str(exc)
