@@ -18,8 +18,9 @@ from ..store import node as store
 def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, format: str = "row",
                    row_image: str = "full", from_db: str | os.PathLike[str] | None = None,
                    synchronous: str = "full", follower_synchronous: str = "normal",
-                   options: dict[str, Any] | None = None) -> cfg.ClusterConfig:
-    """Create DIR/cluster.toml and one database file per node; refuse to touch an existing cluster."""
+                   options: dict[str, Any] | None = None, leader_name: str = "node1") -> cfg.ClusterConfig:
+    """Create DIR/cluster.toml and one database file per node; refuse to touch an existing cluster.
+    The leader is `leader_name`, the followers node2, node3..."""
     directory = Path(directory)
     if cfg.config_path(directory).exists():
         raise ClusterError(f"{directory} already holds a cluster ({cfg.config_path(directory)}); "
@@ -39,9 +40,12 @@ def create_cluster(directory: str | os.PathLike[str], *, followers: int = 2, for
     for level in (synchronous, follower_synchronous):
         if level not in cfg.SYNCHRONOUS_LEVELS:
             raise ClusterError(f"synchronous must be one of {', '.join(cfg.SYNCHRONOUS_LEVELS)}")
+    names = [leader_name] + [f"node{i + 2}" for i in range(followers)]
+    if len(set(names)) != len(names):
+        raise ClusterError(f"the leader cannot be named {leader_name!r}: a follower has that name")
     nodes = tuple(
-        cfg.NodeConfig(name=f"node{i + 1}", file=f"node{i + 1}.db", role="leader" if i == 0 else "follower")
-        for i in range(followers + 1)
+        cfg.NodeConfig(name=name, file=f"{name}.db", role="leader" if i == 0 else "follower")
+        for i, name in enumerate(names)
     )
     for node in nodes:
         path = directory / node.file

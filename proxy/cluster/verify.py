@@ -135,14 +135,14 @@ def table_digest(conn: apsw.Connection, name: str, pk: list[str], by_rowid: bool
 
 
 @dataclass
-class _Fingerprint:
+class Fingerprint:
     schema: list[tuple[Any, ...]]
     pragmas: dict[str, int]
     sequence: list[tuple[Any, ...]]
     tables: dict[str, tuple[int, str]]
 
 
-def fingerprint(conn: apsw.Connection) -> _Fingerprint:
+def fingerprint(conn: apsw.Connection) -> Fingerprint:
     """Everything `verify` compares about one node, read inside the caller's read transaction."""
     schema = sorted(
         (t, n, tb, sql)
@@ -159,10 +159,10 @@ def fingerprint(conn: apsw.Connection) -> _Fingerprint:
     except apsw.SQLError:
         sequence = []
     tables = {name: table_digest(conn, name, pk, by_rowid) for name, _wr, pk, by_rowid in _tables(conn)}
-    return _Fingerprint(schema, pragmas, sequence, tables)
+    return Fingerprint(schema, pragmas, sequence, tables)
 
 
-def _compare(node: str, ref: _Fingerprint, other: _Fingerprint) -> list[Difference]:
+def compare(node: str, ref: Fingerprint, other: Fingerprint) -> list[Difference]:
     diffs = []
     if ref.schema != other.schema:
         ref_set, other_set = set(ref.schema), set(other.schema)
@@ -263,7 +263,7 @@ def verify(cluster: ClusterCore, timeout: float = 10.0) -> VerifyReport:
                                    f"that could not be logged within {timeout:g}s")
             outside.log_outside_writes(cluster)
         source.cap = lsn
-        prints: dict[str, _Fingerprint] = {}
+        prints: dict[str, Fingerprint] = {}
         for name in list(held):
             applier = held.pop(name)
             try:
@@ -286,7 +286,7 @@ def verify(cluster: ClusterCore, timeout: float = 10.0) -> VerifyReport:
             leader_conn.close()
         source.close()
     for name, other in prints.items():
-        diffs.extend(_compare(name, ref, other))
+        diffs.extend(compare(name, ref, other))
     order = {n: i for i, n in enumerate((leader, *cluster.followers))}
     diffs.sort(key=lambda d: order.get(d.node, len(order)))
     return VerifyReport(lsn=lsn, leader=leader, nodes=(leader, *cluster.followers),
@@ -324,7 +324,7 @@ def _release(applier: Applier) -> None:
 
 
 def _bring_to(cluster: ClusterCore, name: str, applier: Applier, leader_conn: apsw.Connection,
-              lsn: int) -> Difference | _Fingerprint:
+              lsn: int) -> Difference | Fingerprint:
     """Follower `name` (under its write lock) at exactly `lsn`: its fingerprint, or why not."""
     conn = applier.conn
     state = store.read_state(conn)

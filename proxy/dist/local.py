@@ -20,7 +20,9 @@ class DistConfig:
     cluster: str
     node: str
     nats: tuple[str, ...]
+    role: str = "follower"  # what this node last was: "leader" or "follower" (serve checks it)
     creds: str | None = None
+    lease_ttl: float = DEFAULT_LEASE_TTL
 
     @property
     def names(self) -> Names:
@@ -49,9 +51,12 @@ def read(directory: str | os.PathLike[str]) -> DistConfig:
     try:
         return DistConfig(cluster=check_name("cluster", str(data["cluster"])),
                           node=check_name("node", str(data["node"])),
-                          nats=tuple(split_urls(data["nats"])), creds=data.get("creds"))
+                          nats=tuple(split_urls(data["nats"])), role=str(data.get("role", "follower")),
+                          creds=data.get("creds"), lease_ttl=float(data.get("lease_ttl", DEFAULT_LEASE_TTL)))
     except KeyError as exc:
         raise ClusterError(f"{path} lacks {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ClusterError(f"{path} is damaged: {exc}") from None
 
 
 def write(directory: str | os.PathLike[str], config: DistConfig) -> None:
@@ -60,7 +65,8 @@ def write(directory: str | os.PathLike[str], config: DistConfig) -> None:
 
     lines = ["# A node of a distributed replproxy cluster (docs/distributed.md).",
              f"cluster = {q(config.cluster)}", f"node = {q(config.node)}",
-             "nats = [" + ", ".join(q(u) for u in config.nats) + "]"]
+             "nats = [" + ", ".join(q(u) for u in config.nats) + "]", f"role = {q(config.role)}",
+             f"lease_ttl = {config.lease_ttl!r}"]
     if config.creds:
         lines.append(f"creds = {q(config.creds)}")
     path = path_of(directory)

@@ -8,6 +8,7 @@ translating NATS failures into replproxy's errors with the server's own words.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -88,6 +89,39 @@ class Bridge:
     def submit(self, factory: Callable[[], Awaitable[Any]]) -> None:
         """Run a coroutine on the loop without waiting for it (subscriptions' handlers)."""
         asyncio.run_coroutine_threadsafe(_wrap(factory()), self.loop)
+
+    def serve(self, subject: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Answer JSON requests on `subject` with `handler` (run in a worker thread: it may block
+        on SQLite). A handler's exception becomes `{"error": message}`."""
+        async def on_request(msg: Any) -> None:
+            try:
+                request = json.loads(msg.data or b"{}")
+                reply = await self.loop.run_in_executor(None, handler, request)
+            except Exception as exc:  # the requester gets the reason, the node goes on serving
+                reply = {"error": str(exc) or type(exc).__name__}
+            try:
+                await msg.respond(json.dumps(reply).encode())
+            except Exception as exc:  # the requester gave up (timeout) or the connection is gone
+                log.debug("cannot answer on %s: %s", subject, exc)
+
+        self.call(self.nc.subscribe(subject, cb=on_request), what=f"subscribing to {subject}")
+
+    def request(self, subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send a JSON request and return the JSON reply; an `{"error"}` reply raises TransportError."""
+        from nats.errors import NoRespondersError
+
+        async def run() -> Any:
+            try:
+                return await self.nc.request(subject, json.dumps(payload).encode(), timeout=timeout)
+            except NoRespondersError:
+                raise TransportError(f"nobody answers on {subject}: is `replproxy serve` running for that "
+                                     "node?") from None
+
+        msg = self.call(run(), timeout=timeout + 2, what=f"request on {subject}")
+        reply = json.loads(msg.data or b"{}")
+        if isinstance(reply, dict) and reply.get("error"):
+            raise TransportError(str(reply["error"]))
+        return reply
 
     @property
     def connected(self) -> bool:

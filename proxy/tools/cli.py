@@ -185,9 +185,26 @@ def main() -> None:
 @click.option("--mixed-policy", type=click.Choice(["statement", "smallest"]),
               help="Mixed format: log safe statements as statements (default), or as whichever of "
                    "statement and row images is smaller.")
+@click.option("--nats", "nats_urls", metavar="URL[,URL...]",
+              help="Create a distributed cluster: its log, settings and lease live in NATS JetStream at "
+                   "these servers; DIRECTORY holds its leader only (followers `join` from other machines). "
+                   "See docs/distributed.md.")
+@click.option("--cluster", "cluster_name", default="main", show_default=True,
+              help="With --nats: the cluster's name (names its stream and buckets).")
+@click.option("--name", "node_name", default="node1", show_default=True, help="With --nats: the leader's name.")
+@click.option("--nats-creds", type=click.Path(exists=True, dir_okay=False), help="NATS credentials file.")
+@click.option("--replicas", type=click.IntRange(1, 5),
+              help="With --nats: JetStream replicas of the stream and buckets (default 3 with 3+ URLs, else 1).")
+@click.option("--lease-ttl", default=5.0, show_default=True, type=POSITIVE_SECONDS,
+              help="With --nats: seconds a leader's lease lasts without renewal (failover time).")
 def init(directory: str, followers: int, log_format: str, row_image: str, from_db: str | None,
-         synchronous: str, follower_synchronous: str, no_rewrite: bool, mixed_policy: str | None) -> None:
-    """Create a cluster in DIRECTORY: cluster.toml and one SQLite file per node (WAL mode)."""
+         synchronous: str, follower_synchronous: str, no_rewrite: bool, mixed_policy: str | None,
+         nats_urls: str | None, cluster_name: str, node_name: str, nats_creds: str | None,
+         replicas: int | None, lease_ttl: float) -> None:
+    """Create a cluster in DIRECTORY: cluster.toml and one SQLite file per node (WAL mode).
+
+    With --nats, a distributed cluster instead: DIRECTORY holds the leader; run it with
+    `replproxy serve DIRECTORY` and add followers on other machines with `replproxy join`."""
     options: dict[str, Any] = {}
     if no_rewrite:
         if log_format != "statement":
@@ -198,9 +215,18 @@ def init(directory: str, followers: int, log_format: str, row_image: str, from_d
             _fail("--mixed-policy applies to --format mixed only")
         options["mixed_policy"] = mixed_policy
     try:
-        config = create_cluster(directory, followers=followers, format=log_format, row_image=row_image,
-                                from_db=from_db, synchronous=synchronous,
-                                follower_synchronous=follower_synchronous, options=options)
+        if nats_urls:
+            from ..dist.setup import init_distributed
+
+            config = init_distributed(directory, nats=nats_urls, cluster=cluster_name, name=node_name,
+                                      creds=nats_creds, replicas=replicas, lease_ttl=lease_ttl,
+                                      format=log_format, row_image=row_image, from_db=from_db,
+                                      synchronous=synchronous, follower_synchronous=follower_synchronous,
+                                      options=options)
+        else:
+            config = create_cluster(directory, followers=followers, format=log_format, row_image=row_image,
+                                    from_db=from_db, synchronous=synchronous,
+                                    follower_synchronous=follower_synchronous, options=options)
     except (Error, ValueError) as exc:
         _fail(str(exc))
         return
@@ -212,6 +238,10 @@ def init(directory: str, followers: int, log_format: str, row_image: str, from_d
     click.echo(f"Created cluster in {directory} (format {config.format}, row image {config.row_image}{extra})")
     for node in config.nodes:
         click.echo(f"  {node.name:8} {node.role:8} {Path(directory) / node.file}")
+    if nats_urls:
+        click.echo(f"Distributed cluster {cluster_name!r} on {nats_urls}: run `replproxy serve {directory}`, "
+                   f"then on each other machine `replproxy join DIR --nats {nats_urls} --cluster {cluster_name} "
+                   "--name NODE` and `replproxy serve DIR`")
 
 
 @main.command("exec")
@@ -256,6 +286,9 @@ def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, m
 def status(directory: str, as_json: bool) -> None:
     """Per node: role, file, applied LSN, lag in entries and seconds, and state; failover
     settings, leader health and lost writes."""
+    if _distributed(directory):
+        _dist_status(directory, as_json)
+        return
     with _cluster(directory, replicate=False) as cluster:
         nodes = cluster.status()
         replication = cluster.replication_status()
@@ -276,6 +309,34 @@ def status(directory: str, as_json: bool) -> None:
         span = (f"LSN {lost['first_lsn']}..{lost['last_lsn']}" if lost.get("first_lsn") is not None
                 else lost.get("error", "empty"))
         click.echo(f"LOST WRITES: {lost['entries']} entries ({span}) in {lost['file']}")
+    click.echo(render(headers, rows), nl=False)
+
+
+def _distributed(directory: str) -> bool:
+    from ..dist import local
+
+    return local.is_distributed(directory)
+
+
+def _dist_status(directory: str, as_json: bool) -> None:
+    from ..dist.report import status as dist_status
+
+    try:
+        report = dist_status(directory)
+    except Error as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    stream = report["stream"]
+    click.echo(f"cluster {report['cluster']} (format {report['format']}, mode {report['mode']}): leader "
+               f"{report['leader'] or 'NONE'} at epoch {report['epoch']}, stream {stream['name']} at LSN "
+               f"{stream['last_lsn']} (R{stream['replicas']})")
+    headers = ["node", "role", "LSN", "lag", "published", "state", "host", "heard (s ago)", "error"]
+    rows = [[n["name"], n["role"], n["lsn"], "" if n["lag_entries"] is None else n["lag_entries"],
+             "" if n["published"] is None else n["published"], n["state"], n["host"] or "", n["heard_s_ago"],
+             n["error"] or ""] for n in report["nodes"]]
     click.echo(render(headers, rows), nl=False)
 
 
@@ -486,18 +547,27 @@ def verify(directory: str, timeout: float, as_json: bool) -> None:
     Exit status: 0 identical; 1 different (a table differs, or a follower diverged or is ahead of
     the leader); 2 could not compare (a follower is paused, stopped, or its lock timed out);
     3 usage or cluster error."""
-    try:
-        cluster = Cluster(directory)
-    except Error as exc:
-        _fail(str(exc), VERIFY_ERROR)
-        return
-    try:
-        report = verify_cluster(cluster, timeout=timeout)
-    except Exception as exc:  # exit 1 and 2 are answers: anything else is a cluster error
-        _fail(_describe(exc), VERIFY_ERROR)
-        return
-    finally:
-        cluster.close()
+    if _distributed(directory):
+        from ..dist.report import verify as dist_verify
+
+        try:
+            report = dist_verify(directory, timeout=timeout)
+        except Exception as exc:  # exit 1 and 2 are answers: anything else is a cluster error
+            _fail(_describe(exc), VERIFY_ERROR)
+            return
+    else:
+        try:
+            cluster = Cluster(directory)
+        except Error as exc:
+            _fail(str(exc), VERIFY_ERROR)
+            return
+        try:
+            report = verify_cluster(cluster, timeout=timeout)
+        except Exception as exc:  # exit 1 and 2 are answers: anything else is a cluster error
+            _fail(_describe(exc), VERIFY_ERROR)
+            return
+        finally:
+            cluster.close()
     outcome = report.outcome
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -552,29 +622,6 @@ def pause(directory: str, node: str) -> None:
 def resume(directory: str, node: str) -> None:
     """Let follower NODE apply again (also retries a follower stopped by an apply error)."""
     _hold(directory, node, "resume")
-
-
-@main.command()
-@click.argument("directory", type=click.Path(file_okay=False))
-def serve(directory: str) -> None:
-    """Keep the followers of DIRECTORY moving and watch the leader's health (automatic failover)
-    until interrupted. Optional: any process that opens the cluster does both too."""
-    cluster = _open(directory)
-    click.echo(f"replicating {directory} (Ctrl-C to stop)")
-    stop = False
-
-    def _stop(*_: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        while not stop:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        cluster.close()
 
 
 @main.command()
@@ -636,3 +683,77 @@ main.add_command(compare_command)
 
 if __name__ == "__main__":
     main()
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--nats", "nats_urls", required=True, metavar="URL[,URL...]", help="The cluster's NATS servers.")
+@click.option("--cluster", "cluster_name", required=True, help="The cluster's name (as given to `init`).")
+@click.option("--name", "node_name", required=True, help="This node's name (unique in the cluster).")
+@click.option("--nats-creds", type=click.Path(exists=True, dir_okay=False), help="NATS credentials file.")
+@click.option("--timeout", default=600.0, show_default=True, type=POSITIVE_SECONDS,
+              help="Seconds to wait for the leader's snapshot.")
+def join(directory: str, nats_urls: str, cluster_name: str, node_name: str, nats_creds: str | None,
+         timeout: float) -> None:
+    """Create a follower of a distributed cluster in DIRECTORY, on this machine, from a snapshot of
+    the leader (through the NATS object store); then run it with `replproxy serve DIRECTORY`."""
+    from ..dist.setup import join as join_cluster
+
+    try:
+        lsn = join_cluster(directory, nats=nats_urls, cluster=cluster_name, name=node_name, creds=nats_creds,
+                           timeout=timeout)
+    except Error as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"{node_name} joined cluster {cluster_name!r} from a snapshot at LSN {lsn}: run "
+               f"`replproxy serve {directory}`")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--lease-ttl", type=POSITIVE_SECONDS, help="Override the lease TTL of distributed.toml (seconds).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]), help="What to log on standard error.")
+def serve(directory: str, lease_ttl: float | None, log_level: str) -> None:
+    """Run DIRECTORY's replication until stopped (Ctrl-C or SIGTERM).
+
+    On the embedded default: keep the followers moving and watch the leader's health (automatic
+    failover); optional, any process that opens the cluster does both too. On a node of a
+    distributed cluster: the leader relays its log to the stream and renews its lease; a follower
+    applies the stream and takes over when the leader's lease expires (docs/distributed.md)."""
+    if not _distributed(directory):
+        _serve_embedded(directory)
+        return
+    from ..dist.service import NodeService
+
+    logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        service = NodeService(directory, lease_ttl=lease_ttl)
+    except Error as exc:
+        _fail(str(exc))
+        return
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    try:
+        service.run()
+    except KeyboardInterrupt:
+        service.stop()
+
+
+def _serve_embedded(directory: str) -> None:
+    cluster = _open(directory)
+    click.echo(f"replicating {directory} (Ctrl-C to stop)")
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.close()

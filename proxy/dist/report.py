@@ -1,0 +1,95 @@
+"""`status` and `verify` of a distributed cluster, from any node's directory: every node's
+published position, the lease, the stream; fingerprints requested from every node's `serve`."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ..cluster.verify import Difference, VerifyReport, compare
+from ..errors import TransportError
+from ..jetstream.kv import ClusterKV
+from ..jetstream.names import EPOCHS_KEY, LEASE_KEY
+from ..jetstream.stream import LogStream
+from . import local
+from .service import HEARTBEAT, fingerprint_from, load_settings
+
+# A node whose position is older than this many heartbeats is reported unreachable.
+STALE_HEARTBEATS = 10
+
+
+def status(directory: str | os.PathLike[str], *, now: float | None = None) -> dict[str, Any]:
+    config = local.read(directory)
+    with config.bridge() as bridge:
+        kv = ClusterKV(bridge, config.names)
+        settings, record = load_settings(kv, config.cluster)
+        stream = LogStream(bridge, config.names, str(record["cluster_id"])).state()
+        lease = kv.get(LEASE_KEY)
+        epochs = kv.get(EPOCHS_KEY)
+        positions = kv.nodes()
+    now = time.time() if now is None else now
+    holder = lease.value if lease is not None and isinstance(lease.value, dict) else None
+    nodes = []
+    for name, pos in sorted(positions.items()):
+        lsn = int(pos.get("lsn") or 0)
+        age = now - float(pos.get("at") or 0)
+        state = pos.get("state", "?")
+        if age > HEARTBEAT * STALE_HEARTBEATS:
+            state = "unreachable"
+        committed = pos.get("committed_at")
+        role = pos.get("role", "?")
+        nodes.append({
+            "name": name, "role": role, "lsn": lsn, "epoch": pos.get("epoch"),
+            "lag_entries": None if role == "leader" else max(0, stream.last_seq - lsn),
+            "published": pos.get("published"), "state": state, "error": pos.get("error"),
+            "host": pos.get("host"), "pid": pos.get("pid"), "heard_s_ago": round(age, 1),
+            "leader_commit_of_applied": committed})
+    return {"cluster": config.cluster, "node": config.node, "format": settings.format, "mode": settings.mode,
+            "leader": holder.get("node") if holder else None, "epoch": holder.get("epoch") if holder else None,
+            "lease_ttl": holder.get("ttl") if holder else None,
+            "stream": {"name": config.names.stream, "last_lsn": stream.last_seq, "first_lsn": stream.first_seq,
+                       "messages": stream.messages, "bytes": stream.bytes, "replicas": stream.replicas},
+            "epochs": epochs.value if epochs is not None else [], "nodes": nodes}
+
+
+def verify(directory: str | os.PathLike[str], *, timeout: float = 10.0) -> VerifyReport:
+    """Every node compared with the leader at one LSN: followers hold where they are, the leader
+    gives its fingerprint at its last LSN, each follower applies exactly to it and gives its own."""
+    config = local.read(directory)
+    with config.bridge() as bridge:
+        kv = ClusterKV(bridge, config.names)
+        lease = kv.get(LEASE_KEY)
+        if lease is None or not isinstance(lease.value, dict):
+            raise TransportError(f"cluster {config.cluster} has no leader (no lease): nothing to compare with")
+        leader = str(lease.value["node"])
+        followers = sorted(n for n, pos in kv.nodes().items()
+                           if n != leader and time.time() - float(pos.get("at") or 0) < HEARTBEAT * STALE_HEARTBEATS)
+        differences: list[Difference] = []
+        held = []
+        for name in followers:
+            try:
+                bridge.request(config.names.request_subject("hold", name), {"seconds": timeout * 2}, timeout)
+                held.append(name)
+            except TransportError as exc:
+                differences.append(Difference(name, "position", f"not compared: {exc}", "not-compared"))
+        ref = bridge.request(config.names.request_subject("fingerprint", leader), {}, timeout)
+        lsn = int(ref["lsn"])
+        reference = fingerprint_from(ref["fingerprint"])
+        for name in held:
+            try:
+                reply = bridge.request(config.names.request_subject("fingerprint", name),
+                                       {"lsn": lsn, "timeout": timeout}, timeout + 2)
+            except TransportError as exc:
+                differences.append(Difference(name, "position", f"not compared: {exc}", "not-compared"))
+                continue
+            if "fingerprint" in reply:
+                differences.extend(compare(name, reference, fingerprint_from(reply["fingerprint"])))
+            elif reply.get("past"):
+                differences.append(Difference(name, "position", f"applied LSN {reply['lsn']}, past the leader's "
+                                              f"{lsn}", "ahead-of-leader"))
+            else:
+                why = reply.get("stopped") or f"did not reach LSN {lsn} in {timeout:g}s (at {reply.get('lsn')})"
+                differences.append(Difference(name, "position", why, "not-compared"))
+    return VerifyReport(lsn=lsn, leader=leader, nodes=(leader, *followers), tables=len(reference.tables),
+                        differences=tuple(differences))

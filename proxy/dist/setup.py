@@ -1,0 +1,119 @@
+"""Creating a distributed cluster (`init --nats`) and adding a follower on another machine (`join`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..cluster.create import create_cluster
+from ..errors import ClusterError
+from ..jetstream.bridge import split_urls
+from ..jetstream.kv import ClusterKV
+from ..jetstream.names import EPOCHS_KEY, LEASE_KEY, SETTINGS_KEY, check_name
+from ..jetstream.stream import LogStream
+from ..store import config as cfg
+from ..store import node as store
+from . import local
+from .service import load_settings
+
+log = logging.getLogger("replproxy.dist")
+
+SNAPSHOT_TIMEOUT = 600.0
+
+
+def default_replicas(urls: list[str]) -> int:
+    """R3 when three or more servers are named, else R1 (JetStream refuses more replicas than servers)."""
+    return 3 if len(urls) >= 3 else 1
+
+
+def init_distributed(directory: str | os.PathLike[str], *, nats: str, cluster: str, name: str = "node1",
+                     creds: str | None = None, replicas: int | None = None,
+                     lease_ttl: float = local.DEFAULT_LEASE_TTL, **create: Any) -> cfg.ClusterConfig:
+    """Create a cluster whose leader lives in `directory` and whose log, settings and lease live in
+    NATS JetStream; refuse if a cluster of that name exists there."""
+    check_name("cluster", cluster)
+    check_name("node", name)
+    urls = split_urls(nats)
+    if lease_ttl <= 0:
+        raise ClusterError("the lease TTL must be positive")
+    directory = Path(directory)
+    if local.is_distributed(directory):
+        raise ClusterError(f"{directory} is already a node of a distributed cluster ({local.path_of(directory)})")
+    config = local.DistConfig(cluster=cluster, node=name, nats=tuple(urls), role="leader", creds=creds,
+                              lease_ttl=lease_ttl)
+    with config.bridge() as bridge:
+        names = config.names
+        kv = ClusterKV(bridge, names)
+        r = replicas or default_replicas(urls)
+        kv.ensure(replicas=r)
+        if kv.get(SETTINGS_KEY) is not None:
+            raise ClusterError(f"a cluster named {cluster!r} already exists on these NATS servers; choose "
+                               "another --cluster name, or `replproxy join` it")
+        created = create_cluster(directory, followers=0, leader_name=name, **create)
+        try:
+            with store.opened(directory / f"{name}.db", name=name) as conn:
+                cluster_id = str(store.read_meta(conn, name)[store.CLUSTER_ID_KEY])
+            LogStream(bridge, names, cluster_id).ensure(replicas=r)
+            settings = {"cluster_id": cluster_id, "config": cfg.dumps(created), "lease_ttl": lease_ttl,
+                        "created_at": time.time(), "replicas": r}
+            if kv.create(SETTINGS_KEY, settings) is None:
+                raise ClusterError(f"a cluster named {cluster!r} was just created on these NATS servers by "
+                                   "someone else")
+            kv.create(EPOCHS_KEY, [{"epoch": 1, "leader": name, "base_lsn": 0, "at": time.time()}])
+        except BaseException:
+            store.remove_files(directory / f"{name}.db")
+            cfg.config_path(directory).unlink(missing_ok=True)
+            raise
+    local.write(directory, config)
+    return created
+
+
+def join(directory: str | os.PathLike[str], *, nats: str, cluster: str, name: str,
+         creds: str | None = None, timeout: float = SNAPSHOT_TIMEOUT) -> int:
+    """Create follower `name` of `cluster` in `directory` from a snapshot the leader puts in the
+    object store; return the LSN of the snapshot (the follower applies the stream from there)."""
+    check_name("cluster", cluster)
+    check_name("node", name)
+    directory = Path(directory)
+    path = directory / f"{name}.db"
+    for existing in (local.path_of(directory), cfg.config_path(directory), path):
+        if existing.exists():
+            raise ClusterError(f"{existing} already exists; refusing to overwrite it")
+    config = local.DistConfig(cluster=cluster, node=name, nats=tuple(split_urls(nats)), role="follower",
+                              creds=creds)
+    with config.bridge() as bridge:
+        kv = ClusterKV(bridge, config.names)
+        _settings, record = load_settings(kv, cluster)
+        if kv.node(name) is not None:
+            raise ClusterError(f"cluster {cluster!r} already has a node named {name!r}")
+        lease = kv.get(LEASE_KEY)
+        if lease is None or not isinstance(lease.value, dict):
+            raise ClusterError(f"cluster {cluster!r} has no leader serving (no lease): start `replproxy serve` "
+                               "on the leader's directory first")
+        leader = str(lease.value["node"])
+        reply = bridge.request(config.names.request_subject("snapshot", leader), {"node": name}, timeout=timeout)
+        directory.mkdir(parents=True, exist_ok=True)
+        stream = LogStream(bridge, config.names, str(record["cluster_id"]))
+
+        async def download() -> None:
+            objects = await stream.objects()
+            with open(path, "wb") as handle:
+                await objects.get(reply["object"], writeinto=handle)
+            await objects.delete(reply["object"])
+
+        try:
+            bridge.call(download(), timeout=timeout, what=f"downloading snapshot {reply['object']}")
+            with store.opened(path, name=name) as conn:
+                state = store.read_state(conn)
+                if state.applied_lsn != int(reply["lsn"]):
+                    raise ClusterError(f"the snapshot from {leader} holds LSN {state.applied_lsn}, not the "
+                                       f"{reply['lsn']} announced")
+        except BaseException:
+            store.remove_files(path)
+            raise
+    local.write(directory, config.__class__(**{**config.__dict__, "lease_ttl": float(record.get("lease_ttl", 5.0))}))
+    log.info("%s joined cluster %s from a snapshot of %s at LSN %s", name, cluster, leader, reply["lsn"])
+    return int(reply["lsn"])
