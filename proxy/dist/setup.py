@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cluster.create import create_cluster
-from ..errors import ClusterError
+from ..errors import ClusterError, TransportError
 from ..jetstream.bridge import split_urls
 from ..jetstream.kv import ClusterKV
 from ..jetstream.names import EPOCHS_KEY, LEASE_KEY, SETTINGS_KEY, check_name
@@ -29,6 +29,24 @@ def default_replicas(urls: list[str]) -> int:
     return 3 if len(urls) >= 3 else 1
 
 
+JETSTREAM_READY_TIMEOUT = 30.0
+
+
+def wait_jetstream(bridge: Any, timeout: float = JETSTREAM_READY_TIMEOUT) -> None:
+    """Wait until JetStream answers: a NATS cluster that just started elects its JetStream
+    leader first (seconds), and every request fails until then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            bridge.call(bridge.js.account_info(), timeout=2.0, what="JetStream account info")
+            return
+        except TransportError as exc:
+            if time.monotonic() >= deadline:
+                raise TransportError(f"JetStream is not ready on {', '.join(bridge.urls)} after {timeout:g}s: "
+                                     f"{exc}") from exc
+            time.sleep(0.2)
+
+
 def init_distributed(directory: str | os.PathLike[str], *, nats: str, cluster: str, name: str = "node1",
                      creds: str | None = None, replicas: int | None = None,
                      lease_ttl: float = local.DEFAULT_LEASE_TTL, **create: Any) -> cfg.ClusterConfig:
@@ -46,6 +64,7 @@ def init_distributed(directory: str | os.PathLike[str], *, nats: str, cluster: s
                               lease_ttl=lease_ttl)
     with config.bridge() as bridge:
         names = config.names
+        wait_jetstream(bridge)
         kv = ClusterKV(bridge, names)
         r = replicas or default_replicas(urls)
         kv.ensure(replicas=r)

@@ -662,14 +662,24 @@ def shell(directory: str, create: bool, history_file: str | None, mode: str) -> 
               help="Log format of the proxy's clusters (trigger adds where a commit's time goes).")
 @click.option("--imports", "imports_only", is_flag=True,
               help="Only measure the start-up cost: `import proxy` and `replproxy --help`.")
+@click.option("--distributed", "distributed_only", is_flag=True,
+              help="Only measure a distributed cluster: relay commit cost, lag, apply rate through the "
+                   "stream, failover time (starts local nats-servers unless --nats is given).")
+@click.option("--nats", "nats_urls", metavar="URL[,URL...]", help="With --distributed: use these NATS servers.")
 def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None, log_format: str,
-          imports_only: bool) -> None:
+          imports_only: bool, distributed_only: bool, nats_urls: str | None) -> None:
     """Measure the leader's cost against plain apsw, the follower apply rate, reads, modes and start-up."""
     from .bench import run_bench
     from .bench.imports import report
 
     if imports_only:
         click.echo("\n".join(report()).lstrip("\n"))
+        sys.exit(0)
+    if distributed_only:
+        from .bench import distributed
+
+        for line in distributed.report(Path(workdir) if workdir else None, transactions, nats_urls):
+            click.echo(line)
         sys.exit(0)
 
     sys.exit(run_bench(transactions=transactions, sync_levels=sync_levels or ("full", "normal"),
@@ -681,8 +691,6 @@ from .compare import compare_command  # noqa: E402  (replproxy compare: log form
 main.add_command(compare_command)
 
 
-if __name__ == "__main__":
-    main()
 
 
 @main.command()
@@ -726,8 +734,11 @@ def serve(directory: str, lease_ttl: float | None, log_level: str) -> None:
         return
     from ..dist.service import NodeService
 
-    logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A long-running node: timestamped lines, at the level asked for.
+    root = logging.getLogger("replproxy")
+    root.setLevel(getattr(logging, log_level.upper()))
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     try:
         service = NodeService(directory, lease_ttl=lease_ttl)
     except Error as exc:
@@ -757,3 +768,7 @@ def _serve_embedded(directory: str) -> None:
         pass
     finally:
         cluster.close()
+
+
+if __name__ == "__main__":
+    main()

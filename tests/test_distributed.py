@@ -1,0 +1,224 @@
+"""A cluster across "machines": node directories served by their own `replproxy serve` processes,
+sharing nothing but real NATS servers (docs/distributed.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from distnodes import Cluster, Node
+from helpers import HANG, run_replproxy, wait_until
+
+import proxy
+from proxy.store import node as store
+from proxy.tools.workloads import WORKLOADS
+
+# (format, workload before the followers join, workload after): each pair on its own tables.
+WORKLOADS_BY_FORMAT = [("row", "transactions", "nondeterministic"), ("statement", "bulk", "migration"),
+                       ("trigger", "triggers-cascades", "bulk"), ("mixed", "nondeterministic", "triggers-cascades")]
+
+TTL = "2"  # lease seconds: failover tests wait about this long
+
+
+@pytest.fixture
+def dist(tmp_path: Path, nats_server) -> Cluster:
+    cluster = Cluster(tmp_path, nats_server.url)
+    yield cluster
+    cluster.stop()
+
+
+def _run(node: Node, workload: str) -> None:
+    conn = proxy.connect(node.directory)
+    try:
+        WORKLOADS[workload](conn, 1)
+    finally:
+        conn.close()
+
+
+def _rows(node: Node, sql: str) -> list[tuple]:
+    with store.opened(node.path, name=node.name) as conn:
+        return [tuple(r) for r in conn.execute(sql)]
+
+
+@pytest.mark.parametrize(("log_format", "before", "after"), WORKLOADS_BY_FORMAT)
+def test_followers_in_other_processes_end_identical(dist: Cluster, log_format: str, before: str, after: str) -> None:
+    a = dist.init("a", "--format", log_format)
+    a.serve()
+    dist.wait_serving(a)
+    _run(a, before)  # the snapshot of b carries it
+    b = dist.join("b").serve()
+    c = dist.join("c").serve()
+    _run(a, after)  # the stream carries it
+    lsn = dist.wait_caught_up(a, b, c)
+    assert dist.stream_last() == lsn
+    out = dist.verify(c)
+    assert out.startswith("OK: 3 nodes identical"), out
+    status = json.loads(run_replproxy("status", b.directory, "--json").stdout)
+    assert status["leader"] == "a" and status["stream"]["last_lsn"] == lsn
+    assert {n["name"]: n["role"] for n in status["nodes"]} == {"a": "leader", "b": "follower", "c": "follower"}
+
+
+def test_entries_committed_while_the_relay_was_down_are_published_once(dist: Cluster) -> None:
+    # A long lease, so that the writes below commit while it is surely valid with the relay stopped.
+    a = dist.init("a", "--lease-ttl", "120")
+    a.serve()
+    dist.wait_serving(a)
+    conn = proxy.connect(a.directory)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    conn.commit()
+    dist.wait_caught_up(a)
+    a.pause()  # the relay stops between COMMIT and publish
+    for i in range(50):
+        conn.execute("INSERT INTO t(v) VALUES (?)", (f"v{i}",))
+        conn.commit()
+    assert dist.stream_last() < a.last_lsn()
+    a.kill()
+    a.serve()  # the relay starts again from the stream's last sequence
+    lsn = dist.wait_caught_up(a)
+    b = dist.join("b").serve()
+    dist.wait_caught_up(a, b)
+    assert dist.stream_last() == lsn  # sequence == LSN: nothing twice, nothing skipped
+    assert _rows(b, "SELECT count(*) FROM t") == [(50,)]
+    dist.verify(b)
+    conn.close()
+
+
+def test_a_leader_without_its_relay_stops_writing_when_its_lease_lapses(dist: Cluster) -> None:
+    a = dist.init("a", "--lease-ttl", TTL)
+    a.serve()
+    dist.wait_serving(a)
+    conn = proxy.connect(a.directory)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    conn.commit()
+    a.kill()
+    with store.opened(a.path, name="a") as db:
+        until = store.read_fence(db).lease_until
+    assert until is not None
+    import time
+
+    wait_until(lambda: time.time() > until, HANG, poll=0.05, message="the lease lapses")
+    with pytest.raises(proxy.OperationalError, match="lease lapsed"):
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert _rows(a, "SELECT count(*) FROM t") == [(0,)]
+    conn.close()
+
+
+def test_killed_leader_fails_over_and_rejoins_as_follower(dist: Cluster) -> None:
+    a = dist.init("a", "--lease-ttl", TTL)
+    a.serve()
+    dist.wait_serving(a)
+    _run(a, "oltp")
+    b = dist.join("b").serve()
+    c = dist.join("c").serve()
+    dist.wait_caught_up(a, b, c)
+    a.kill()
+    wait_until(lambda: (dist.holder() or {}).get("node") in ("b", "c"), HANG, poll=0.05,
+               message="a follower takes the lease\n" + b.logs() + c.logs())
+    new = dist.nodes[dist.holder()["node"]]
+    other = c if new is b else b
+    wait_until(lambda: new.role() == "leader", HANG, poll=0.05, message=new.logs())
+    conn = proxy.connect(new.directory)
+    conn.execute("INSERT INTO customers(id, email, name, country, created_at) "
+                 "VALUES (100000, 'x@example.org', 'X', 'KR', '2026-01-01')")
+    conn.commit()
+    conn.close()
+    dist.wait_caught_up(new, other)
+    a.serve()  # the old leader finds the lease taken: it becomes a follower
+    wait_until(lambda: a.role() == "follower", HANG, poll=0.05, message=a.logs())
+    dist.wait_caught_up(new, a, other)
+    assert "3 nodes identical" in dist.verify(a)
+    assert not list(a.directory.glob("lost-writes-*"))  # it had published everything
+    with pytest.raises(proxy.OperationalError):  # fenced: its file no longer takes writes
+        with store.opened(a.path, name="a") as db:
+            assert store.read_fence(db).deposed_by is not None
+            raise proxy.OperationalError("fenced")
+
+
+def test_paused_leader_is_deposed_and_its_unpublished_writes_are_recorded(dist: Cluster) -> None:
+    a = dist.init("a", "--lease-ttl", TTL)
+    a.serve()
+    dist.wait_serving(a)
+    conn = proxy.connect(a.directory)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO t(v) VALUES ('published')")
+    conn.commit()
+    b = dist.join("b").serve()
+    dist.wait_caught_up(a, b)
+    a.pause()
+    # Writes that committed in the last moment of a's lease, before its relay could publish
+    # them: simulated by extending the lease a's writers see (its `serve` is stopped).
+    with store.opened(a.path, name="a") as db:
+        store.set_lease(db, 4102444800.0)
+    for i in range(3):
+        conn.execute("INSERT INTO t(v) VALUES (?)", (f"lost {i}",))
+        conn.commit()
+    wait_until(lambda: b.role() == "leader", HANG, poll=0.05, message="b takes over\n" + b.logs())
+    conn_b = proxy.connect(b.directory)
+    conn_b.execute("INSERT INTO t(v) VALUES ('on b')")
+    conn_b.commit()
+    conn_b.close()
+    a.cont()  # its renewal is refused: it is deposed
+    wait_until(lambda: a.role() == "follower", HANG, poll=0.05, message=a.logs())
+    dist.wait_caught_up(b, a)
+    lost = list(a.directory.glob("lost-writes-epoch*.jsonl"))
+    assert len(lost) == 1, a.logs()
+    records = [json.loads(line) for line in lost[0].read_text().splitlines()]
+    assert len(records) == 3
+    assert _rows(a, "SELECT v FROM t ORDER BY id") == [("published",), ("on b",)]
+    with pytest.raises(proxy.OperationalError):
+        conn.execute("INSERT INTO t(v) VALUES ('refused')")
+    conn.close()
+    dist.verify(b)
+
+
+def test_join_under_load_and_an_entry_over_the_message_limit(dist: Cluster) -> None:
+    a = dist.init("a")
+    a.serve()
+    dist.wait_serving(a)
+    conn = proxy.connect(a.directory)
+    conn.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, body BLOB)")
+    conn.commit()
+    from helpers import in_background
+
+    def write(count: int) -> int:
+        writer = proxy.connect(a.directory)
+        try:
+            for i in range(count):
+                writer.execute("INSERT INTO blobs(body) VALUES (?)", (bytes([i % 256]) * 100,))
+                writer.commit()
+        finally:
+            writer.close()
+        return count
+
+    load = in_background(write, 400)
+    b = dist.join("b").serve()
+    assert load.result(HANG) == 400
+    big = bytes(range(256)) * 8192  # 2 MiB: over the server's 1 MiB message limit
+    conn.execute("INSERT INTO blobs(body) VALUES (?)", (big,))
+    conn.commit()
+    conn.close()
+    dist.wait_caught_up(a, b)
+    assert _rows(b, "SELECT count(*), max(length(body)) FROM blobs") == [(401, len(big))]
+    assert _rows(b, "SELECT body = ? FROM blobs ORDER BY id DESC LIMIT 1".replace("?", "x'" + big[:4].hex() + "'")) \
+        in ([(0,)], [(1,)])
+    dist.verify(b)
+
+
+def test_one_nats_server_of_three_killed(tmp_path: Path, nats_cluster) -> None:
+    dist = Cluster(tmp_path, nats_cluster.url)
+    try:
+        a = dist.init("a")
+        a.serve()
+        dist.wait_serving(a)
+        _run(a, "oltp")
+        b = dist.join("b").serve()
+        dist.wait_caught_up(a, b)
+        nats_cluster.servers[0].kill()
+        _run(a, "bulk")
+        dist.wait_caught_up(a, b)
+        assert (dist.holder() or {}).get("node") == "a"  # no failover: only a server died
+        dist.verify(b)
+        nats_cluster.restart(nats_cluster.servers[0])
+    finally:
+        dist.stop()
