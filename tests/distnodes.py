@@ -12,6 +12,7 @@ from typing import Any
 from helpers import HANG, node_state, replproxy_command, run_replproxy, wait_until
 
 from proxy.dist import local
+from proxy.errors import TransportError
 from proxy.jetstream.kv import ClusterKV
 from proxy.jetstream.names import LEASE_KEY
 from proxy.jetstream.stream import LogStream
@@ -118,16 +119,35 @@ class Cluster:
         with config.bridge() as bridge:
             return LogStream(bridge, config.names, "").state().last_seq
 
+    def eventually(self, predicate: Any, message: str) -> Any:
+        """wait_until, where NATS being briefly unavailable (a server killed) counts as not yet."""
+        def attempt() -> Any:
+            try:
+                return predicate()
+            except TransportError:
+                return False
+
+        return wait_until(attempt, HANG, poll=0.02, message=message)
+
     def wait_serving(self, leader: Node) -> None:
         """The leader holds the lease and its followers report positions."""
-        wait_until(lambda: (self.holder() or {}).get("node") == leader.name, HANG, poll=0.05,
-                   message=f"{leader.name} holds the lease\n{leader.logs()}")
+        self.eventually(lambda: (self.holder() or {}).get("node") == leader.name,
+                        f"{leader.name} holds the lease\n{leader.logs()}")
+
+    def wait_reporting(self, *nodes: Node) -> None:
+        """Each node's `serve` runs: it has published its position."""
+        config = local.read(next(iter(self.nodes.values())).directory)
+        for node in nodes:
+            def reported(node: Node = node) -> bool:
+                with config.bridge() as bridge:
+                    return ClusterKV(bridge, config.names).node(node.name) is not None
+
+            self.eventually(reported, f"{node.name} reports its position\n{node.logs()}")
 
     def wait_caught_up(self, leader: Node, *followers: Node) -> int:
         """Every follower has applied the leader's last LSN (published first); return it."""
         lsn = leader.last_lsn()
-        wait_until(lambda: self.stream_last() >= lsn, HANG, poll=0.02,
-                   message=f"the relay publishes LSN {lsn}\n{leader.logs()}")
+        self.eventually(lambda: self.stream_last() >= lsn, f"the relay publishes LSN {lsn}\n{leader.logs()}")
         for follower in followers:
             wait_until(lambda f=follower: f.applied() >= lsn, HANG, poll=0.02,
                        message=f"{follower.name} applies LSN {lsn}\n{follower.logs()}")

@@ -105,11 +105,47 @@ class NatsCluster:
                    store=root / f"nats-n{i + 1}", routes=[p for j, p in enumerate(route_ports) if j != i],
                    cluster_name="replproxy-test" if size > 1 else None)
             for i in range(size)]
-        for server in self.servers:
-            server.store.mkdir(parents=True, exist_ok=True)
-            server.start(binary)
-        for server in self.servers:
-            server.wait_ready()
+        try:
+            for server in self.servers:
+                server.store.mkdir(parents=True, exist_ok=True)
+                server.start(binary)
+            for server in self.servers:
+                server.wait_ready()
+            self.wait_jetstream()
+        except BaseException:
+            self.stop()  # never leave servers behind a fixture that failed to start
+            raise
+
+    def wait_jetstream(self, timeout: float = HANG) -> None:
+        """Wait until JetStream can place a stream on every server. Accepting connections is not
+        enough: three servers first elect a meta leader and learn of each other; a request sent
+        before that gets no answer or "no suitable peers for placement"."""
+        import asyncio
+
+        import nats
+        from nats.js import api
+
+        async def placed() -> None:
+            deadline = time.monotonic() + timeout
+            nc = await nats.connect([s.url for s in self.servers])
+            try:
+                js = nc.jetstream(timeout=0.5)
+                config = api.StreamConfig(name="NATSSERVERS_READY", subjects=["natsservers.ready"],
+                                          num_replicas=len(self.servers), storage=api.StorageType.MEMORY)
+                while True:
+                    try:
+                        await js.add_stream(config)
+                        await js.delete_stream(config.name)
+                        return
+                    except Exception as exc:  # no answer, or not all servers known yet
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"JetStream could not place a stream on the {len(self.servers)} "
+                                               f"servers within {timeout}s: {exc!r}") from exc
+                        await asyncio.sleep(0.05)
+            finally:
+                await nc.close()
+
+        asyncio.run(placed())
 
     @property
     def url(self) -> str:

@@ -36,6 +36,12 @@ def _run(node: Node, workload: str) -> None:
         conn.close()
 
 
+def _remote(node: Node) -> dict[str, int]:
+    """The followers a leader's serve has heard from (what sync commits wait for)."""
+    with store.opened(node.path, name=node.name) as conn:
+        return store.remote_positions(conn)
+
+
 def _rows(node: Node, sql: str) -> list[tuple]:
     with store.opened(node.path, name=node.name) as conn:
         return [tuple(r) for r in conn.execute(sql)]
@@ -113,11 +119,8 @@ def test_killed_leader_fails_over_and_rejoins_as_follower(dist: Cluster) -> None
     c = dist.join("c").serve()
     dist.wait_caught_up(a, b, c)
     a.kill()
-    wait_until(lambda: (dist.holder() or {}).get("node") in ("b", "c"), HANG, poll=0.05,
-               message="a follower takes the lease\n" + b.logs() + c.logs())
-    new = dist.nodes[dist.holder()["node"]]
+    new = _new_leader(dist, b, c)
     other = c if new is b else b
-    wait_until(lambda: new.role() == "leader", HANG, poll=0.05, message=new.logs())
     conn = proxy.connect(new.directory)
     conn.execute("INSERT INTO customers(id, email, name, country, created_at) "
                  "VALUES (100000, 'x@example.org', 'X', 'KR', '2026-01-01')")
@@ -129,10 +132,10 @@ def test_killed_leader_fails_over_and_rejoins_as_follower(dist: Cluster) -> None
     dist.wait_caught_up(new, a, other)
     assert "3 nodes identical" in dist.verify(a)
     assert not list(a.directory.glob("lost-writes-*"))  # it had published everything
-    with pytest.raises(proxy.OperationalError):  # fenced: its file no longer takes writes
-        with store.opened(a.path, name="a") as db:
-            assert store.read_fence(db).deposed_by is not None
-            raise proxy.OperationalError("fenced")
+    with store.opened(a.path, name="a") as db:
+        assert store.read_fence(db).deposed_by == int(dist.holder()["epoch"])  # fenced at the new epoch
+    with pytest.raises(proxy.Error, match="no cluster|cluster.toml"):  # a follower's directory takes no writes
+        proxy.connect(a.directory).execute("INSERT INTO customers(id) VALUES (1)")
 
 
 def test_paused_leader_is_deposed_and_its_unpublished_writes_are_recorded(dist: Cluster) -> None:
@@ -213,12 +216,99 @@ def test_one_nats_server_of_three_killed(tmp_path: Path, nats_cluster) -> None:
         dist.wait_serving(a)
         _run(a, "oltp")
         b = dist.join("b").serve()
+        dist.wait_reporting(b)
         dist.wait_caught_up(a, b)
         nats_cluster.servers[0].kill()
         _run(a, "bulk")
         dist.wait_caught_up(a, b)
-        assert (dist.holder() or {}).get("node") == "a"  # no failover: only a server died
+        assert dist.eventually(dist.holder, "the lease readable")["node"] == "a"  # no failover: a server died
         dist.verify(b)
         nats_cluster.restart(nats_cluster.servers[0])
     finally:
         dist.stop()
+
+
+WRITER = """
+import sys, proxy
+conn = proxy.connect(sys.argv[1])
+conn.execute("CREATE TABLE IF NOT EXISTS acked(id INTEGER PRIMARY KEY)")
+conn.commit()
+i = 0
+while True:
+    i += 1
+    try:
+        conn.execute("INSERT INTO acked(id) VALUES (?)", (i,))
+        conn.commit()
+    except proxy.Error as exc:
+        print("ERR", type(exc).__name__, exc, flush=True)
+        break
+    print(i, flush=True)
+"""
+
+
+def _sync_cluster(dist: Cluster, timeout: str) -> tuple[Node, Node, Node]:
+    """Leader a, followers b and c serving, in sync mode once a has heard from both."""
+    a = dist.init("a", "--lease-ttl", TTL)
+    a.serve()
+    dist.wait_serving(a)
+    b = dist.join("b").serve()
+    c = dist.join("c").serve()
+    dist.wait_caught_up(a, b, c)
+    wait_until(lambda: set(_remote(a)) == {"b", "c"}, HANG, poll=0.02, message="a hears from b and c")
+    run_replproxy("config", a.directory, "--mode", "sync", "--timeout", timeout)
+    return a, b, c
+
+
+def _new_leader(dist: Cluster, *candidates: Node) -> Node:
+    """The candidate that took over (it holds the lease and its directory is a leader's)."""
+    names = {n.name for n in candidates}
+    dist.eventually(lambda: (dist.holder() or {}).get("node") in names,
+                    "a follower takes over\n" + "".join(n.logs() for n in candidates))
+    new = dist.nodes[dist.holder()["node"]]
+    wait_until(lambda: new.role() == "leader", HANG, poll=0.05, message=new.logs())
+    return new
+
+
+def test_sync_mode_loses_no_acknowledged_write_when_the_leader_dies(dist: Cluster) -> None:
+    from helpers import spawn_python
+
+    a, b, c = _sync_cluster(dist, "30")
+    writer = spawn_python(WRITER, a.directory)
+    acked = []
+    try:
+        while len(acked) < 30:  # sync commits acknowledged by both followers
+            line = writer.stdout.readline()
+            assert line and not line.startswith("ERR"), line
+            acked.append(int(line))
+        a.kill()  # the leader's node process dies; the writer's next commits cannot be acknowledged
+    finally:
+        writer.kill()
+        writer.wait()
+    for line in writer.stdout:  # what it reported acknowledged before it was killed
+        if line.endswith("\n") and not line.startswith("ERR"):
+            acked.append(int(line))
+    new = _new_leader(dist, b, c)
+    held = {row[0] for row in _rows(new, "SELECT id FROM acked")}
+    assert set(acked) <= held, f"acknowledged but lost: {sorted(set(acked) - held)}"
+
+
+def test_sync_and_semi_sync_commits_wait_for_followers_on_other_machines(dist: Cluster) -> None:
+    a, b, c = _sync_cluster(dist, "1")
+    conn = proxy.connect(a.directory)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    conn.commit()  # acknowledged by both
+    assert b.applied() >= conn.last_write_lsn and c.applied() >= conn.last_write_lsn
+    c.pause()
+    with pytest.raises(proxy.SyncReplicationTimeout, match="c did not apply") as caught:
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.commit()
+    assert caught.value.nodes == ("c",)
+    run_replproxy("config", a.directory, "--mode", "semi-sync", "--semi-sync-k", "1", "--timeout", "30")
+    conn.execute("INSERT INTO t VALUES (2)")
+    conn.commit()  # b alone is enough
+    assert b.applied() >= conn.last_write_lsn
+    c.cont()
+    dist.wait_caught_up(a, b, c)
+    conn.close()
+    status = json.loads(run_replproxy("status", b.directory, "--json").stdout)
+    assert status["mode"] == "semi-sync"  # the cluster's settings, not only a's

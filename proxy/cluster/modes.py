@@ -55,6 +55,10 @@ def await_acks(cluster: ClusterCore, lsn: int, leader: apsw.Connection) -> None:
     config = cluster.config
     if config.mode == "async":
         return
+    remote = store.remote_positions(leader)
+    if remote:
+        _await_remote(cluster, lsn, leader, remote)
+        return
     if config.mode == "sync":
         names = list(config.sync_followers)
         need = len(names)
@@ -86,6 +90,43 @@ def await_acks(cluster: ClusterCore, lsn: int, leader: apsw.Connection) -> None:
     try:
         set_degraded(leader, reason)
     except apsw.Error as exc:  # the commit itself succeeded; the flag is retried by the next one
+        log.warning("semi-sync: cannot record the degraded state: %s", exc)
+    log.warning("semi-sync degraded to async: %s", reason)
+
+
+def _await_remote(cluster: ClusterCore, lsn: int, leader: apsw.Connection, remote: dict[str, int]) -> None:
+    """A distributed leader (docs/distributed.md): its followers on other machines acknowledge
+    what they applied to its `replproxy serve`, which records their positions in the leader's
+    file. sync waits for every one of them, semi-sync for `semi_sync_k`."""
+    config = cluster.config
+    if config.mode == "semi-sync" and read_degraded(leader) is not None:
+        return
+    need = len(remote) if config.mode == "sync" else config.semi_sync_k
+    deadline = cluster.clock() + config.sync_timeout
+    version = None
+    while True:
+        current = leader.execute("PRAGMA data_version").fetchone()[0]
+        if current != version:
+            version = current
+            remote = store.remote_positions(leader)
+            if sum(1 for applied in remote.values() if applied >= lsn) >= need:
+                return
+        if cluster.clock() >= deadline:
+            break
+        time.sleep(0.0005)
+    behind = {name: applied for name, applied in remote.items() if applied < lsn}
+    details = "; ".join(f"{name} at LSN {applied}" for name, applied in sorted(behind.items()))
+    if config.mode == "sync":
+        raise SyncReplicationTimeout(
+            f"sync replication: follower{'s' if len(behind) > 1 else ''} {', '.join(sorted(behind))} did not "
+            f"apply LSN {lsn} within {config.sync_timeout:g}s ({details}). The transaction IS committed on "
+            "the leader and visible to other sessions; it will reach the followers when they catch up, so "
+            "do not simply retry it", lsn=lsn, nodes=tuple(sorted(behind)))
+    reason = (f"LSN {lsn} was applied by fewer than {need} follower(s) within {config.sync_timeout:g}s "
+              f"({details})")
+    try:
+        set_degraded(leader, reason)
+    except apsw.Error as exc:
         log.warning("semi-sync: cannot record the degraded state: %s", exc)
     log.warning("semi-sync degraded to async: %s", reason)
 

@@ -45,11 +45,20 @@ def configure(cluster: ClusterCore, *, mode: str | None = None, sync_followers: 
                 replace(n, replication="sync" if n.name in sync_followers else "async")
                 if n.role == "follower" else n for n in config.nodes)
         new = replace(config, **values)
+        if distributed:  # followers on other machines: sync means all of them (docs/distributed.md)
+            if semi_sync_k is not None and semi_sync_k > len(remote):
+                raise ClusterError(f"semi_sync_k {semi_sync_k} is more than the {len(remote)} follower(s) of "
+                                   "the cluster")
+            return new
         if new.mode == "sync" and not new.sync_followers:
             raise ClusterError("sync mode needs at least one sync follower (--sync-followers)")
         cfg.check_semi_sync(new, semi_sync_k)
         cfg.check_semi_sync(new)
         return new
+
+    with cluster.node(cluster.leader) as conn:
+        remote = store.remote_positions(conn)
+        distributed = bool(remote) or store.read_fence(conn).lease_until is not None
 
     return cluster.change_config(change)
 

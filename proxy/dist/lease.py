@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import TransportError
 from ..jetstream.kv import ClusterKV
 from ..jetstream.names import LEASE_KEY
 
@@ -71,6 +72,15 @@ class Lease:
         sent, sent_wall = self.clock(), self.wall_clock()
         revision = self.kv.update(LEASE_KEY, self._value(self.epoch), self.revision)
         if revision is None:
+            # A renewal that timed out may have landed after all, moving the revision: the key
+            # then still names us at our epoch (nobody else writes that), and we go on from it.
+            found = self.kv.get(LEASE_KEY)
+            value = found.value if found is not None and isinstance(found.value, dict) else {}
+            if (found is not None and found.revision != self.revision and value.get("node") == self.node
+                    and int(value.get("epoch", 0)) == self.epoch):
+                sent, sent_wall = self.clock(), self.wall_clock()
+                revision = self.kv.update(LEASE_KEY, self._value(self.epoch), found.revision)
+        if revision is None:
             self.lose()
             return False
         self._granted(revision, self.epoch, sent, sent_wall)
@@ -86,13 +96,22 @@ class Lease:
     # -- candidate ------------------------------------------------------------------------------
 
     def holder(self) -> Holder | None:
-        found = self.kv.get(LEASE_KEY)
+        try:
+            found = self.kv.get(LEASE_KEY)
+        except TransportError:
+            self.reset()  # time NATS was unavailable to us may have been so to the holder too
+            raise
         if found is None or not isinstance(found.value, dict):
             self._seen = None
             return None
         value = found.value
         return Holder(str(value.get("node")), int(value.get("epoch", 0)), float(value.get("ttl", self.ttl)),
                       found.revision)
+
+    def reset(self) -> None:
+        """Forget how long the current holder has been seen unchanged: a candidate counts only
+        time during which it could reach NATS itself (so the holder could have renewed)."""
+        self._seen = None
 
     def expired(self, holder: Holder | None) -> bool:
         """Whether `holder` (None: nobody) has not renewed for a whole TTL, by our own clock."""

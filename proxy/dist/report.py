@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..cluster.verify import Difference, VerifyReport, compare
 from ..errors import TransportError
@@ -15,11 +16,31 @@ from ..jetstream.stream import LogStream
 from . import local
 from .service import HEARTBEAT, fingerprint_from, load_settings
 
+T = TypeVar("T")
+
 # A node whose position is older than this many heartbeats is reported unreachable.
 STALE_HEARTBEATS = 10
 
 
+RETRY_FOR = 15.0  # seconds status and verify retry while NATS elects new stream leaders (a server died)
+
+
+def _retrying(run: Callable[[], T], timeout: float) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return run()
+        except TransportError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
+
+
 def status(directory: str | os.PathLike[str], *, now: float | None = None) -> dict[str, Any]:
+    return _retrying(lambda: _status(directory, now), RETRY_FOR)
+
+
+def _status(directory: str | os.PathLike[str], now: float | None) -> dict[str, Any]:
     config = local.read(directory)
     with config.bridge() as bridge:
         kv = ClusterKV(bridge, config.names)
@@ -56,6 +77,10 @@ def status(directory: str | os.PathLike[str], *, now: float | None = None) -> di
 def verify(directory: str | os.PathLike[str], *, timeout: float = 10.0) -> VerifyReport:
     """Every node compared with the leader at one LSN: followers hold where they are, the leader
     gives its fingerprint at its last LSN, each follower applies exactly to it and gives its own."""
+    return _retrying(lambda: _verify(directory, timeout), max(timeout, RETRY_FOR))
+
+
+def _verify(directory: str | os.PathLike[str], timeout: float) -> VerifyReport:
     config = local.read(directory)
     with config.bridge() as bridge:
         kv = ClusterKV(bridge, config.names)

@@ -11,6 +11,7 @@ answers the requests of `join` (snapshot) and `verify` (fingerprints). docs/dist
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -23,7 +24,7 @@ from typing import Any
 
 import apsw
 
-from ..cluster import Cluster, history, snapshots
+from ..cluster import Cluster, history, modes, snapshots
 from ..cluster import verify as verifying
 from ..errors import ClusterError, LeaseLost, TransportError
 from ..jetstream.kv import ClusterKV
@@ -42,6 +43,7 @@ from .relay import Relay
 log = logging.getLogger("replproxy.dist")
 
 HEARTBEAT = 0.5  # seconds between two position updates of a node (when it moved, else 4x that)
+ACK_EVERY = 1.0  # seconds: a follower acknowledges its position at least this often
 EPOCH_START = b"\x01"  # the first entry of every epoch: an empty row-format entry (applies as nothing)
 
 
@@ -130,6 +132,7 @@ class NodeService:
         self._position: dict[str, Any] = {}
         self._published_at = (0.0, "")
         self._transport_warned = False
+        self._acked_at = float("-inf")
         self.promotions = 0
         self.demotions = 0
 
@@ -204,13 +207,16 @@ class NodeService:
         renewer = threading.Thread(target=self._renew, name=f"replproxy-lease-{self.name}", daemon=True)
         self._write_lease(self.lease.valid_until_wall)
         renewer.start()
+        acks = threading.Thread(target=self._record_acks, name=f"replproxy-acks-{self.name}", daemon=True)
+        acks.start()
         log.info("%s leads cluster %s at epoch %d from LSN %d", self.name, self.local.cluster, epoch,
                  self.relay.published)
         try:
             self._relay_loop()
         finally:
-            self._deposed.set()  # stops the renewer if we leave for another reason
+            self._deposed.set()  # stops the renewer and the acknowledgements if we leave for another reason
             renewer.join(timeout=self.ttl)
+            acks.join(timeout=self.ttl)
         if not self.stopping.is_set():
             self._demote(self._current_epoch(epoch + 1), self._deposed_reason or "deposed")
 
@@ -244,12 +250,18 @@ class NodeService:
 
     def _renew(self) -> None:
         """Renew the lease every TTL/4 and tell the leader's writers until when it holds."""
-        while not self._deposed.wait(self.ttl / 4) and not self.stopping.is_set():
+        interval = self.ttl / 4
+        while not self._deposed.wait(interval) and not self.stopping.is_set():
             try:
                 renewed = self.lease.renew()
             except TransportError as exc:
-                log.warning("%s: cannot renew its lease (%s); writes stop when it lapses", self.name, exc)
+                if interval == self.ttl / 4:
+                    log.warning("%s: cannot renew its lease (%s); writes stop when it lapses", self.name, exc)
+                interval = min(0.1, self.ttl / 20)  # renew as soon as NATS is back, before any candidate
                 continue
+            if renewed and interval != self.ttl / 4:
+                log.warning("%s: lease renewed again", self.name)
+            interval = self.ttl / 4
             if not renewed:
                 holder = self._safe_holder()
                 self._deposed_reason = (f"another node took the lease ({holder.node}, epoch {holder.epoch})"
@@ -258,6 +270,59 @@ class NodeService:
                 self._deposed.set()
                 return
             self._write_lease(self.lease.valid_until_wall)
+
+    def _record_acks(self) -> None:
+        """Followers' acknowledgements, written into the leader's file where its committers wait
+        for them (cluster/modes.py); semi-sync restored once k followers caught up."""
+        positions: dict[str, int] = {}
+        changed = threading.Event()
+        try:
+            for name, pos in self.kv.nodes().items():
+                if name != self.name and pos.get("role") == "follower" and pos.get("state") != "stopped":
+                    positions[name] = int(pos.get("lsn") or 0)
+        except TransportError as exc:
+            log.warning("%s: follower positions unknown (%s): sync commits wait for their acknowledgements",
+                        self.name, exc)
+
+        async def on_ack(msg: Any) -> None:
+            try:
+                data = json.loads(msg.data)
+                name, lsn = str(data["node"]), int(data["lsn"])
+            except (ValueError, KeyError, TypeError):
+                return
+            if name != self.name and lsn > positions.get(name, -1):
+                positions[name] = lsn
+                changed.set()
+
+        sub = self.bridge.call(self.bridge.nc.subscribe(self.names.request_subject("ack"), cb=on_ack),
+                               what="subscribing to acknowledgements")
+        try:
+            with store.opened(self.path, name=self.name) as conn:
+                store.set_remote_positions(conn, dict(positions), replace=True)
+                while not self._deposed.is_set() and not self.stopping.is_set():
+                    if not changed.wait(0.1):
+                        continue
+                    changed.clear()
+                    try:
+                        store.set_remote_positions(conn, dict(positions))
+                        self._maybe_restore(conn, positions)
+                    except apsw.BusyError:
+                        changed.set()
+        finally:
+            try:
+                self.bridge.call(sub.unsubscribe(), timeout=2.0, what="unsubscribing")
+            except TransportError:
+                pass
+
+    def _maybe_restore(self, conn: apsw.Connection, positions: dict[str, int]) -> None:
+        if modes.read_degraded(conn) is None:
+            return
+        config = cfg.read(self.directory)  # `replproxy config` changes it while we run
+        last = entries_log.last_lsn(conn)
+        caught_up = sorted(n for n, lsn in positions.items() if lsn >= last)
+        if config.mode == "semi-sync" and len(caught_up) >= config.semi_sync_k:
+            modes.set_degraded(conn, None)
+            log.warning("semi-sync restored: %s caught up with LSN %d", ", ".join(caught_up), last)
 
     def _write_lease(self, until: float | None) -> None:
         with store.opened(self.path, name=self.name) as conn:
@@ -380,12 +445,24 @@ class NodeService:
                 source.inner.fill(applied, wait=min(0.25, self.ttl / 8) if wait is None else wait)
             count = applier.step()
             self._transport_warned = False
+            now = self.clock()
+            if count or now - self._acked_at >= ACK_EVERY:  # also a keepalive: the leader learns of us
+                self._acked_at = now
+                self._ack(applier.applied_lsn)
             return count
         except TransportError as exc:
             self._transport_trouble(exc)
         except apsw.BusyError:
             self.stopping.wait(0.01)
         return 0
+
+    def _ack(self, lsn: int) -> None:
+        """Tell the leader what this follower applied (sync and semi-sync commits wait on it)."""
+        data = json.dumps({"node": self.name, "lsn": lsn}).encode()
+        try:
+            self.bridge.call(self.bridge.nc.publish(self.names.request_subject("ack"), data), what="acknowledging")
+        except TransportError as exc:
+            log.debug("%s: acknowledgement of LSN %d not sent: %s", self.name, lsn, exc)
 
     def _try_promote(self) -> bool:
         holder = self.lease.holder()
@@ -447,6 +524,7 @@ class NodeService:
                 break
             found = self.kv.get(EPOCHS_KEY)
         self._close_roles()
+        self.settings, _record = load_settings(self.kv, self.local.cluster)  # as `config` last left them
         with store.opened(self.path, name=self.name) as conn:
             with store.write_transaction(conn):
                 entries_log.copy_entries(conn, [marker])
@@ -494,6 +572,8 @@ class NodeService:
             self.kv.put(node_key(self.name), position)
             self._published_at = (now, key)
         except (TransportError, apsw.Error) as exc:
+            if isinstance(exc, TransportError):
+                self.lease.reset()
             log.debug("%s: position not published: %s", self.name, exc)
 
     # -- requests -------------------------------------------------------------------------------

@@ -136,3 +136,20 @@ def join(directory: str | os.PathLike[str], *, nats: str, cluster: str, name: st
     local.write(directory, config.__class__(**{**config.__dict__, "lease_ttl": float(record.get("lease_ttl", 5.0))}))
     log.info("%s joined cluster %s from a snapshot of %s at LSN %s", name, cluster, leader, reply["lsn"])
     return int(reply["lsn"])
+
+
+def publish_settings(directory: str | os.PathLike[str]) -> None:
+    """After `replproxy config` on a distributed leader: its cluster.toml's settings become the
+    cluster's (a node promoted later takes them), by compare-and-set."""
+    config = local.read(directory)
+    settings = cfg.read(directory)
+    with config.bridge() as bridge:
+        kv = ClusterKV(bridge, config.names)
+        while True:
+            found = kv.get(SETTINGS_KEY)
+            if found is None or not isinstance(found.value, dict):
+                raise ClusterError(f"cluster {config.cluster!r} has no settings on its NATS servers")
+            value = dict(found.value)
+            value["config"] = cfg.dumps(settings)
+            if kv.update(SETTINGS_KEY, value, found.revision) is not None:
+                return

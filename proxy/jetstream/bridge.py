@@ -48,9 +48,11 @@ class Bridge:
         self._thread = threading.Thread(target=self._run_loop, name="replproxy-nats", daemon=True)
         self._thread.start()
         self._closed = False
+        self._last_error: BaseException | None = None  # the last one the client reported
 
         async def connect() -> Any:
             async def quiet(exc: Exception) -> None:
+                self._last_error = exc
                 log.debug("NATS: %s", exc)
 
             options: dict[str, Any] = dict(
@@ -62,7 +64,12 @@ class Bridge:
             return await nats.connect(**options)
 
         try:
-            self.nc = self.call(connect(), timeout=timeout + 1)
+            self.nc = self.call(connect(), timeout=timeout + 1, what="connecting")
+        except TransportError as exc:
+            # The client retries every server until our wait ends: say so, with its last error.
+            self._stop_loop()
+            raise TransportError(f"cannot reach a NATS server (servers {', '.join(self.urls)}) within "
+                                 f"{timeout + 1:g}s: {self._last_error or 'no answer'}") from exc
         except BaseException:
             self._stop_loop()
             raise
@@ -76,12 +83,14 @@ class Bridge:
         """Run `awaitable` on the bridge's loop and return its result (or raise its error, NATS
         errors as TransportError)."""
         future = asyncio.run_coroutine_threadsafe(_wrap(awaitable), self.loop)
+        wait = self.timeout + 1 if timeout is None else timeout
         try:
-            return future.result(self.timeout + 1 if timeout is None else timeout)
+            return future.result(wait)
         except TimeoutError as exc:
+            if future.done():  # the operation's own timeout (a NATS request), not this wait
+                raise translate(exc, what, self.urls) from exc
             future.cancel()
-            raise TransportError(f"NATS {what or 'operation'} timed out after "
-                                 f"{self.timeout if timeout is None else timeout:g}s "
+            raise TransportError(f"NATS {what or 'operation'} timed out after {wait:g}s "
                                  f"(servers {', '.join(self.urls)})") from exc
         except Exception as exc:
             raise translate(exc, what, self.urls) from exc
@@ -142,6 +151,16 @@ class Bridge:
         self._stop_loop()
 
     def _stop_loop(self) -> None:
+        async def finish_tasks() -> None:  # a cancelled call (a connect that timed out) ends first
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(finish_tasks(), self.loop).result(2.0)
+        except Exception:  # a task that does not end: the loop stops anyway
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=2.0)
 
@@ -165,13 +184,14 @@ def translate(exc: BaseException, what: str, urls: Sequence[str]) -> BaseExcepti
         return exc
     where = f" (servers {', '.join(urls)})"
     label = f"NATS {what}: " if what else "NATS: "
+    # Before OSError: TimeoutError is one (and nats' TimeoutError is an asyncio.TimeoutError).
+    if isinstance(exc, nats_errors.TimeoutError | asyncio.TimeoutError):
+        return TransportError(f"{label}timed out{where}")
     if isinstance(exc, nats_errors.NoServersError | OSError | ConnectionError):
         return TransportError(f"cannot reach a NATS server{where}: {exc or type(exc).__name__}")
     if isinstance(exc, js_errors.ServiceUnavailableError):
         return TransportError(f"{label}JetStream is not available{where}: is the server started "
                               f"with JetStream (-js), and does the cluster have a quorum? ({exc})")
-    if isinstance(exc, nats_errors.TimeoutError | asyncio.TimeoutError):
-        return TransportError(f"{label}timed out{where}")
     if isinstance(exc, js_errors.Error | nats_errors.Error):
         return TransportError(f"{label}{exc.description if hasattr(exc, 'description') and exc.description else exc}")
     return exc

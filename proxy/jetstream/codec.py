@@ -2,7 +2,10 @@
 
 The message id (`Nats-Msg-Id`: cluster id, epoch, LSN) makes a republished entry a duplicate the
 stream drops; `Nats-Expected-Last-Sequence` (LSN - 1) makes the stream refuse an entry that does not
-follow the last one it holds, so stream sequence == LSN and a deposed leader cannot append.
+follow the last one it holds, so stream sequence == LSN and a deposed leader cannot append. An entry
+published right after its predecessor also names it (`Nats-Expected-Last-Msg-Id`): when the
+predecessor was refused because the stream holds another leader's entry there, the entries sent
+after it in the same batch must not continue that other leader's log.
 """
 
 from __future__ import annotations
@@ -16,17 +19,22 @@ ENTRY_HEADER = "Replproxy-Entry"
 OBJECT_HEADER = "Replproxy-Object"  # the payload is in the object store under this name
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST = "Nats-Expected-Last-Sequence"
+EXPECTED_LAST_ID = "Nats-Expected-Last-Msg-Id"
 
 
 def msg_id(cluster_id: str, entry: LogEntry) -> str:
     return f"{cluster_id}:{entry.epoch}:{entry.lsn}"
 
 
-def headers(cluster_id: str, entry: LogEntry, *, object_name: str | None = None) -> dict[str, str]:
+def headers(cluster_id: str, entry: LogEntry, *, object_name: str | None = None,
+            previous: LogEntry | None = None) -> dict[str, str]:
+    """`previous`: the entry published just before this one (LSN - 1), if in the same batch."""
     meta = {"lsn": entry.lsn, "epoch": entry.epoch, "format": entry.format, "checksum": entry.checksum,
             "committed_at": entry.committed_at, "origin": entry.origin}
     out = {MSG_ID: msg_id(cluster_id, entry), EXPECTED_LAST: str(entry.lsn - 1),
            ENTRY_HEADER: json.dumps(meta, separators=(",", ":"))}
+    if previous is not None:
+        out[EXPECTED_LAST_ID] = msg_id(cluster_id, previous)
     if object_name is not None:
         out[OBJECT_HEADER] = object_name
     return out

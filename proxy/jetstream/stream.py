@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +18,13 @@ from ..errors import LeaseLost, TransportError
 from ..store.log import LogEntry
 from ..store.source import LogSource
 from . import codec
-from .bridge import Bridge
+from .bridge import Bridge, translate
 from .names import Names
 
 log = logging.getLogger("replproxy.nats")
 
 WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_MSG_ID = 10070
 # Bytes kept free in a message for the headers when deciding whether a payload fits inline.
 HEADER_ROOM = 4096
 PUBLISH_WINDOW = 128  # entries in flight at once
@@ -98,7 +100,9 @@ class LogStream:
         for start in range(0, len(entries), PUBLISH_WINDOW):
             window = entries[start:start + PUBLISH_WINDOW]
             sends = []
-            for entry in window:
+            for index, entry in enumerate(window, start):
+                # The batch is in flight at once: each entry continues only its own predecessor.
+                previous = entries[index - 1] if index > 0 and entries[index - 1].lsn == entry.lsn - 1 else None
                 body, name = entry.payload, None
                 if len(body) > limit:
                     name = codec.object_name(self.cluster_id, entry)
@@ -107,7 +111,7 @@ class LogStream:
                     body = b""
                 sends.append(asyncio.ensure_future(self.bridge.js.publish(
                     self.names.log_subject, body, timeout=timeout, stream=self.names.stream,
-                    headers=codec.headers(self.cluster_id, entry, object_name=name))))
+                    headers=codec.headers(self.cluster_id, entry, object_name=name, previous=previous))))
             results = await asyncio.gather(*sends, return_exceptions=True)
             for entry, result in zip(window, results, strict=True):
                 if isinstance(result, BaseException):
@@ -115,7 +119,7 @@ class LogStream:
                     if isinstance(error, _AlreadyThere):
                         reached = entry.lsn  # an earlier try went through: the same entry is there
                         continue
-                    return reached, error
+                    return reached, translate(error, f"publishing log entry {entry.lsn}", self.bridge.urls)
                 if result.seq != entry.lsn:
                     return reached, TransportError(
                         f"stream {self.names.stream} stored log entry {entry.lsn} at sequence {result.seq}: "
@@ -128,7 +132,7 @@ class LogStream:
         went through), or another leader's entry is there (we are deposed)."""
         from nats.js.errors import APIError
 
-        if not (isinstance(error, APIError) and error.err_code == WRONG_LAST_SEQUENCE):
+        if not (isinstance(error, APIError) and error.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_MSG_ID)):
             return error
         theirs = await self._msg_id(entry.lsn)
         if theirs == codec.msg_id(self.cluster_id, entry):
@@ -204,6 +208,7 @@ class JetStreamSource(LogSource):
     """
 
     IDS_KEPT = 4096
+    STALL_CHECK = 2.0  # seconds without a delivery before checking the stream for more
 
     def __init__(self, stream: LogStream, *, batch: int = 512):
         self.stream = stream
@@ -215,6 +220,7 @@ class JetStreamSource(LogSource):
         self._pending = 0  # messages the consumer still holds after the last one delivered
         self._ids: collections.OrderedDict[int, tuple[int, int, float]] = collections.OrderedDict()
         self._last_known = 0
+        self._quiet_since = time.monotonic()
 
     # -- LogSource ------------------------------------------------------------------------------
 
@@ -286,6 +292,17 @@ class JetStreamSource(LogSource):
             self._last_known = max(self._last_known, entry.lsn + self._pending)
         while len(self._ids) > self.IDS_KEPT:
             self._ids.popitem(last=False)
+        now = time.monotonic()
+        if entries or self._sub is None:
+            self._quiet_since = now
+        elif now - self._quiet_since >= self.STALL_CHECK:
+            # Nothing for a while: either nothing was written, or the consumer died with the
+            # server that held it (ephemeral consumers are not replicated): ask the stream.
+            self._quiet_since = now
+            if self.stream.state().last_seq >= expected:
+                log.warning("the consumer at LSN %d delivers nothing while the stream holds more: recreating it",
+                            expected)
+                self._drop_consumer()
         return len(entries)
 
     async def _fill(self, start: int, wait: float) -> list[LogEntry]:

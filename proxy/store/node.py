@@ -312,6 +312,25 @@ def retention_holds(conn: apsw.Connection) -> dict[str, tuple[int, float]]:
     return out
 
 
+REMOTE_PREFIX = "remote_follower:"  # a distributed leader: a follower on another machine, its applied LSN
+
+
+def remote_positions(conn: apsw.Connection) -> dict[str, int]:
+    """A distributed leader: the applied LSN of every follower on another machine, as its
+    `replproxy serve` last heard (docs/distributed.md); empty on the embedded default."""
+    return {key[len(REMOTE_PREFIX):]: int(value) for key, value in conn.execute(
+        "SELECT key, value FROM _replproxy_meta WHERE key LIKE ?", (REMOTE_PREFIX + "%",))}
+
+
+def set_remote_positions(conn: apsw.Connection, positions: dict[str, int], *, replace: bool = False) -> None:
+    """Record followers' positions (`replace`: these are all the remote followers there are)."""
+    with write_transaction(conn):
+        if replace:
+            conn.execute("DELETE FROM _replproxy_meta WHERE key LIKE ?", (REMOTE_PREFIX + "%",))
+        conn.executemany("INSERT OR REPLACE INTO _replproxy_meta(key, value) VALUES (?, ?)",
+                         [(REMOTE_PREFIX + name, lsn) for name, lsn in positions.items()])
+
+
 # -- state ---------------------------------------------------------------------------------------
 
 _STATE_SQL = ("SELECT applied_lsn, applied_epoch, applied_commit_time, applied_at, paused, error, "

@@ -22,7 +22,7 @@ import logformats
 from ..cluster import Cluster, create_cluster
 from ..cluster.verify import verify as verify_cluster
 from ..driver import connect
-from ..errors import Error, ReplicationTimeout
+from ..errors import Error, ReplicationTimeout, TransportError
 from ..store import config as cfg
 from ..store.decode import bad_input, not_utf8
 from .render import render
@@ -421,6 +421,10 @@ def config_(directory: str, mode: str | None, sync_followers: str | None, semi_s
                           retain_max_age=retain_max_age, auto_resync=auto_resync,
                           auto_failover=auto_failover, failover_timeout=failover_timeout,
                           failover_cooldown=failover_cooldown, failover_key_gap=failover_key_gap)
+        if _distributed(directory):
+            from ..dist.setup import publish_settings
+
+            publish_settings(directory)  # the cluster's settings: a node promoted later keeps them
         click.echo(_mode_line(cluster.replication_status()))
         click.echo(_failover_line(cluster.health()))
 
@@ -739,10 +743,31 @@ def serve(directory: str, lease_ttl: float | None, log_level: str) -> None:
     root.setLevel(getattr(logging, log_level.upper()))
     for handler in root.handlers:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    try:
-        service = NodeService(directory, lease_ttl=lease_ttl)
-    except Error as exc:
-        _fail(str(exc))
+    stopping = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    warned = False
+    while True:  # NATS may be briefly unavailable (a server restarting, an election): keep trying
+        try:
+            service = NodeService(directory, lease_ttl=lease_ttl)
+            break
+        except TransportError as exc:
+            if not warned:
+                logging.getLogger("replproxy.dist").warning("%s: cannot start yet: %s (retrying)", directory, exc)
+                warned = True
+            if stopping:
+                return
+            time.sleep(1.0)
+        except Error as exc:
+            _fail(str(exc))
+            return
+        except KeyboardInterrupt:
+            return
+    if stopping:
         return
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     try:
