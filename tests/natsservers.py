@@ -90,6 +90,13 @@ class Server:
         self.process.send_signal(signal.SIGCONT)
 
 
+def _port_taken(log: Path) -> bool:
+    try:
+        return "address already in use" in log.read_text(errors="replace")
+    except OSError:
+        return False
+
+
 class NatsCluster:
     """`size` servers (1, or 3 with routes), started; `urls` for clients."""
 
@@ -98,23 +105,29 @@ class NatsCluster:
         if binary is None:
             raise RuntimeError("nats-server not found")
         self.binary = binary
-        ports = _free_ports(size * 2)
-        client_ports, route_ports = ports[:size], ports[size:]
-        self.servers = [
-            Server(name=f"n{i + 1}", port=client_ports[i], cluster_port=route_ports[i],
-                   store=root / f"nats-n{i + 1}", routes=[p for j, p in enumerate(route_ports) if j != i],
-                   cluster_name="replproxy-test" if size > 1 else None)
-            for i in range(size)]
-        try:
-            for server in self.servers:
-                server.store.mkdir(parents=True, exist_ok=True)
-                server.start(binary)
-            for server in self.servers:
-                server.wait_ready()
-            self.wait_jetstream()
-        except BaseException:
-            self.stop()  # never leave servers behind a fixture that failed to start
-            raise
+        for attempt in range(3):  # a free port can be taken by another process before a server binds it
+            ports = _free_ports(size * 2)
+            client_ports, route_ports = ports[:size], ports[size:]
+            self.servers = [
+                Server(name=f"n{i + 1}", port=client_ports[i], cluster_port=route_ports[i],
+                       store=root / f"nats-n{i + 1}", routes=[p for j, p in enumerate(route_ports) if j != i],
+                       cluster_name="replproxy-test" if size > 1 else None)
+                for i in range(size)]
+            try:
+                for server in self.servers:
+                    server.store.mkdir(parents=True, exist_ok=True)
+                    server.start(binary)
+                for server in self.servers:
+                    server.wait_ready()
+                self.wait_jetstream()
+                return
+            except RuntimeError:
+                self.stop()  # never leave servers behind a fixture that failed to start
+                if attempt == 2 or not any(_port_taken(s.log) for s in self.servers):
+                    raise
+            except BaseException:
+                self.stop()
+                raise
 
     def wait_jetstream(self, timeout: float = HANG) -> None:
         """Wait until JetStream can place a stream on every server. Accepting connections is not

@@ -6,7 +6,8 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..cluster.create import create_cluster
 from ..errors import ClusterError, TransportError
@@ -22,6 +23,7 @@ from .service import load_settings
 log = logging.getLogger("replproxy.dist")
 
 SNAPSHOT_TIMEOUT = 600.0
+T = TypeVar("T")
 
 
 def default_replicas(urls: list[str]) -> int:
@@ -47,6 +49,19 @@ def wait_jetstream(bridge: Any, timeout: float = JETSTREAM_READY_TIMEOUT) -> Non
             time.sleep(0.2)
 
 
+def _retrying(run: Callable[[], T], timeout: float = JETSTREAM_READY_TIMEOUT) -> T:
+    """Creating replicated streams and buckets can time out while a new NATS cluster settles;
+    creating what exists returns it, so trying again is safe."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return run()
+        except TransportError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
 def init_distributed(directory: str | os.PathLike[str], *, nats: str, cluster: str, name: str = "node1",
                      creds: str | None = None, replicas: int | None = None,
                      lease_ttl: float = local.DEFAULT_LEASE_TTL, **create: Any) -> cfg.ClusterConfig:
@@ -67,7 +82,7 @@ def init_distributed(directory: str | os.PathLike[str], *, nats: str, cluster: s
         wait_jetstream(bridge)
         kv = ClusterKV(bridge, names)
         r = replicas or default_replicas(urls)
-        kv.ensure(replicas=r)
+        _retrying(lambda: kv.ensure(replicas=r))
         if kv.get(SETTINGS_KEY) is not None:
             raise ClusterError(f"a cluster named {cluster!r} already exists on these NATS servers; choose "
                                "another --cluster name, or `replproxy join` it")
@@ -75,7 +90,7 @@ def init_distributed(directory: str | os.PathLike[str], *, nats: str, cluster: s
         try:
             with store.opened(directory / f"{name}.db", name=name) as conn:
                 cluster_id = str(store.read_meta(conn, name)[store.CLUSTER_ID_KEY])
-            LogStream(bridge, names, cluster_id).ensure(replicas=r)
+            _retrying(lambda: LogStream(bridge, names, cluster_id).ensure(replicas=r))
             settings = {"cluster_id": cluster_id, "config": cfg.dumps(created), "lease_ttl": lease_ttl,
                         "created_at": time.time(), "replicas": r}
             if kv.create(SETTINGS_KEY, settings) is None:

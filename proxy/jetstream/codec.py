@@ -1,6 +1,6 @@
 """Log entries as stream messages: the payload is the body, the rest a JSON header.
 
-The message id (`Nats-Msg-Id`: cluster id, epoch, LSN) makes a republished entry a duplicate the
+The message id (`Nats-Msg-Id`: cluster id, epoch, LSN, checksum) makes a republished entry a duplicate the
 stream drops; `Nats-Expected-Last-Sequence` (LSN - 1) makes the stream refuse an entry that does not
 follow the last one it holds, so stream sequence == LSN and a deposed leader cannot append. An entry
 published right after its predecessor also names it (`Nats-Expected-Last-Msg-Id`): when the
@@ -23,7 +23,9 @@ EXPECTED_LAST_ID = "Nats-Expected-Last-Msg-Id"
 
 
 def msg_id(cluster_id: str, entry: LogEntry) -> str:
-    return f"{cluster_id}:{entry.epoch}:{entry.lsn}"
+    # The checksum too: a leader restored from an older backup may hold another entry under the
+    # same epoch and LSN, and must not pass it for the one the stream holds.
+    return f"{cluster_id}:{entry.epoch}:{entry.lsn}:{entry.checksum}"
 
 
 def headers(cluster_id: str, entry: LogEntry, *, object_name: str | None = None,
