@@ -472,7 +472,10 @@ def test_a_server_that_stops_answering_is_a_timeout_not_a_hang(nats_server: Any)
 def test_entry_codec_rejects_what_is_not_an_entry_at_its_sequence() -> None:
     e = entry(5, payload=os.urandom(10), origin="d\u00e9")
     hdrs = codec.headers(CLUSTER_ID, e)
-    assert hdrs[codec.EXPECTED_LAST] == "4" and hdrs[codec.MSG_ID] == f"{CLUSTER_ID}:1:5"
+    assert hdrs[codec.EXPECTED_LAST] == "4" and hdrs[codec.MSG_ID] == f"{CLUSTER_ID}:1:5:{e.checksum}"
+    # Another entry at the same epoch and LSN (a leader restored from an older backup) has another id.
+    other = entry(5, payload=e.payload + b"!")
+    assert codec.msg_id(CLUSTER_ID, other) != codec.msg_id(CLUSTER_ID, e)
     assert codec.decode(5, hdrs, e.payload) == (e, None)
     with pytest.raises(ValueError, match="not a replproxy log entry"):
         codec.decode(5, {}, b"x")
