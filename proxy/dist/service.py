@@ -299,12 +299,23 @@ class NodeService:
         try:
             with store.opened(self.path, name=self.name) as conn:
                 store.set_remote_positions(conn, dict(positions), replace=True)
+                written = self.clock()
                 while not self._deposed.is_set() and not self.stopping.is_set():
                     if not changed.wait(0.1):
+                        continue
+                    cluster = self.cluster
+                    if cluster is not None:
+                        cluster.refresh_config()
+                    # Async commits wait for nobody: record positions once a second only (each
+                    # record is a write transaction on the leader's file, taken from its writers).
+                    wait = ACK_EVERY - (self.clock() - written)
+                    if (cluster is None or cluster.config.mode == "async") and wait > 0:
+                        self._deposed.wait(min(wait, 0.1))
                         continue
                     changed.clear()
                     try:
                         store.set_remote_positions(conn, dict(positions))
+                        written = self.clock()
                         self._maybe_restore(conn, positions)
                     except apsw.BusyError:
                         changed.set()
