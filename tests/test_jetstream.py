@@ -481,3 +481,25 @@ def test_entry_codec_rejects_what_is_not_an_entry_at_its_sequence() -> None:
         codec.decode(5, {}, b"x")
     with pytest.raises(ValueError, match="holds log entry 5"):
         codec.decode(6, hdrs, e.payload)
+
+
+def test_a_reader_whose_consumer_starts_over_continues_at_its_position(stream: LogStream) -> None:
+    """A server that restarts recreates an ephemeral consumer from its stored config, so it
+    delivers from its original start again (seen with three servers): the reader must notice and
+    go on from its own position, neither re-reading nor reporting a gap."""
+    from nats.js import api
+
+    entries = varied_entries(1, 60)
+    assert stream.publish(entries[:30]) == (30, None)
+    source = JetStreamSource(stream)
+    try:
+        assert read_through(source, 30) == entries[:30]
+        # The consumer, as the restarted server brings it back: at its first start sequence.
+        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=2,
+                                    ack_policy=api.AckPolicy.NONE, mem_storage=True, inactive_threshold=60.0)
+        source._sub = stream.bridge.call(stream.bridge.js.pull_subscribe(  # noqa: PLC2701
+            stream.names.log_subject, stream=stream.names.stream, config=config))
+        assert stream.publish(entries[30:]) == (60, None)
+        assert read_through(source, 60, after=30) == entries[30:]
+    finally:
+        source.close()

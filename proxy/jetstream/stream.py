@@ -221,6 +221,7 @@ class JetStreamSource(LogSource):
         self._ids: collections.OrderedDict[int, tuple[int, int, float]] = collections.OrderedDict()
         self._last_known = 0
         self._quiet_since = time.monotonic()
+        self._reset = False  # the consumer delivered out of order: replace it
 
     # -- LogSource ------------------------------------------------------------------------------
 
@@ -284,6 +285,10 @@ class JetStreamSource(LogSource):
         except TransportError as exc:
             self._drop_consumer()
             raise TransportError(f"reading the log stream from LSN {expected}: {exc}") from exc
+        if self._reset:  # the next fill starts a new consumer at the reader's position
+            self._reset = False
+            self._drop_consumer()
+            return 0
         for entry in entries:
             if self._buffer and entry.lsn != self._buffer[-1].lsn + 1:
                 break  # a gap: the applier reports it (entry no longer in the log)
@@ -308,7 +313,8 @@ class JetStreamSource(LogSource):
     async def _fill(self, start: int, wait: float) -> list[LogEntry]:
         from nats.js import api
 
-        if self._sub is None:
+        fresh = self._sub is None
+        if fresh:
             config = api.ConsumerConfig(
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
                 ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True, num_replicas=1,
@@ -328,6 +334,15 @@ class JetStreamSource(LogSource):
         out = []
         for msg in msgs:
             seq = msg.metadata.sequence.stream
+            expected = self._next if self._next is not None else start
+            if seq != expected and not (fresh and not out and seq > expected):
+                # Not the continuation of what this consumer delivered: it was recreated from its
+                # stored config after its server restarted (so it starts over) or lost messages.
+                # Start a new one at our position. (A fresh consumer's first message past its
+                # start is a real gap: the stream no longer holds those entries.)
+                log.warning("the consumer delivered LSN %d where %d was next: recreating it", seq, expected)
+                self._reset = True
+                break
             self._pending = int(msg.metadata.num_pending or 0)
             out.append(await self.stream._entry(seq, msg.headers, msg.data or b""))
             self._next = seq + 1
