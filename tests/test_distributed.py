@@ -354,3 +354,26 @@ def test_quorum_lost_stops_writes_at_the_lease_and_loses_nothing(tmp_path: Path,
             assert kept <= set(committed) and len(committed) - len(kept) == recorded
     finally:
         dist.stop()
+
+
+def test_a_node_that_stopped_reporting_is_never_silently_left_out_of_verify(dist: Cluster) -> None:
+    a = dist.init("a")
+    a.serve()
+    dist.wait_serving(a)
+    b = dist.join("b").serve()
+    c = dist.join("c").serve()
+    dist.wait_reporting(b, c)
+    c.kill()
+
+    def c_unreachable() -> bool:
+        report = json.loads(run_replproxy("status", b.directory, "--json").stdout)
+        return {n["name"]: n["state"] for n in report["nodes"]}.get("c") == "unreachable"
+
+    wait_until(c_unreachable, HANG, poll=0.2, message="status shows c unreachable")
+    done = run_replproxy("verify", b.directory, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr  # could not compare: c is down
+    assert "c: not compared: unreachable" in done.stdout
+    run_replproxy("remove-follower", a.directory, "c")  # gone for good
+    assert "2 nodes identical" in dist.verify(b)
+    with pytest.raises(AssertionError, match="holds the leader lease"):
+        run_replproxy("remove-follower", b.directory, "a")

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..cluster.verify import Difference, VerifyReport, compare
-from ..errors import TransportError
+from ..errors import ClusterError, TransportError
 from ..jetstream.kv import ClusterKV
-from ..jetstream.names import EPOCHS_KEY, LEASE_KEY
+from ..jetstream.names import EPOCHS_KEY, LEASE_KEY, node_key
 from ..jetstream.stream import LogStream
 from . import local
 from .service import HEARTBEAT, fingerprint_from, load_settings
@@ -88,11 +88,18 @@ def _verify(directory: str | os.PathLike[str], timeout: float) -> VerifyReport:
         if lease is None or not isinstance(lease.value, dict):
             raise TransportError(f"cluster {config.cluster} has no leader (no lease): nothing to compare with")
         leader = str(lease.value["node"])
-        followers = sorted(n for n, pos in kv.nodes().items()
-                           if n != leader and time.time() - float(pos.get("at") or 0) < HEARTBEAT * STALE_HEARTBEATS)
+        positions = kv.nodes()
+        followers = sorted(n for n in positions if n != leader)
         differences: list[Difference] = []
         held = []
         for name in followers:
+            age = time.time() - float(positions[name].get("at") or 0)
+            if age > HEARTBEAT * STALE_HEARTBEATS:  # a node that exists is never silently left out
+                differences.append(Difference(
+                    name, "position", f"unreachable: last heard {age:.0f} s ago (is its `replproxy serve` "
+                    f"running? `replproxy remove-follower {directory} {name}` forgets a node gone for good)",
+                    "not-compared"))
+                continue
             try:
                 bridge.request(config.names.request_subject("hold", name), {"seconds": timeout * 2}, timeout)
                 held.append(name)
@@ -118,3 +125,16 @@ def _verify(directory: str | os.PathLike[str], timeout: float) -> VerifyReport:
                 differences.append(Difference(name, "position", why, "not-compared"))
     return VerifyReport(lsn=lsn, leader=leader, nodes=(leader, *followers), tables=len(reference.tables),
                         differences=tuple(differences))
+
+
+def forget(directory: str | os.PathLike[str], name: str) -> None:
+    """Remove a node gone for good from the cluster's positions (status, verify, sync commits)."""
+    config = local.read(directory)
+    with config.bridge() as bridge:
+        kv = ClusterKV(bridge, config.names)
+        lease = kv.get(LEASE_KEY)
+        if lease is not None and isinstance(lease.value, dict) and lease.value.get("node") == name:
+            raise ClusterError(f"{name} holds the leader lease: it cannot be removed")
+        if kv.node(name) is None:
+            raise ClusterError(f"cluster {config.cluster} has no node named {name!r}")
+        kv.delete(node_key(name))

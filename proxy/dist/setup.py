@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from ..cluster.create import create_cluster
 from ..errors import ClusterError, TransportError
 from ..jetstream.bridge import split_urls
 from ..jetstream.kv import ClusterKV
-from ..jetstream.names import EPOCHS_KEY, LEASE_KEY, SETTINGS_KEY, check_name
+from ..jetstream.names import EPOCHS_KEY, LEASE_KEY, SETTINGS_KEY, check_name, node_key
 from ..jetstream.stream import LogStream
 from ..store import config as cfg
 from ..store import node as store
@@ -149,6 +150,11 @@ def join(directory: str | os.PathLike[str], *, nats: str, cluster: str, name: st
             store.remove_files(path)
             raise
     local.write(directory, config.__class__(**{**config.__dict__, "lease_ttl": float(record.get("lease_ttl", 5.0))}))
+    with config.bridge() as bridge:  # known from now on: status and verify report it even before it serves
+        ClusterKV(bridge, config.names).put(node_key(name), {
+            "role": "follower", "lsn": int(reply["lsn"]), "state": "joined", "at": time.time(),
+            "host": socket.gethostname(), "pid": None, "epoch": None, "committed_at": None, "published": None,
+            "error": None})
     log.info("%s joined cluster %s from a snapshot of %s at LSN %s", name, cluster, leader, reply["lsn"])
     return int(reply["lsn"])
 

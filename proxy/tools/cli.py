@@ -451,7 +451,17 @@ def add_follower(directory: str, name: str, file_name: str | None, sync_role: bo
 @click.argument("name")
 @click.option("--delete-file", is_flag=True, help="Also delete its database file.")
 def remove_follower(directory: str, name: str, delete_file: bool) -> None:
-    """Unregister follower NAME (its log retention slot goes with it)."""
+    """Unregister follower NAME (its log retention slot goes with it). On a distributed cluster:
+    forget a node gone for good (status, verify and sync commits stop counting it)."""
+    if _distributed(directory):
+        from ..dist.report import forget
+
+        try:
+            forget(directory, name)
+        except Error as exc:
+            _fail(str(exc))
+        click.echo(f"{name} removed from the cluster's positions")
+        return
     with _cluster(directory, replicate=False) as cluster:
         cluster.remove_follower(name, delete_file=delete_file)
         click.echo(f"{name} removed")
