@@ -4,6 +4,7 @@ sharing nothing but real NATS servers (docs/distributed.md)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from distnodes import Cluster, Node
 from helpers import HANG, run_replproxy, wait_until
 
 import proxy
+from proxy.dist import local
+from proxy.jetstream.kv import ClusterKV
+from proxy.jetstream.stream import LogStream
 from proxy.store import node as store
 from proxy.tools.workloads import WORKLOADS
 
@@ -377,3 +381,45 @@ def test_a_node_that_stopped_reporting_is_never_silently_left_out_of_verify(dist
     assert "2 nodes identical" in dist.verify(b)
     with pytest.raises(AssertionError, match="holds the leader lease"):
         run_replproxy("remove-follower", b.directory, "a")
+
+
+def test_stream_retention_keeps_what_a_follower_has_not_applied(dist: Cluster) -> None:
+    a = dist.init("a")
+    a.serve()
+    dist.wait_serving(a)
+    conn = proxy.connect(a.directory, autocommit=True)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    b = dist.join("b").serve()
+    c = dist.join("c").serve()
+    dist.wait_reporting(b, c)
+    run_replproxy("config", a.directory, "--retain-min-entries", "10")
+    for i in range(50):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    held = dist.wait_caught_up(a, b, c)
+    config = local.read(a.directory)
+    with config.bridge() as bridge:
+        kv = ClusterKV(bridge, config.names)
+        dist.eventually(lambda: kv.node("c")["lsn"] == held, "c reports its position")
+    c.kill()  # down: its last position holds the stream
+    for i in range(50, 150):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    dist.wait_caught_up(a, b)
+    written = time.time()
+
+    def first() -> int:
+        with config.bridge() as bridge:
+            return LogStream(bridge, config.names, "").state().first_seq
+
+    def retention_pass() -> dict | None:  # the leader's last retention pass, once it follows the writes
+        with config.bridge() as bridge:
+            done = (ClusterKV(bridge, config.names).node("a") or {}).get("retention")
+        return done if done and done["at"] > written else None
+
+    # c's position holds retention (b's alone would let it go up to the last LSN - 10).
+    assert dist.eventually(retention_pass, "a retention pass after the writes")["first_lsn"] == held - 10 + 1
+    assert first() == held - 10 + 1
+    c.serve()  # it finds every entry it needs
+    dist.wait_caught_up(a, b, c)
+    dist.eventually(lambda: first() == a.last_lsn() - 10 + 1, "retention removes what all applied")
+    assert "3 nodes identical" in dist.verify(b)
+    conn.close()

@@ -43,6 +43,7 @@ from .relay import Relay
 log = logging.getLogger("replproxy.dist")
 
 HEARTBEAT = 0.5  # seconds between two position updates of a node (when it moved, else 4x that)
+STREAM_RETENTION_INTERVAL = 1.0  # seconds between two retention passes over the stream
 ACK_EVERY = 1.0  # seconds: a follower acknowledges its position at least this often
 EPOCH_START = b"\x01"  # the first entry of every epoch: an empty row-format entry (applies as nothing)
 
@@ -133,6 +134,8 @@ class NodeService:
         self._published_at = (0.0, "")
         self._transport_warned = False
         self._acked_at = float("-inf")
+        self._next_trim = 0.0
+        self._retention: tuple[float, int] | None = None  # (when, the stream's first LSN after) of the last pass
         self.promotions = 0
         self.demotions = 0
 
@@ -242,11 +245,39 @@ class NodeService:
                 except apsw.BusyError:
                     pass
             self._heartbeat()
+            if self.clock() >= self._next_trim:
+                self._next_trim = self.clock() + STREAM_RETENTION_INTERVAL
+                try:
+                    self._trim_stream()
+                except TransportError as exc:
+                    log.debug("%s: stream retention postponed: %s", self.name, exc)
             if moved:
                 idle = 0.0
             else:
                 idle = min(0.002 if idle == 0 else idle * 1.5, 0.01)
                 self.stopping.wait(idle)
+
+    def _trim_stream(self) -> int:
+        """Stream retention, as the embedded log's: entries every follower applied go, but the
+        last `retain_min_entries` published stay. A follower that is down holds them (its last
+        position counts) until `remove-follower` forgets it; new followers start from snapshots."""
+        relay, cluster = self.relay, self.cluster
+        if relay is None or cluster is None:
+            return 0
+        cluster.refresh_config()
+        keep = max(1, cluster.config.retain_min_entries)
+        positions = [int(p.get("lsn") or 0) for n, p in self.kv.nodes().items()
+                     if n != self.name and p.get("role") == "follower"]
+        upto = min([relay.published, *positions]) - keep
+        state = self.stream.state()
+        if upto < max(state.first_seq, 1):
+            self._retention = (self.wall_clock(), state.first_seq)
+            return 0
+        self.bridge.call(self.bridge.js.purge_stream(self.names.stream, seq=upto + 1),
+                         what="purging the stream")
+        self._retention = (self.wall_clock(), upto + 1)
+        log.info("%s: stream retention removed entries up to LSN %d", self.name, upto)
+        return upto - state.first_seq + 1
 
     def _renew(self) -> None:
         """Renew the lease every TTL/4 and tell the leader's writers until when it holds."""
@@ -563,9 +594,11 @@ class NodeService:
             if self.role == "leader":
                 lsn = entries_log.last_lsn(conn)
             committed = entries_log.commit_time(conn, lsn) if self.role == "leader" else state.applied_commit_time
-        relay = self.relay
+        relay, retention = self.relay, self._retention
         return {"role": self.role, "lsn": lsn, "epoch": fence.epoch, "committed_at": committed,
                 "published": relay.published if relay is not None else None,
+                "retention": None if retention is None or self.role != "leader" else
+                {"at": retention[0], "first_lsn": retention[1]},
                 "state": "stopped" if state.error else ("paused" if state.paused and self.role != "leader"
                                                          else "running"),
                 "error": state.error, "host": socket.gethostname(), "pid": os.getpid(), "at": self.wall_clock()}
