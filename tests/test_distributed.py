@@ -147,7 +147,7 @@ def test_paused_leader_is_deposed_and_its_unpublished_writes_are_recorded(dist: 
     a.serve()
     dist.wait_serving(a)
     conn = proxy.connect(a.directory)
-    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)")
     conn.execute("INSERT INTO t(v) VALUES ('published')")
     conn.commit()
     b = dist.join("b").serve()
@@ -173,6 +173,11 @@ def test_paused_leader_is_deposed_and_its_unpublished_writes_are_recorded(dist: 
     records = [json.loads(line) for line in lost[0].read_text().splitlines()]
     assert len(records) == 3
     assert _rows(a, "SELECT v FROM t ORDER BY id") == [("published",), ("on b",)]
+    # b's first entry moved the AUTOINCREMENT counter past keys a handed out unpublished: no
+    # lost write's key was given to another row.
+    lost_ids = {e["new"]["id"] for record in records for e in record["events"] if e["kind"] == "INSERT"}
+    assert lost_ids == {2, 3, 4} and not any(record.get("keys_reused") for record in records)
+    assert _rows(b, "SELECT id FROM t WHERE v = 'on b'")[0][0] > 1_000_000
     with pytest.raises(proxy.OperationalError):
         conn.execute("INSERT INTO t(v) VALUES ('refused')")
     conn.close()

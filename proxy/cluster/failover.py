@@ -382,6 +382,15 @@ def _release(cluster: ClusterCore, config: cfg.ClusterConfig, name: str, paused:
         store.set_paused(conn, paused)
 
 
+def key_gap_payload(conn: apsw.Connection, gap: int) -> bytes:
+    """A row-format payload moving every AUTOINCREMENT counter of `conn` `gap` past its value
+    (no chunk at all when `gap` is 0 or no table has one): the first entry of an epoch whose old
+    leader could not be read (a distributed takeover, docs/distributed.md)."""
+    counters = _autoincrement_counters(conn) if gap else {}
+    flat = [value for name, seq in sorted(counters.items()) for value in (name, seq + gap)]
+    return codec.pack_chunks([(TAG_SEQUENCE, codec.pack_values(flat))] if flat else [])
+
+
 def _autoincrement_counters(conn: apsw.Connection) -> dict[str, int]:
     """Every AUTOINCREMENT table's counter, 0 for one that has not handed out a key here yet
     (sqlite_sequence gets its row at the first insert: the lost writes may have made it)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import apsw
 
-from ..cluster import Cluster, history, modes, snapshots
+from ..cluster import Cluster, failover, history, modes, snapshots
 from ..cluster import verify as verifying
 from ..errors import ClusterError, LeaseLost, TransportError
 from ..jetstream.kv import ClusterKV
@@ -45,7 +45,6 @@ log = logging.getLogger("replproxy.dist")
 HEARTBEAT = 0.5  # seconds between two position updates of a node (when it moved, else 4x that)
 STREAM_RETENTION_INTERVAL = 1.0  # seconds between two retention passes over the stream
 ACK_EVERY = 1.0  # seconds: a follower acknowledges its position at least this often
-EPOCH_START = b"\x01"  # the first entry of every epoch: an empty row-format entry (applies as nothing)
 
 
 def load_settings(kv: ClusterKV, cluster: str) -> tuple[cfg.ClusterConfig, dict[str, Any]]:
@@ -254,7 +253,7 @@ class NodeService:
             if moved:
                 idle = 0.0
             else:
-                idle = min(0.002 if idle == 0 else idle * 1.5, 0.01)
+                idle = min(0.001 if idle == 0 else idle * 1.5, 0.005)  # lag vs. wakeups when idle
                 self.stopping.wait(idle)
 
     def _trim_stream(self) -> int:
@@ -535,6 +534,7 @@ class NodeService:
         applier, source = self.applier, self.source
         assert applier is not None and source is not None
         source.cap = None
+        self.settings, _record = load_settings(self.kv, self.local.cluster)  # as `config` last left them
         while True:
             if not self.lease.held:
                 raise LeaseLost(f"{self.name} lost the lease while taking over")
@@ -546,8 +546,11 @@ class NodeService:
                 if state.error:
                     raise ClusterError(f"{self.name} cannot take over: {state.error}")
                 self._apply_some(wait=0.1)
-            marker = LogEntry(lsn=last + 1, epoch=epoch, format="row", payload=EPOCH_START,
-                              checksum=checksum(EPOCH_START), committed_at=self.wall_clock(), origin=None)
+            # The old leader may have handed out AUTOINCREMENT keys in writes it never published:
+            # the epoch's first entry moves every counter past them (docs/failover.md, "Key reuse").
+            payload = failover.key_gap_payload(applier.conn, self.settings.failover_key_gap)
+            marker = LogEntry(lsn=last + 1, epoch=epoch, format="row", payload=payload,
+                              checksum=checksum(payload), committed_at=self.wall_clock(), origin=None)
             reached, error = self.stream.publish([marker])
             if error is None or already_there(error):
                 break
@@ -565,11 +568,16 @@ class NodeService:
             if done:
                 break
             found = self.kv.get(EPOCHS_KEY)
+        while applier.applied_lsn < marker.lsn:  # applied here as on every follower
+            if self.stopping.is_set():
+                raise LeaseLost(f"{self.name} was stopped while taking over")
+            state = store.read_state(applier.conn)
+            if state.error:
+                raise ClusterError(f"{self.name} cannot take over: {state.error}")
+            self._apply_some(wait=0.1)
         self._close_roles()
-        self.settings, _record = load_settings(self.kv, self.local.cluster)  # as `config` last left them
         with store.opened(self.path, name=self.name) as conn:
             with store.write_transaction(conn):
-                entries_log.copy_entries(conn, [marker])
                 store.set_epoch(conn, epoch, last)
                 store.unfence(conn)
                 store.clear_error(conn, paused=True)  # no applier moves a leader's file
