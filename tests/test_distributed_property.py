@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from distnodes import Cluster, Node
-from helpers import HANG, examples, node_state, suppressed, wait_until
+from helpers import examples, node_state, suppressed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from natsservers import NatsCluster, server_binary
@@ -111,16 +111,14 @@ class Run:
                 self.nats.restart(server)
         for node in self.nodes:
             self.revive(node)
-        names = set(NAMES)
-        self.dist.eventually(lambda: (self.dist.holder() or {}).get("node") in names, "a leader holds the lease")
-        leader = self.dist.nodes[self.dist.holder()["node"]]
-
-        def settled() -> bool:
+        def settled() -> str | None:
+            """The leader's name once the lease holder leads and every other node follows."""
+            holder = (self.dist.holder() or {}).get("node")
             roles = {n.name: local.read(n.directory).role for n in self.nodes}
-            return roles == {n: "leader" if n == leader.name else "follower" for n in NAMES}
+            return holder if roles == {n: "leader" if n == holder else "follower" for n in NAMES} else None
 
-        wait_until(settled, HANG, poll=0.05, message="one leader, the others followers\n"
-                   + "\n".join(n.logs() for n in self.nodes))
+        leader = self.dist.nodes[self.dist.eventually(settled, "one leader, the others followers\n"
+                                                      + "\n".join(n.logs() for n in self.nodes))]
         others = [n for n in self.nodes if n is not leader]
         for node in others:
             error = node_state(node.path).error

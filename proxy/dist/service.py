@@ -147,10 +147,14 @@ class NodeService:
         log.info("%s serving cluster %s as %s (lease TTL %gs)", self.name, self.local.cluster, self.role, self.ttl)
         try:
             while not self.stopping.is_set():
-                if self.role == "leader":
-                    self._lead()
-                else:
-                    self._follow()
+                try:
+                    if self.role == "leader":
+                        self._lead()
+                    else:
+                        self._follow()
+                except TransportError as exc:  # NATS unavailable for a while: start the role again
+                    self._close_roles()
+                    self._transport_trouble(exc)
         finally:
             self._close_roles()
             self.bridge.close()

@@ -94,10 +94,13 @@ def init_distributed(directory: str | os.PathLike[str], *, nats: str, cluster: s
             _retrying(lambda: LogStream(bridge, names, cluster_id).ensure(replicas=r))
             settings = {"cluster_id": cluster_id, "config": cfg.dumps(created), "lease_ttl": lease_ttl,
                         "created_at": time.time(), "replicas": r}
-            if kv.create(SETTINGS_KEY, settings) is None:
-                raise ClusterError(f"a cluster named {cluster!r} was just created on these NATS servers by "
-                                   "someone else")
-            kv.create(EPOCHS_KEY, [{"epoch": 1, "leader": name, "base_lsn": 0, "at": time.time()}])
+            if _retrying(lambda: kv.create(SETTINGS_KEY, settings)) is None:
+                found = _retrying(lambda: kv.get(SETTINGS_KEY))  # our own try that timed out, or another's?
+                if found is None or not isinstance(found.value, dict) or found.value.get("cluster_id") != cluster_id:
+                    raise ClusterError(f"a cluster named {cluster!r} was just created on these NATS servers by "
+                                       "someone else")
+            epochs = [{"epoch": 1, "leader": name, "base_lsn": 0, "at": time.time()}]
+            _retrying(lambda: kv.create(EPOCHS_KEY, epochs))
         except BaseException:
             store.remove_files(directory / f"{name}.db")
             cfg.config_path(directory).unlink(missing_ok=True)

@@ -22,7 +22,7 @@ import logformats
 from ..cluster import Cluster, create_cluster
 from ..cluster.verify import verify as verify_cluster
 from ..driver import connect
-from ..errors import Error, ReplicationTimeout, TransportError
+from ..errors import Error, ReplicationTimeout
 from ..store import config as cfg
 from ..store.decode import bad_input, not_utf8
 from .render import render
@@ -287,7 +287,9 @@ def status(directory: str, as_json: bool) -> None:
     """Per node: role, file, applied LSN, lag in entries and seconds, and state; failover
     settings, leader health and lost writes."""
     if _distributed(directory):
-        _dist_status(directory, as_json)
+        from .nodes import print_status
+
+        print_status(directory, as_json)
         return
     with _cluster(directory, replicate=False) as cluster:
         nodes = cluster.status()
@@ -316,28 +318,6 @@ def _distributed(directory: str) -> bool:
     from ..dist import local
 
     return local.is_distributed(directory)
-
-
-def _dist_status(directory: str, as_json: bool) -> None:
-    from ..dist.report import status as dist_status
-
-    try:
-        report = dist_status(directory)
-    except Error as exc:
-        _fail(str(exc))
-        return
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    stream = report["stream"]
-    click.echo(f"cluster {report['cluster']} (format {report['format']}, mode {report['mode']}): leader "
-               f"{report['leader'] or 'NONE'} at epoch {report['epoch']}, stream {stream['name']} at LSN "
-               f"{stream['last_lsn']} (R{stream['replicas']})")
-    headers = ["node", "role", "LSN", "lag", "published", "state", "host", "heard (s ago)", "error"]
-    rows = [[n["name"], n["role"], n["lsn"], "" if n["lag_entries"] is None else n["lag_entries"],
-             "" if n["published"] is None else n["published"], n["state"], n["host"] or "", n["heard_s_ago"],
-             n["error"] or ""] for n in report["nodes"]]
-    click.echo(render(headers, rows), nl=False)
 
 
 def _clock(t: float) -> str:
@@ -701,34 +681,12 @@ def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None, 
 
 
 from .compare import compare_command  # noqa: E402  (replproxy compare: log formats on sample workloads)
+from .nodes import join_command  # noqa: E402  (replproxy join: a follower on this machine)
 
 main.add_command(compare_command)
+main.add_command(join_command)
 
 
-
-
-@main.command()
-@click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--nats", "nats_urls", required=True, metavar="URL[,URL...]", help="The cluster's NATS servers.")
-@click.option("--cluster", "cluster_name", required=True, help="The cluster's name (as given to `init`).")
-@click.option("--name", "node_name", required=True, help="This node's name (unique in the cluster).")
-@click.option("--nats-creds", type=click.Path(exists=True, dir_okay=False), help="NATS credentials file.")
-@click.option("--timeout", default=600.0, show_default=True, type=POSITIVE_SECONDS,
-              help="Seconds to wait for the leader's snapshot.")
-def join(directory: str, nats_urls: str, cluster_name: str, node_name: str, nats_creds: str | None,
-         timeout: float) -> None:
-    """Create a follower of a distributed cluster in DIRECTORY, on this machine, from a snapshot of
-    the leader (through the NATS object store); then run it with `replproxy serve DIRECTORY`."""
-    from ..dist.setup import join as join_cluster
-
-    try:
-        lsn = join_cluster(directory, nats=nats_urls, cluster=cluster_name, name=node_name, creds=nats_creds,
-                           timeout=timeout)
-    except Error as exc:
-        _fail(str(exc))
-        return
-    click.echo(f"{node_name} joined cluster {cluster_name!r} from a snapshot at LSN {lsn}: run "
-               f"`replproxy serve {directory}`")
 
 
 @main.command()
@@ -746,44 +704,9 @@ def serve(directory: str, lease_ttl: float | None, log_level: str) -> None:
     if not _distributed(directory):
         _serve_embedded(directory)
         return
-    from ..dist.service import NodeService
+    from .nodes import serve_node
 
-    # A long-running node: timestamped lines, at the level asked for.
-    root = logging.getLogger("replproxy")
-    root.setLevel(getattr(logging, log_level.upper()))
-    for handler in root.handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    stopping = False
-
-    def _stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    warned = False
-    while True:  # NATS may be briefly unavailable (a server restarting, an election): keep trying
-        try:
-            service = NodeService(directory, lease_ttl=lease_ttl)
-            break
-        except TransportError as exc:
-            if not warned:
-                logging.getLogger("replproxy.dist").warning("%s: cannot start yet: %s (retrying)", directory, exc)
-                warned = True
-            if stopping:
-                return
-            time.sleep(1.0)
-        except Error as exc:
-            _fail(str(exc))
-            return
-        except KeyboardInterrupt:
-            return
-    if stopping:
-        return
-    signal.signal(signal.SIGTERM, lambda *_: service.stop())
-    try:
-        service.run()
-    except KeyboardInterrupt:
-        service.stop()
+    serve_node(directory, lease_ttl, log_level)
 
 
 def _serve_embedded(directory: str) -> None:
