@@ -46,6 +46,7 @@ class Server:
     routes: list[int]
     cluster_name: str | None
     process: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()  # more command-line options (authentication...)
     log: Path = field(default=Path(os.devnull))
 
     @property
@@ -53,7 +54,7 @@ class Server:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, binary: str) -> None:
-        args = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store),
+        args = [binary, *self.extra, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store),
                 "-n", self.name]
         if self.cluster_name:
             args += ["--cluster_name", self.cluster_name, "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
@@ -100,7 +101,9 @@ def _port_taken(log: Path) -> bool:
 class NatsCluster:
     """`size` servers (1, or 3 with routes), started; `urls` for clients."""
 
-    def __init__(self, root: Path, size: int = 1):
+    def __init__(self, root: Path, size: int = 1, auth: tuple[str, str] | None = None):
+        self.auth = auth
+        extra = ("--user", auth[0], "--pass", auth[1]) if auth else ()
         binary = server_binary()
         if binary is None:
             raise RuntimeError("nats-server not found")
@@ -111,7 +114,7 @@ class NatsCluster:
             self.servers = [
                 Server(name=f"n{i + 1}", port=client_ports[i], cluster_port=route_ports[i],
                        store=root / f"nats-n{i + 1}", routes=[p for j, p in enumerate(route_ports) if j != i],
-                       cluster_name="replproxy-test" if size > 1 else None)
+                       cluster_name="replproxy-test" if size > 1 else None, extra=extra)
                 for i in range(size)]
             try:
                 for server in self.servers:
@@ -140,7 +143,7 @@ class NatsCluster:
 
         async def placed() -> None:
             deadline = time.monotonic() + timeout
-            nc = await nats.connect([s.url for s in self.servers])
+            nc = await nats.connect(self.url.split(","))
             try:
                 js = nc.jetstream(timeout=0.5)
                 config = api.StreamConfig(name="NATSSERVERS_READY", subjects=["natsservers.ready"],
@@ -162,6 +165,14 @@ class NatsCluster:
 
     @property
     def url(self) -> str:
+        """The servers' URLs, with the user and password when the servers require them."""
+        urls = [s.url for s in self.servers]
+        if self.auth:
+            urls = [u.replace("nats://", f"nats://{self.auth[0]}:{self.auth[1]}@") for u in urls]
+        return ",".join(urls)
+
+    @property
+    def plain_url(self) -> str:
         return ",".join(s.url for s in self.servers)
 
     def restart(self, server: Server) -> None:

