@@ -35,9 +35,10 @@ from ...jetstream.stream import JetStreamSource, LogStream
 from ...store import log as entries_log
 from ...store import node as store
 from ...store.applier import Applier
-from .common import INSERT, SCHEMA, bench_rows, plain_single, verdict
+from .common import INSERT, SCHEMA, Samples, bench_rows, paired_ratio, plain_single, verdict
 
 TARGET_APPLY_PER_S = 10_000
+REPETITIONS = 5
 LEASE_TTL = 2.0
 TARGET_FAILOVER_EXTRA_S = 2.0
 WAIT = 120.0
@@ -133,33 +134,35 @@ def _stream_last(directory: Path) -> int:
         return LogStream(bridge, config.names, "").state().last_seq
 
 
-def _commit_cost(base: Path, nats: str, synchronous: str, count: int) -> tuple[float, float, float]:
-    """µs per single-row autocommit INSERT: plain apsw, embedded with no follower, distributed
-    leader with its relay publishing."""
+def _commit_cost(base: Path, nats: str, synchronous: str, count: int) -> tuple[Samples, Samples, Samples]:
+    """µs per single-row autocommit INSERT, REPETITIONS rounds interleaved: plain apsw, embedded
+    with no follower, distributed leader with its relay publishing."""
     rows, warm = bench_rows(count), bench_rows(100, offset=count)
-    plain = plain_single(base / "plain.db", synchronous, rows, warm)
-    embedded = Cluster.init(base / "embedded", followers=0, synchronous=synchronous)
-    try:
-        conn = connect(base / "embedded", cluster=embedded, autocommit=True)
-        embedded_us = _timed_inserts(conn, rows, warm)
-        conn.close()
-    finally:
-        embedded.close()
-    directory = base / "dist-cost"
-    init_distributed(directory, nats=nats, cluster="benchcost", name="a", synchronous=synchronous,
-                     lease_ttl=LEASE_TTL)
-    serve = _serve(directory, base / "serve-cost.log")
-    try:
-        _wait(lambda: _holder(directory) == "a", "the leader's lease")
-        conn = connect(directory, autocommit=True)
-        dist_us = _timed_inserts(conn, rows, warm)
-        conn.close()
-        last = _last_lsn(directory / "a.db")
-        _wait(lambda: _stream_last(directory) >= last, "the relay publishing every entry", poll=0.01)
-    finally:
-        serve.terminate()
-        serve.wait()
-    return plain, embedded_us, dist_us
+    plain, embedded, dist = Samples(), Samples(), Samples()
+    for rep in range(REPETITIONS):
+        plain.add(plain_single(base / f"plain{rep}.db", synchronous, rows, warm))
+        cluster = Cluster.init(base / f"embedded{rep}", followers=0, synchronous=synchronous)
+        try:
+            conn = connect(base / f"embedded{rep}", cluster=cluster, autocommit=True)
+            embedded.add(_timed_inserts(conn, rows, warm))
+            conn.close()
+        finally:
+            cluster.close()
+        directory = base / f"dist-cost{rep}"
+        init_distributed(directory, nats=nats, cluster=f"benchcost{rep}", name="a", synchronous=synchronous,
+                         lease_ttl=LEASE_TTL)
+        serve = _serve(directory, base / f"serve-cost{rep}.log")
+        try:
+            _wait(lambda d=directory: _holder(d) == "a", "the leader's lease")
+            conn = connect(directory, autocommit=True)
+            dist.add(_timed_inserts(conn, rows, warm))
+            conn.close()
+            last = _last_lsn(directory / "a.db")
+            _wait(lambda d=directory, n=last: _stream_last(d) >= n, "the relay publishing every entry", poll=0.01)
+        finally:
+            serve.terminate()
+            serve.wait()
+    return plain, embedded, dist
 
 
 def _timed_inserts(conn, rows, warm) -> float:  # type: ignore[no-untyped-def]
@@ -300,9 +303,12 @@ def report(workdir: Path | None, transactions: int = 2000, nats: str | None = No
                 if size == 1:
                     plain, embedded, dist = _commit_cost(sub, urls, "normal", count)
                     lines.append(f"  leader commit, single-row autocommit INSERT, synchronous=normal, {count} "
-                                 f"commits: plain {plain:.1f} µs, embedded (no follower) {embedded:.1f} µs "
-                                 f"({embedded / plain:.2f}x), distributed leader with relay {dist:.1f} µs "
-                                 f"({dist / plain:.2f}x plain, {dist / embedded:.2f}x embedded)")
+                                 f"commits, median of {REPETITIONS} interleaved rounds (spread in brackets):")
+                    lines.append(f"    plain apsw {plain.median:.1f} µs ({plain.spread:.0%}); embedded, no follower "
+                                 f"{embedded.median:.1f} µs ({embedded.spread:.0%}), "
+                                 f"{paired_ratio(embedded, plain):.2f}x plain; distributed leader with relay "
+                                 f"{dist.median:.1f} µs ({dist.spread:.0%}), {paired_ratio(dist, plain):.2f}x plain, "
+                                 f"{paired_ratio(dist, embedded):.2f}x embedded")
                 lags, rate, elapsed = _lag(sub, urls, str(size), commits)
                 p50, p99 = statistics.median(lags), statistics.quantiles(lags, n=100)[98]
                 lines.append(f"  [{label}] lag commit → applied on a follower process: p50 {p50:.2f} ms, "
