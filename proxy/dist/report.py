@@ -14,7 +14,7 @@ from ..jetstream.kv import ClusterKV
 from ..jetstream.names import EPOCHS_KEY, LEASE_KEY, node_key
 from ..jetstream.stream import LogStream
 from . import local
-from .service import HEARTBEAT, fingerprint_from, load_settings
+from .shared import HEARTBEAT, fingerprint_from, load_settings
 
 T = TypeVar("T")
 

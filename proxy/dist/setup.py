@@ -19,7 +19,7 @@ from ..jetstream.stream import LogStream
 from ..store import config as cfg
 from ..store import node as store
 from . import local
-from .service import load_settings
+from .shared import load_settings
 
 log = logging.getLogger("replproxy.dist")
 
