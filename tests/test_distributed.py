@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from distnodes import Cluster, Node
-from helpers import HANG, run_replproxy, wait_until
+from helpers import HANG, node_state, run_replproxy, wait_until
 
 import proxy
 from proxy.dist import local
@@ -427,6 +427,17 @@ def test_stream_retention_keeps_what_a_follower_has_not_applied(dist: Cluster) -
     dist.wait_caught_up(a, b, c)
     dist.eventually(lambda: first() == a.last_lsn() - 10 + 1, "retention removes what all applied")
     assert "3 nodes identical" in dist.verify(b)
+    # Forgotten while down, c no longer holds the stream: back, it stops loudly, never skipping.
+    c.kill()
+    run_replproxy("remove-follower", a.directory, "c")
+    behind = c.applied()
+    for i in range(150, 200):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    dist.wait_caught_up(a, b)
+    dist.eventually(lambda: first() > behind + 1, "retention passes c's position")
+    c.serve()
+    wait_until(lambda: node_state(c.path).error, HANG, poll=0.05, message=c.logs())
+    assert "needs a new snapshot" in node_state(c.path).error and c.applied() == behind
     conn.close()
 
 
