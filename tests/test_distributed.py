@@ -466,3 +466,12 @@ def test_a_server_that_requires_credentials(tmp_path: Path) -> None:
             dist.stop()
     finally:
         servers.stop()
+
+
+def test_embedded_only_commands_refuse_a_distributed_node_saying_what_to_do(dist: Cluster) -> None:
+    a = dist.init("a")
+    for args, advice in ((("stop-node", a.directory, "a"), "serve"), (("failover", a.directory), "lease"),
+                         (("add-follower", a.directory, "x"), "join"), (("pause", a.directory, "a"), "serve")):
+        done = run_replproxy(*args, check=False)
+        assert done.returncode == 1 and "distributed cluster" in done.stderr and advice in done.stderr, done.stderr
+    assert local.read(a.directory).role == "leader" and not (a.directory / "x.db").exists()

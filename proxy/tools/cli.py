@@ -314,6 +314,12 @@ def status(directory: str, as_json: bool) -> None:
     click.echo(render(headers, rows), nl=False)
 
 
+def _embedded_only(directory: str, instead: str) -> None:
+    """Refuse an embedded-cluster operation on a node of a distributed cluster, saying what to do."""
+    if _distributed(directory):
+        _fail(f"{directory} is a node of a distributed cluster (docs/distributed.md): {instead}")
+
+
 def _distributed(directory: str) -> bool:
     from ..dist import local
 
@@ -418,6 +424,7 @@ def config_(directory: str, mode: str | None, sync_followers: str | None, semi_s
               help="Seconds to wait for it to catch up (0: return after the snapshot).")
 def add_follower(directory: str, name: str, file_name: str | None, sync_role: bool, wait: float) -> None:
     """Add follower NAME online: a snapshot of the leader (backup API) at an exact LSN, then catch-up."""
+    _embedded_only(directory, "run `replproxy join DIR --nats URL --cluster NAME --name NODE` on its machine")
     with _cluster(directory) as cluster:
         lsn = cluster.add_follower(name, file=file_name, replication="sync" if sync_role else "async")
         click.echo(f"{name}: snapshot at LSN {lsn} ({cluster.path_of(name)})")
@@ -454,6 +461,7 @@ def remove_follower(directory: str, name: str, delete_file: bool) -> None:
               help="Seconds to wait for it to catch up (0: return after the snapshot).")
 def resync(directory: str, node: str, wait: float) -> None:
     """Re-seed follower NODE from a new snapshot of the leader (after it fell behind retention)."""
+    _embedded_only(directory, "stop the follower's `serve`, remove its directory and `replproxy join` again")
     with _cluster(directory) as cluster:
         lsn = cluster.resync(node)
         click.echo(f"{node}: re-seeded from a snapshot at LSN {lsn}")
@@ -475,6 +483,7 @@ def failover(directory: str, to: str | None, force: bool, timeout: float, as_jso
 
     Works with the leader stopped or its file gone; then the most up-to-date follower is promoted
     as it is, and the old leader is fenced and its unreplicated writes undone when it starts again."""
+    _embedded_only(directory, "a follower takes over when the leader's lease expires (stop the leader's `serve`)")
     with _cluster(directory, replicate=False, require_leader=False) as cluster:
         result = cluster.failover(to, force=force, timeout=timeout)
     _print_result(result, as_json)
@@ -486,6 +495,7 @@ def failover(directory: str, to: str | None, force: bool, timeout: float, as_jso
 def stop_node(directory: str, node: str) -> None:
     """Stop NODE as if it had crashed: no process reads, writes or applies to it until
     start-node. A stopped leader is replaced by automatic failover after failover_timeout."""
+    _embedded_only(directory, "stop that node's `replproxy serve`")
     with _cluster(directory, replicate=False, require_leader=False) as cluster:
         cluster.stop_node(node)
         config = cluster.config
@@ -508,6 +518,7 @@ def stop_node(directory: str, node: str) -> None:
 def start_node(directory: str, node: str, timeout: float, as_json: bool) -> None:
     """Start a stopped NODE. If it missed a failover it rejoins as a follower: its writes that never
     reached the new leader are written to DIR/lost-writes-epoch<N>.jsonl and undone."""
+    _embedded_only(directory, "run `replproxy serve` on that node's directory")
     with _cluster(directory, replicate=False, require_leader=False) as cluster:
         result = cluster.start_node(node, timeout=timeout)
     _print_result(result, as_json)
@@ -597,6 +608,7 @@ def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> Non
 
 
 def _hold(directory: str, node: str, action: str) -> None:
+    _embedded_only(directory, "stop or start that follower's `replproxy serve`")
     with _cluster(directory, replicate=False) as cluster:
         getattr(cluster, action)(node)
     click.echo(f"{node} {action}d")
