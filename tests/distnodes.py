@@ -144,6 +144,18 @@ class Cluster:
 
             self.eventually(reported, f"{node.name} reports its position\n{node.logs()}")
 
+    def wait_fresh(self, nodes: list[Node], since: float) -> None:
+        """Each node's `serve` has reported its position after `since` (time.time(): the nodes
+        run on this machine): a lease or role read after that is not a dead node's last word."""
+        config = local.read(next(iter(self.nodes.values())).directory)
+
+        def fresh() -> bool:
+            with config.bridge() as bridge:
+                kv = ClusterKV(bridge, config.names)
+                return all(float((kv.node(n.name) or {}).get("at") or 0) > since for n in nodes)
+
+        self.eventually(fresh, "every node reports again\n" + "\n".join(n.logs() for n in nodes))
+
     def wait_caught_up(self, leader: Node, *followers: Node) -> int:
         """Every follower has applied the leader's last LSN (published first); return it."""
         lsn = leader.last_lsn()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -106,11 +107,14 @@ class Run:
                 self.failed.append(tag)
 
     def settle(self) -> Node:
+        began = time.time()
         for server in self.nats.servers:
             if server.process.poll() is not None:
                 self.nats.restart(server)
         for node in self.nodes:
             self.revive(node)
+        self.dist.wait_fresh(self.nodes, began)  # every serve runs again: no dead node's lease or role
+
         def settled() -> str | None:
             """The leader's name once the lease holder leads and every other node follows."""
             holder = (self.dist.holder() or {}).get("node")
