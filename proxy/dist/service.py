@@ -423,14 +423,12 @@ class NodeService:
 
     def _become(self, role: str) -> None:
         self.role = role
-        if role == "follower":
-            try:
-                cfg.config_path(self.directory).unlink()
-            except FileNotFoundError:
-                pass
+        # The role first: a crash before cluster.toml goes leaves a follower whose file is fenced.
         local.write(self.directory, local.DistConfig(
             cluster=self.local.cluster, node=self.name, nats=self.local.nats, role=role, creds=self.local.creds,
             lease_ttl=self.local.lease_ttl))
+        if role == "follower":
+            cfg.config_path(self.directory).unlink(missing_ok=True)
         self._published_at = (0.0, "")
 
     # -- follower -------------------------------------------------------------------------------
