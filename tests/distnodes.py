@@ -135,12 +135,13 @@ class Cluster:
                         f"{leader.name} holds the lease\n{leader.logs()}")
 
     def wait_reporting(self, *nodes: Node) -> None:
-        """Each node's `serve` runs: it has published its position."""
+        """Each node's `serve` runs: it has published its position (`join` registers a node
+        without a process)."""
         config = local.read(next(iter(self.nodes.values())).directory)
         for node in nodes:
             def reported(node: Node = node) -> bool:
                 with config.bridge() as bridge:
-                    return ClusterKV(bridge, config.names).node(node.name) is not None
+                    return bool((ClusterKV(bridge, config.names).node(node.name) or {}).get("pid"))
 
             self.eventually(reported, f"{node.name} reports its position\n{node.logs()}")
 
@@ -166,6 +167,9 @@ class Cluster:
         return lsn
 
     def verify(self, node: Node) -> str:
+        """`replproxy verify` from `node`'s directory, once every node with a running `serve` has
+        reported from it (a node that joined and was just started may not answer yet)."""
+        self.wait_reporting(*[n for n in self.nodes.values() if n.process is not None and n.process.poll() is None])
         done = run_replproxy("verify", node.directory, check=False)
         assert done.returncode == 0, (f"verify from {node.name}: {done.stdout}{done.stderr}\n"
                                       + "\n".join(n.logs() for n in self.nodes.values()))
