@@ -318,9 +318,20 @@ def test_sync_and_semi_sync_commits_wait_for_followers_on_other_machines(dist: C
     assert b.applied() >= conn.last_write_lsn
     c.cont()
     dist.wait_caught_up(a, b, c)
-    conn.close()
     status = json.loads(run_replproxy("status", b.directory, "--json").stdout)
     assert status["mode"] == "semi-sync"  # the cluster's settings, not only a's
+    # A follower gone for good: sync commits wait for it until it is forgotten.
+    run_replproxy("config", a.directory, "--mode", "sync", "--timeout", "1")
+    c.kill()
+    with pytest.raises(proxy.SyncReplicationTimeout, match="c did not apply"):
+        conn.execute("INSERT INTO t VALUES (3)")
+        conn.commit()
+    run_replproxy("remove-follower", a.directory, "c")
+    wait_until(lambda: set(_remote(a)) == {"b"}, HANG, poll=0.05, message="a forgets c")
+    conn.execute("INSERT INTO t VALUES (4)")
+    conn.commit()
+    assert b.applied() >= conn.last_write_lsn
+    conn.close()
 
 
 def test_quorum_lost_stops_writes_at_the_lease_and_loses_nothing(tmp_path: Path, nats_cluster) -> None:

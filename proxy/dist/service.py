@@ -44,6 +44,7 @@ from .relay import Relay
 log = logging.getLogger("replproxy.dist")
 
 STREAM_RETENTION_INTERVAL = 1.0  # seconds between two retention passes over the stream
+FORGET_CHECK = 2.0  # seconds between two looks at which followers the cluster still has
 ACK_EVERY = 1.0  # seconds: a follower acknowledges its position at least this often
 
 
@@ -313,8 +314,18 @@ class NodeService:
         try:
             with store.opened(self.path, name=self.name) as conn:
                 store.set_remote_positions(conn, dict(positions), replace=True)
-                written = self.clock()
+                written = checked = self.clock()
                 while not self._deposed.is_set() and not self.stopping.is_set():
+                    if self.clock() - checked >= FORGET_CHECK:
+                        checked = self.clock()
+                        try:  # a follower `remove-follower` forgot is waited for no more
+                            gone = set(positions) - set(self.kv.nodes())
+                        except TransportError:
+                            gone = set()
+                        if gone:
+                            for name in gone:
+                                positions.pop(name, None)
+                            store.set_remote_positions(conn, dict(positions), replace=True)
                     if not changed.wait(0.1):
                         continue
                     cluster = self.cluster
