@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from .cluster import Cluster, NodeStatus, create_cluster
 from .cluster.verify import VerifyReport, verify
-from .driver import Connection, Cursor, apilevel, connect, paramstyle, threadsafety
+from .driver import Connection, Cursor, apilevel, paramstyle, threadsafety
+from .driver import connect as _connect_local
 from .driver.consistency import LEVELS as CONSISTENCY_LEVELS
 from .driver.consistency import POLICIES as STALE_POLICIES
 from .driver.types import (
@@ -44,6 +48,30 @@ from .errors import (
     Warning,
 )
 from .store.log import LogEntry
+
+
+def connect(target: str | os.PathLike[str], **options: Any) -> Any:
+    """Open a DB-API connection to a cluster.
+
+    `target` is a cluster directory (embedded, or a distributed node's directory), or the URL
+    of a distributed cluster, `nats://HOST:PORT[,HOST:PORT]/CLUSTER`, from a machine with no node.
+    On a distributed follower's directory, reads go to that follower first and writes to the
+    leader, over NATS. Options: see `proxy.driver.connect` (directories) and
+    `proxy.remote.client.connect` (URLs: also `timeout`, `idle_timeout`, `failover_wait`, `creds`).
+    """
+    from .remote.protocol import is_url
+
+    if is_url(target):
+        from .remote.client import connect as connect_remote
+
+        return connect_remote(str(target), **options)
+    if os.path.isfile(os.path.join(target, "distributed.toml")) and options.get("cluster") is None:
+        from .dist import local
+
+        config = local.read(target)
+        if config.role != "leader":
+            return local.connect_follower(target, config, **options)
+    return _connect_local(target, **options)
 
 __version__ = "0.1.0"
 

@@ -138,8 +138,13 @@ def test_killed_leader_fails_over_and_rejoins_as_follower(dist: Cluster) -> None
     assert not list(a.directory.glob("lost-writes-*"))  # it had published everything
     with store.opened(a.path, name="a") as db:
         assert store.read_fence(db).deposed_by == int(dist.holder()["epoch"])  # fenced at the new epoch
-    with pytest.raises(proxy.Error, match="is a follower of a distributed cluster|deposed"):  # no writes
-        proxy.connect(a.directory).execute("INSERT INTO customers(id) VALUES (1)")
+    # A follower now: a connection on its directory sends its writes to the new leader.
+    conn = proxy.connect(a.directory)
+    conn.execute("INSERT INTO customers(id, email, name, country, created_at) "
+                 "VALUES (100001, 'y@example.org', 'Y', 'KR', '2026-01-01')")
+    conn.commit()
+    assert conn.leader == new.name
+    conn.close()
 
 
 def test_paused_leader_is_deposed_and_its_unpublished_writes_are_recorded(dist: Cluster) -> None:

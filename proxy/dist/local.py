@@ -6,6 +6,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ClusterError
 from ..jetstream.bridge import Bridge, split_urls
@@ -73,3 +74,12 @@ def write(directory: str | os.PathLike[str], config: DistConfig) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def connect_follower(directory: str | os.PathLike[str], config: DistConfig, **options: Any) -> Any:
+    """A DB-API connection from a follower's directory: over NATS, reads on this follower first,
+    writes on the leader (proxy/remote/client.py)."""
+    from ..remote.client import RemoteConnection
+
+    options.setdefault("prefer", config.node)
+    return RemoteConnection(list(config.nats), config.cluster, creds=config.creds, **options)

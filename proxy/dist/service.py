@@ -40,6 +40,7 @@ from . import local
 from .shared import HEARTBEAT, fingerprint_json, load_settings
 from .lease import Lease
 from .relay import Relay
+from .sqlserve import SqlService
 
 log = logging.getLogger("replproxy.dist")
 
@@ -118,6 +119,8 @@ class NodeService:
         self._retention: tuple[float, int] | None = None  # (when, the stream's first LSN after) of the last pass
         self.promotions = 0
         self.demotions = 0
+        self.sql = SqlService(self.name, self.path, self.bridge, self.names, role=lambda: self.role,
+                              cluster=lambda: self.cluster, clock=clock)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class NodeService:
         for what, handler in (("snapshot", self._serve_snapshot), ("fingerprint", self._serve_fingerprint),
                               ("hold", self._serve_hold)):
             self.bridge.serve(self.names.request_subject(what, self.name), handler)
+        self.sql.start()
         log.info("%s serving cluster %s as %s (lease TTL %gs)", self.name, self.local.cluster, self.role, self.ttl)
         try:
             while not self.stopping.is_set():
@@ -138,12 +142,14 @@ class NodeService:
                     self._transport_trouble(exc)
         finally:
             self._close_roles()
+            self.sql.close()
             self.bridge.close()
 
     def stop(self) -> None:
         self.stopping.set()
 
     def _close_roles(self) -> None:
+        self.sql.close_sessions(f"{self.name} stopped leading")
         with self._lock:
             relay, self.relay = self.relay, None
             cluster, self.cluster = self.cluster, None
@@ -377,6 +383,7 @@ class NodeService:
     def _demote(self, epoch: int, reason: str) -> None:
         """Stop leading: fence the file, record and undo what the stream does not have."""
         self.demotions += 1
+        self.sql.close_sessions(f"{self.name} is no longer the leader ({reason})")  # they hold its write lock
         log.error("%s is no longer the leader (%s): fenced at epoch %d", self.name, reason, epoch)
         with store.opened(self.path, name=self.name) as conn:
             with store.write_transaction(conn):

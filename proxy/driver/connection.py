@@ -412,7 +412,7 @@ class Connection:
             # Nothing logged, but what this transaction read is now part of the session.
             self.session.read(lsn)
             return
-        self.session.wrote(lsn)
+        self.session.wrote(lsn, leader.cluster.epoch)
         self.session.read(lsn)
         leader.replicate(lsn)
 

@@ -53,9 +53,14 @@ class Session:
     cluster_id: str
     last_write_lsn: int = 0
     last_read_lsn: int = 0
+    # The epoch the last write was committed in (0: unknown). After a failover, a write past the
+    # new epoch's base LSN was lost: remote sessions report it (docs/remote.md).
+    write_epoch: int = 0
 
-    def wrote(self, lsn: int) -> None:
-        self.last_write_lsn = max(self.last_write_lsn, lsn)
+    def wrote(self, lsn: int, epoch: int = 0) -> None:
+        if lsn > self.last_write_lsn:
+            self.last_write_lsn = lsn
+            self.write_epoch = max(self.write_epoch, epoch)
 
     def read(self, lsn: int) -> None:
         self.last_read_lsn = max(self.last_read_lsn, lsn)
@@ -73,8 +78,10 @@ class Session:
 
     def token(self) -> str:
         """An opaque string that lets another connection, process or device continue this session."""
-        body = json.dumps({"c": self.cluster_id, "w": self.last_write_lsn, "r": self.last_read_lsn},
-                          separators=(",", ":")).encode()
+        fields = {"c": self.cluster_id, "w": self.last_write_lsn, "r": self.last_read_lsn}
+        if self.write_epoch:
+            fields["e"] = self.write_epoch
+        body = json.dumps(fields, separators=(",", ":")).encode()
         return TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
 
     def merge_token(self, token: str) -> None:
@@ -82,7 +89,7 @@ class Session:
         data = parse_token(token)
         if data["c"] != self.cluster_id:
             raise ProgrammingError("this session token belongs to another cluster")
-        self.wrote(int(data["w"]))
+        self.wrote(int(data["w"]), int(data.get("e") or 0))
         self.read(int(data["r"]))
 
 
@@ -94,7 +101,7 @@ def parse_token(token: str) -> dict:
         data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
         if not isinstance(data, dict) or not {"c", "w", "r"} <= set(data):
             raise ValueError("fields missing")
-        int(data["w"]), int(data["r"])
+        int(data["w"]), int(data["r"]), int(data.get("e") or 0)
     except (ValueError, binascii.Error, TypeError) as exc:
         raise ProgrammingError(f"damaged session token: {exc}") from None
     return data

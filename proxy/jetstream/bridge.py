@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from ..errors import TransportError
@@ -35,6 +36,14 @@ def split_urls(urls: str | Sequence[str]) -> list[str]:
     return out
 
 
+class NoResponders(TransportError):
+    """Nobody listens on the subject: the request was not delivered (safe to send again)."""
+
+
+class NoReply(TransportError):
+    """The request was sent and no answer came in time: whether it was carried out is unknown."""
+
+
 class Bridge:
     """One NATS connection (with JetStream) usable from any thread."""
 
@@ -49,6 +58,7 @@ class Bridge:
         self._thread.start()
         self._closed = False
         self._last_error: BaseException | None = None  # the last one the client reported
+        self._tasks: set[asyncio.Task[Any]] = set()  # requests being answered (kept from the GC)
 
         async def connect() -> Any:
             async def quiet(exc: Exception) -> None:
@@ -99,13 +109,16 @@ class Bridge:
         """Run a coroutine on the loop without waiting for it (subscriptions' handlers)."""
         asyncio.run_coroutine_threadsafe(_wrap(factory()), self.loop)
 
-    def serve(self, subject: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def serve(self, subject: str, handler: Callable[[dict[str, Any]], dict[str, Any]], *,
+              executor: Executor | None = None) -> Any:
         """Answer JSON requests on `subject` with `handler` (run in a worker thread: it may block
-        on SQLite). A handler's exception becomes `{"error": message}`."""
-        async def on_request(msg: Any) -> None:
+        on SQLite). A handler's exception becomes `{"error": message}`. With an `executor`, requests
+        are handled concurrently on its threads (one slow request does not hold the others);
+        without one, one at a time. Returns the subscription."""
+        async def answer(msg: Any) -> None:
             try:
                 request = json.loads(msg.data or b"{}")
-                reply = await self.loop.run_in_executor(None, handler, request)
+                reply = await self.loop.run_in_executor(executor, handler, request)
             except Exception as exc:  # the requester gets the reason, the node goes on serving
                 reply = {"error": str(exc) or type(exc).__name__}
             try:
@@ -113,18 +126,35 @@ class Bridge:
             except Exception as exc:  # the requester gave up (timeout) or the connection is gone
                 log.debug("cannot answer on %s: %s", subject, exc)
 
-        self.call(self.nc.subscribe(subject, cb=on_request), what=f"subscribing to {subject}")
+        async def on_request(msg: Any) -> None:
+            if executor is None:
+                await answer(msg)
+            else:
+                task = self.loop.create_task(answer(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+        return self.call(self.nc.subscribe(subject, cb=on_request), what=f"subscribing to {subject}")
+
+    def unsubscribe(self, subscription: Any) -> None:
+        try:
+            self.call(subscription.unsubscribe(), timeout=2.0, what="unsubscribing")
+        except Exception as exc:  # the connection is already gone
+            log.debug("unsubscribing: %s", exc)
 
     def request(self, subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send a JSON request and return the JSON reply; an `{"error"}` reply raises TransportError."""
         from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeout
 
         async def run() -> Any:
             try:
                 return await self.nc.request(subject, json.dumps(payload).encode(), timeout=timeout)
             except NoRespondersError:
-                raise TransportError(f"nobody answers on {subject}: is `replproxy serve` running for that "
-                                     "node?") from None
+                raise NoResponders(f"nobody answers on {subject}: is `replproxy serve` running for that "
+                                   "node?") from None
+            except (TimeoutError, NatsTimeout):
+                raise NoReply(f"no answer on {subject} within {timeout:g}s") from None
 
         msg = self.call(run(), timeout=timeout + 2, what=f"request on {subject}")
         reply = json.loads(msg.data or b"{}")

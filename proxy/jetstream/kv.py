@@ -57,9 +57,12 @@ class ClusterKV:
         return self.bridge.call(self._get(key), what=f"reading {key}")
 
     async def _get(self, key: str) -> Versioned | None:
-        from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
+        from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, NotFoundError
 
-        bucket = await self._bucket(self._bucket_of(key))
+        try:
+            bucket = await self._bucket(self._bucket_of(key))
+        except (BucketNotFoundError, NotFoundError):
+            return None  # no such cluster on these servers: callers say so in their words
         try:
             entry = await bucket.get(key)
         except (KeyNotFoundError, KeyDeletedError, NotFoundError):

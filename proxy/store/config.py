@@ -319,9 +319,9 @@ def read(directory: str | os.PathLike[str]) -> ClusterConfig:
                                f"(create one with `replproxy init {directory}`)") from None
         if (Path(directory) / "distributed.toml").is_file():  # dist/local.py
             raise ClusterError(
-                f"{directory} is a follower of a distributed cluster (docs/distributed.md): it takes no "
-                "writes and no connections of its own yet; connect to the leader's directory, and use "
-                f"`replproxy status {directory}` or `replproxy verify {directory}` from here") from None
+                f"{directory} is a follower of a distributed cluster (docs/distributed.md): this command "
+                "works on the leader's directory only; from here, `proxy.connect(DIR)` and `replproxy "
+                "exec|shell|status|verify|log DIR` reach the cluster over NATS") from None
         raise ClusterError(f"no cluster at {directory}: {path} is missing "
                            f"(create one with `replproxy init {directory}`)") from None
     except (OSError, UnicodeDecodeError) as exc:

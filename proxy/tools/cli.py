@@ -257,7 +257,13 @@ def init(directory: str, followers: int, log_format: str, row_image: str, from_d
               help="Seconds to let followers catch up before exiting (0: exit at once).")
 def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, mode: str,
           settle: float) -> None:
-    """Run one SQL statement through the proxy and print its rows."""
+    """Run one SQL statement through the proxy and print its rows. DIRECTORY may also be a
+    distributed cluster's URL, nats://HOST:PORT[,HOST:PORT]/CLUSTER."""
+    from .nodes import exec_remote, is_remote
+
+    if is_remote(directory):
+        exec_remote(directory, sql, [_parse_param(p) for p in params], node, mode)
+        return
     with _cluster(directory) as cluster:
         conn = connect(directory, cluster=cluster, autocommit=True, node=node)
         cursor = conn.cursor()
@@ -321,9 +327,11 @@ def _embedded_only(directory: str, instead: str) -> None:
 
 
 def _distributed(directory: str) -> bool:
+    """A distributed node's directory, or a distributed cluster's URL."""
     from ..dist import local
+    from ..remote.protocol import is_url
 
-    return local.is_distributed(directory)
+    return is_url(directory) or local.is_distributed(directory)
 
 
 def _clock(t: float) -> str:
@@ -597,9 +605,21 @@ def verify(directory: str, timeout: float, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(0, MAX_LSN), help="Show at most this many entries.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry, one per line.")
 def log_(directory: str, from_lsn: int, limit: int | None, as_json: bool) -> None:
-    """Decode log entries for humans, like mysqlbinlog: LSN, epoch, time, and the changes."""
-    with _cluster(directory, replicate=False) as cluster:
-        decoded = cluster.decode(cluster.entries(from_lsn, limit))
+    """Decode log entries for humans, like mysqlbinlog: LSN, epoch, time, and the changes. With a
+    distributed node's directory or the cluster's URL, the entries of the cluster's stream."""
+    if _distributed(directory):
+        from ..dist.report import log_entries
+
+        try:
+            decoded, first = log_entries(directory, from_lsn, limit)
+        except Error as exc:
+            _fail(str(exc))
+            return
+        if from_lsn < first:
+            click.echo(f"-- entries before LSN {first} were removed by stream retention", err=True)
+    else:
+        with _cluster(directory, replicate=False) as cluster:
+            decoded = cluster.decode(cluster.entries(from_lsn, limit))
     for item in decoded:
         if as_json:
             click.echo(json.dumps(item.as_dict(), ensure_ascii=False))

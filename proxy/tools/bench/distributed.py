@@ -6,12 +6,17 @@ processes of this machine (docs/distributed.md, docs/performance.md).
 - replication lag from a commit on the leader to its apply on a follower in another process,
   p50/p99 (commits paced, each waited for);
 - apply throughput through the stream (a JetStream consumer feeding the Applier), entries/s;
-- failover time: from SIGKILL of the leader's `serve` to the first write accepted by the new leader.
+- failover time: from SIGKILL of the leader's `serve` to the first write accepted by the new leader;
+- remote clients (`proxy.connect("nats://…/CLUSTER")`, docs/remote.md) against the same operations
+  on the leader's machine (`proxy.connect(LEADER_DIR)`): point read by primary key (served by a
+  follower over NATS, levels eventual and session) and single-row autocommit INSERT (in a session
+  on the leader's `serve`), per-operation p50/p99 and the remote/local ratio of the p50.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,9 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ...cluster import Cluster
 from ...dist import local
@@ -32,6 +39,7 @@ from ...errors import Error
 from ...jetstream.kv import ClusterKV
 from ...jetstream.names import LEASE_KEY
 from ...jetstream.stream import JetStreamSource, LogStream
+from ...remote.client import connect as connect_remote
 from ...store import log as entries_log
 from ...store import node as store
 from ...store.applier import Applier
@@ -42,6 +50,9 @@ REPETITIONS = 5
 LEASE_TTL = 2.0
 TARGET_FAILOVER_EXTRA_S = 2.0
 WAIT = 120.0
+REMOTE_ROWS = 10_000
+REMOTE_WARMUP = 50  # operations of each kind before the clock starts
+POINT_READ = "SELECT id, name, value, note FROM bench WHERE id = ?"
 
 
 def nats_server_binary() -> str | None:
@@ -288,6 +299,105 @@ def _failover(base: Path, nats: str) -> float:
                 process.wait()
 
 
+def _cluster_url(nats: str, cluster: str) -> str:
+    """`nats://h1:p1,h2:p2/CLUSTER` from the servers' URLs (`nats://h1:p1,nats://h2:p2`)."""
+    servers = [s.strip() for s in nats.split(",") if s.strip()]
+    scheme = servers[0].partition("://")[0] if "://" in servers[0] else "nats"
+    return f"{scheme}://{','.join(s.partition('://')[2] or s for s in servers)}/{cluster}"
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    return statistics.median(samples), statistics.quantiles(samples, n=100)[98]
+
+
+def _remote_latency(base: Path, nats: str, ops: int) -> dict[str, tuple[list[float], Counter[str]]]:
+    """µs per operation, and the nodes that served them: point reads and single-row autocommit
+    INSERTs on the leader's machine (embedded driver on its file) and from a remote client over
+    NATS (reads on follower b, writes in a session on a's serve), interleaved op by op."""
+    leader_dir, follower_dir = base / "remote-a", base / "remote-b"
+    init_distributed(leader_dir, nats=nats, cluster="benchremote", name="a", lease_ttl=LEASE_TTL,
+                     synchronous="normal")
+    processes = [_serve(leader_dir, base / "serve-remote-a.log")]
+    opened: list[Any] = []
+    try:
+        _wait(lambda: _holder(leader_dir) == "a", "the leader's lease", poll=0.01)
+        local_conn = connect(leader_dir, autocommit=True)
+        opened.append(local_conn)
+        cur = local_conn.cursor()
+        cur.execute(SCHEMA)
+        cur.execute("BEGIN")
+        cur.executemany(INSERT, bench_rows(REMOTE_ROWS))
+        cur.execute("COMMIT")
+        last = _last_lsn(leader_dir / "a.db")
+        join(follower_dir, nats=nats, cluster="benchremote", name="b")
+        processes.append(_serve(follower_dir, base / "serve-remote-b.log"))
+        _wait(lambda: _applied(follower_dir / "b.db") >= last, "b catching up", poll=0.01)
+        url = _cluster_url(nats, "benchremote")
+        eventual = connect_remote(url, consistency="eventual")
+        opened.append(eventual)
+        session = connect_remote(url)
+        opened.append(session)
+        writer = connect_remote(url, autocommit=True)
+        opened.append(writer)
+        for reader in (eventual, session):  # until b has published its position as a running follower
+            _wait(lambda r=reader: r.execute(POINT_READ, (1,)).node == "b", "a remote read served by b",
+                  poll=0.05)
+        rng = random.Random(7)
+        rows = iter(bench_rows(REMOTE_WARMUP + ops, offset=REMOTE_ROWS))
+        remote_rows = iter(bench_rows(REMOTE_WARMUP + ops, offset=REMOTE_ROWS + REMOTE_WARMUP + ops))
+
+        def read(conn: Any) -> Callable[[], str | None]:
+            def run() -> str | None:
+                c = conn.execute(POINT_READ, (rng.randint(1, REMOTE_ROWS),))
+                if c.fetchone() is None:
+                    raise RuntimeError("bench: a point read found no row")
+                return c.node
+            return run
+
+        def insert(conn: Any, source: Iterator[tuple[str, int, str]]) -> Callable[[], str | None]:
+            return lambda: conn.execute(INSERT, next(source)).node
+
+        kinds = {"local read": read(local_conn), "remote read eventual": read(eventual),
+                 "remote read session": read(session), "local commit": insert(local_conn, rows),
+                 "remote commit": insert(writer, remote_rows)}
+        results: dict[str, tuple[list[float], Counter[str]]] = {k: ([], Counter()) for k in kinds}
+        for i in range(REMOTE_WARMUP + ops):
+            for kind, run in kinds.items():
+                start = time.perf_counter()
+                node = run()
+                elapsed = (time.perf_counter() - start) * 1e6
+                if i >= REMOTE_WARMUP:
+                    results[kind][0].append(elapsed)
+                    results[kind][1][node or "?"] += 1
+        return results
+    finally:
+        for conn in opened:
+            conn.close()
+        for process in processes:
+            process.terminate()
+            process.wait()
+
+
+def _remote_lines(base: Path, nats: str, ops: int) -> list[str]:
+    results = _remote_latency(base, nats, ops)
+    lines = [f"  remote client (proxy.connect(\"nats://…/CLUSTER\")) against the leader's machine "
+             f"(proxy.connect(LEADER_DIR)), {ops} ops of each kind interleaved, {REMOTE_ROWS:,} rows, "
+             f"synchronous=normal, per-op latency:"]
+    labels = [("local read", "local point read (embedded driver on the leader's file)", None),
+              ("remote read eventual", "remote point read, eventual (follower over NATS)", "local read"),
+              ("remote read session", "remote point read, session (follower over NATS)", "local read"),
+              ("local commit", "local single-row commit (autocommit INSERT, embedded driver on the leader)", None),
+              ("remote commit", "remote single-row commit (autocommit INSERT, leader session over NATS)",
+               "local commit")]
+    for kind, label, against in labels:
+        samples, nodes = results[kind]
+        p50, p99 = _percentiles(samples)
+        served = ", ".join(f"{n} {c}" for n, c in sorted(nodes.items()))
+        ratio = f" = {p50 / _percentiles(results[against][0])[0]:.1f}x local" if against else ""
+        lines.append(f"    {label}: p50 {p50:,.0f} µs p99 {p99:,.0f} µs{ratio} (served by {served})")
+    return lines
+
+
 def report(workdir: Path | None, transactions: int = 2000, nats: str | None = None) -> list[str]:
     """Lines for the bench report."""
     count = max(200, min(transactions, 2000))
@@ -322,6 +432,7 @@ def report(workdir: Path | None, transactions: int = 2000, nats: str | None = No
                     lines.append(f"  failover, leader serve SIGKILLed → first write on the new leader: "
                                  f"{seconds:.2f} s with lease TTL {LEASE_TTL:g} s, target ≤ {target:g} s: "
                                  f"{verdict(seconds, target, at_least=False)}")
+                    lines.extend(_remote_lines(sub, urls, max(200, min(transactions // 4, 500))))
     return lines
 
 
