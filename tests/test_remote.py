@@ -14,6 +14,8 @@ from helpers import HANG, python_command, run_replproxy, wait_until
 
 import proxy
 from proxy.dist import local
+from proxy.jetstream.kv import ClusterKV
+from proxy.jetstream.names import LEASE_KEY
 from proxy.store import node as store
 
 TTL = "2"  # lease seconds: failover tests wait about this long
@@ -212,7 +214,7 @@ def test_a_client_killed_in_the_middle_of_a_transaction_is_rolled_back_after_the
     other = proxy.connect(_url(dist), autocommit=True, timeout=HANG)
     wait_until(lambda: _try_insert(other), HANG, poll=0.1, message=a.logs())
     assert other.execute("SELECT id, v FROM t").fetchall() == [(2, "second client")]
-    assert "idle for" in a.logs()
+    assert "idle in a transaction for" in a.logs()
     other.close()
     setup.close()
 
@@ -285,3 +287,46 @@ def test_exec_status_verify_and_log_against_the_url(dist: Cluster, tmp_path: Pat
     assert any("one" in json.dumps(entry) for entry in lines)
     done = run_replproxy("exec", f"{dist.nats}/nosuchcluster", "SELECT 1", check=False)
     assert done.returncode == 1 and "nosuchcluster" in done.stderr
+
+
+def test_a_leader_that_loses_its_lease_rolls_remote_transactions_back(dist: Cluster) -> None:
+    a = dist.init("a").serve()
+    dist.wait_serving(a)
+    dist.wait_reporting(a)
+    conn = proxy.connect(_url(dist))
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.execute("INSERT INTO t VALUES (1)")
+    assert conn.in_transaction
+    # Another node takes the lease (as after a partition): a's next renewal is refused.
+    config = local.read(a.directory)
+    with config.bridge() as bridge:
+        kv = ClusterKV(bridge, config.names)
+        found = kv.get(LEASE_KEY)
+        assert kv.update(LEASE_KEY, {"node": "z", "epoch": int(found.value["epoch"]) + 1, "ttl": 600.0},
+                         found.revision) is not None
+    wait_until(lambda: a.role() == "follower", HANG, poll=0.05, message=a.logs())
+    with pytest.raises(proxy.OperationalError, match="rolled back"):
+        conn.execute("INSERT INTO t VALUES (2)")
+    assert not conn.in_transaction
+    with store.opened(a.path, name="a") as db:
+        assert db.execute("SELECT count(*) FROM t").fetchall() == [(0,)]  # never half-applied
+    assert "remote transaction of session" in a.logs()
+    conn.close()
+
+
+def test_a_transaction_left_idle_is_rolled_back_and_its_client_told_why(dist: Cluster) -> None:
+    a = dist.init("a").serve()
+    dist.wait_serving(a)
+    conn = proxy.connect(_url(dist), idle_timeout=0.5)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.execute("INSERT INTO t VALUES (1)")
+    wait_until(lambda: "idle in a transaction" in a.logs(), HANG, poll=0.05, message=a.logs())
+    with pytest.raises(proxy.OperationalError, match=r"rolled back: a ended this session: it was idle in a "
+                                                     r"transaction for [\d.]+s, past its idle timeout \(0.5s\)"):
+        conn.execute("INSERT INTO t VALUES (2)")
+    conn.execute("INSERT INTO t VALUES (3)")  # a new session, a new transaction
+    conn.commit()
+    assert conn.cursor().execute("SELECT id FROM t", consistency="strong").fetchall() == [(3,)]
+    conn.close()

@@ -83,6 +83,7 @@ class SqlService:
         self._readers: list[apsw.Connection] = []
         self._lock = threading.Lock()
         self._infos: OrderedDict[str, Any] = OrderedDict()
+        self._ended: OrderedDict[str, str] = OrderedDict()  # session id -> why the node ended it
         self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"replproxy-sql-{name}")
         self._subscription: Any = None
         self._stopped = threading.Event()
@@ -168,7 +169,8 @@ class SqlService:
         with self._lock:
             session = self.sessions.get(str(request.get("session")))
         if session is None:
-            return self._reply({"gone": True, "not_leader": self.role() != "leader"})
+            return self._reply({"gone": True, "why": self._ended.get(str(request.get("session"))),
+                                "not_leader": self.role() != "leader"})
         if op == "interrupt":  # from another thread of the client, while a statement runs
             session.conn.interrupt()
             return self._reply({})
@@ -222,9 +224,13 @@ class SqlService:
                 reply["more"] = cid
         return reply
 
-    def _drop(self, session: _Session) -> None:
+    def _drop(self, session: _Session, why: str | None = None) -> None:
         with self._lock:
             self.sessions.pop(session.id, None)
+            if why is not None:  # told to the client when it comes back
+                self._ended[session.id] = why
+                while len(self._ended) > 1024:
+                    self._ended.popitem(last=False)
         session.cursors.clear()
         try:
             if not session.conn.closed:
@@ -242,7 +248,7 @@ class SqlService:
                 if session.conn.in_transaction:
                     log.warning("%s: remote transaction of session %s rolled back: %s", self.name,
                                 session.id, reason)
-                self._drop(session)
+                self._drop(session, reason)
 
     def reap(self) -> None:
         """Roll back transactions idle past their session's timeout; drop idle sessions and reads."""
@@ -256,9 +262,10 @@ class SqlService:
             try:
                 idle = now - session.last_used
                 if session.conn.in_transaction and idle > session.idle_timeout:
-                    log.warning("%s: remote transaction of session %s idle for %.1fs (idle timeout %gs): "
-                                "rolled back", self.name, session.id, idle, session.idle_timeout)
-                    self._drop(session)
+                    why = (f"it was idle in a transaction for {idle:.1f}s, past its idle timeout "
+                           f"({session.idle_timeout:g}s)")
+                    log.warning("%s: remote transaction of session %s rolled back: %s", self.name, session.id, why)
+                    self._drop(session, why)
                 elif idle > SESSION_IDLE:
                     self._drop(session)
             finally:

@@ -339,7 +339,8 @@ class RemoteConnection:
                     f"{what}: no answer from the leader {leader} within {self.timeout:g}s ({exc}); whether it "
                     "took effect is unknown" + (" (the transaction is lost either way)" if was_tx else "")) from exc
             if reply.get("gone"):
-                self._lost_session(f"{leader} no longer has this session (it stopped leading or restarted)")
+                self._lost_session(f"{leader} ended this session: {reply['why']}" if reply.get("why") else
+                                   f"{leader} no longer has this session (it stopped leading or restarted)")
                 continue
             if "tx" in reply:
                 self._tx = bool(reply["tx"])
