@@ -121,8 +121,9 @@ def test_errors_keep_sqlite_message_and_dbapi_class(dist: Cluster) -> None:
     conn = proxy.connect(_url(dist), autocommit=True)
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)")
     conn.execute("INSERT INTO t VALUES (1, 'x')")
-    with pytest.raises(proxy.IntegrityError, match="UNIQUE constraint failed: t.v"):
+    with pytest.raises(proxy.IntegrityError, match="UNIQUE constraint failed: t.v") as caught:
         conn.execute("INSERT INTO t VALUES (2, 'x')")
+    assert (caught.value.sqlite_errorcode, caught.value.sqlite_errorname) == (2067, "SQLITE_CONSTRAINT_UNIQUE")
     with pytest.raises(proxy.OperationalError, match="no such table: nope"):
         conn.execute("SELECT * FROM nope")
     with pytest.raises(proxy.OperationalError, match='near "SELEC": syntax error'):

@@ -129,6 +129,7 @@ def fail(exc: BaseException) -> dict[str, Any]:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         extra["code"] = code
+        extra["code_name"] = getattr(exc, "sqlite_errorname", None)
     return {"fail": {"class": name, "message": str(exc) or type(exc).__name__, **extra}}
 
 
@@ -145,7 +146,8 @@ def raise_failure(reply: dict[str, Any], where: str) -> None:
         exc = cls(message)
     except TypeError:  # a class with other required arguments
         exc = errors.OperationalError(message)
-    if "code" in failure:
+    if "code" in failure:  # as Python's sqlite3 gives them
         exc.sqlite_errorcode = failure["code"]  # type: ignore[attr-defined]
+        exc.sqlite_errorname = failure.get("code_name")  # type: ignore[attr-defined]
     exc.node = where  # type: ignore[attr-defined]
     raise exc
