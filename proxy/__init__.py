@@ -10,7 +10,7 @@ from typing import Any
 
 from .cluster import Cluster, NodeStatus, create_cluster
 from .cluster.verify import VerifyReport, verify
-from .driver import Connection, Cursor, apilevel, paramstyle, threadsafety
+from .driver import Connection, Cursor, apilevel, paramstyle, sqlite_version, sqlite_version_info, threadsafety
 from .driver import connect as _connect_local
 from .driver.consistency import LEVELS as CONSISTENCY_LEVELS
 from .driver.consistency import POLICIES as STALE_POLICIES
@@ -117,6 +117,8 @@ __all__ = [
     "connect",
     "create_cluster",
     "paramstyle",
+    "sqlite_version",
+    "sqlite_version_info",
     "threadsafety",
     "verify",
 ]

@@ -7,6 +7,16 @@ COMMIT with the log entry), routing.py its read routing, cursor.py the cursor; t
 
 from __future__ import annotations
 
-from .connection import Connection, Cursor, apilevel, connect, paramstyle, threadsafety
+from .connection import (
+    Connection,
+    Cursor,
+    apilevel,
+    connect,
+    paramstyle,
+    sqlite_version,
+    sqlite_version_info,
+    threadsafety,
+)
 
-__all__ = ["Connection", "Cursor", "apilevel", "connect", "paramstyle", "threadsafety"]
+__all__ = ["Connection", "Cursor", "apilevel", "connect", "paramstyle", "sqlite_version", "sqlite_version_info",
+           "threadsafety"]

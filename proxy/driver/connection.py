@@ -48,6 +48,9 @@ from .routing import Followers, Router
 apilevel = "2.0"
 threadsafety = 1  # threads may share the module, not connections
 paramstyle = "qmark"  # named (:name) parameters work too
+# As Python's sqlite3 module: the SQLite library replproxy runs on (apsw's).
+sqlite_version = apsw.sqlite_lib_version()
+sqlite_version_info = tuple(int(part) for part in sqlite_version.split("."))
 
 _clusters: dict[str, Cluster] = {}
 _clusters_lock = threading.Lock()
@@ -456,5 +459,7 @@ __all__ = [
     "apilevel",
     "connect",
     "paramstyle",
+    "sqlite_version",
+    "sqlite_version_info",
     "threadsafety",
 ]
