@@ -8,7 +8,9 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import apsw
 import pytest
 from checks import file_rows as query
 from click.testing import CliRunner, Result
-from helpers import run_replproxy
+from helpers import HANG, replproxy_command, run_replproxy, wait_until
 
 import proxy
 from proxy.tools.cli import main
@@ -260,10 +262,63 @@ def test_exec_errors(cdir: Path) -> None:
     run("exec", cdir, "--settle", "0", "INSERT INTO t(a) VALUES (1)")
     result = run("exec", cdir, "INSERT INTO t(a) VALUES (1)", ok=False)
     assert "UNIQUE constraint failed: t.a" in result.stderr
-    result = run("exec", cdir, "SELECT 1; SELECT 2", ok=False)
-    assert "one statement" in result.stderr
     result = run("exec", cdir, "ATTACH 'x.db' AS x", ok=False)
     assert "ATTACH" in result.stderr
+
+
+def test_exec_runs_several_statements_as_sqlite3_does(cdir: Path) -> None:
+    result = run("exec", cdir, "--mode", "csv", "INSERT INTO t(a) VALUES (1), (2); SELECT 'x;y' AS s; "
+                 "SELECT count(*) AS n FROM t -- the end;")
+    assert result.stdout == "s\nx;y\nn\n2\n"
+    assert "2 row(s) changed" in result.stderr
+    # The first error stops the run; what came before stays committed, and it says so.
+    result = run("exec", cdir, "INSERT INTO t(a) VALUES (3); INSERT INTO nosuch VALUES (1); "
+                 "INSERT INTO t(a) VALUES (4)", ok=False)
+    assert result.exit_code == 1
+    assert "no such table: nosuch (statement 2 of 3" in result.stderr and "committed" in result.stderr
+    assert query(cdir / "node1.db", "SELECT a FROM t ORDER BY id") == [(1,), (2,), (3,)]
+    # A transaction the SQL opens and commits is one log entry; one it leaves open is rolled back.
+    run("exec", cdir, "BEGIN; INSERT INTO t(a) VALUES (5); INSERT INTO t(a) VALUES (6); COMMIT")
+    result = run("exec", cdir, "BEGIN; INSERT INTO t(a) VALUES (7)", ok=False)
+    assert "not committed: it was rolled back" in result.stderr
+    assert query(cdir / "node1.db", "SELECT a FROM t ORDER BY id") == [(1,), (2,), (3,), (5,), (6,)]
+    result = run("exec", cdir, "SELECT 1; SELECT 2", "-p", "1", ok=False)
+    assert result.exit_code == 2 and "one statement" in result.stderr
+
+
+def test_exec_reads_sql_from_standard_input(cdir: Path) -> None:
+    script = "".join(f"INSERT INTO t(a, b) VALUES ({i}, 'row;{i}');\n" for i in range(200)) + "SELECT count(*) FROM t;"
+    result = CliRunner().invoke(main, ["exec", str(cdir), "--mode", "csv", "-"], input=script)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "count(*)\n200\n"
+    catch_up(cdir)
+    assert query(cdir / "node2.db", "SELECT count(*) FROM t WHERE b LIKE 'row;%'") == [(200,)]
+
+
+def _has_open_db(pid: int) -> bool:
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith(".db"):
+                return True
+        except OSError:  # closed since listed
+            continue
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the process open its cluster")
+def test_ctrl_c_stops_a_running_exec(cdir: Path) -> None:
+    forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    process = subprocess.Popen([*replproxy_command(), "exec", str(cdir), forever], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        # Ctrl-C is handled from before the cluster is opened: once a node file is open, it counts.
+        wait_until(lambda: _has_open_db(process.pid), HANG, poll=0.01)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=HANG)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1 and "interrupted" in err, (out, err)
 
 
 def test_exec_on_a_follower(cdir: Path) -> None:

@@ -84,6 +84,7 @@ class SqlService:
         self._lock = threading.Lock()
         self._infos: OrderedDict[str, Any] = OrderedDict()
         self._ended: OrderedDict[str, str] = OrderedDict()  # session id -> why the node ended it
+        self._running: dict[str, apsw.Connection] = {}  # reads being run, by the client's request id
         self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"replproxy-sql-{name}")
         self._subscription: Any = None
         self._stopped = threading.Event()
@@ -124,6 +125,8 @@ class SqlService:
                 return self._fetch(request)
             if op == "open":
                 return self._open(request)
+            if op == "interrupt" and request.get("read"):
+                return self._interrupt_read(str(request["read"]))
             if op in ("execute", "script", "commit", "rollback", "close", "interrupt"):
                 return self._session_op(op, request)
             raise ProgrammingError(f"unknown request {op!r}")
@@ -304,6 +307,13 @@ class SqlService:
                     self._infos.popitem(last=False)
         return info
 
+    def _interrupt_read(self, rid: str) -> dict[str, Any]:
+        with self._lock:
+            conn = self._running.get(rid)
+        if conn is not None:
+            conn.interrupt()
+        return self._reply({"interrupted": conn is not None})
+
     def _read(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.role() == "leader":
             return self._reply({"redirect": True})  # the leader reads in the client's session
@@ -312,6 +322,10 @@ class SqlService:
         deadline = self.clock() + max(0.0, float(request.get("wait") or 0.0))
         conn = self._reader()
         kept = False  # a partly fetched result keeps its connection (and snapshot)
+        rid = str(request.get("rid") or "")
+        if rid:
+            with self._lock:
+                self._running[rid] = conn  # the client's interrupt() reaches it
         try:
             while True:
                 conn.execute("BEGIN")
@@ -346,6 +360,9 @@ class SqlService:
         except apsw.Error as exc:
             raise translate(exc) from exc
         finally:
+            if rid:
+                with self._lock:
+                    self._running.pop(rid, None)
             if not kept:
                 self._release(conn)
 

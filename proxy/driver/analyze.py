@@ -408,3 +408,20 @@ def _temp_only(actions: list[_Action]) -> bool:
     targets = [arg1 if code == apsw.SQLITE_ALTER_TABLE else dbname
                for code, arg1, _arg2, dbname, _trigger in actions if code in _DDL or code in _TEMP_DDL]
     return bool(targets) and all(target == "temp" for target in targets)
+
+
+def split_statements(script: str) -> list[str]:
+    """A script's statements, split where SQLite's parser would split them (sqlite3_complete: a
+    ';' inside a string, a comment or a trigger's body does not end a statement)."""
+    statements, start, at = [], 0, script.find(";")
+    while at >= 0:
+        if apsw.complete(script[start:at + 1]):
+            statements.append(script[start:at + 1])
+            start = at + 1
+        at = script.find(";", at + 1)
+    statements.append(script[start:])
+    return [s for s in statements if s.strip() and not _only_comments(s)]
+
+
+def _only_comments(text: str) -> bool:
+    return not re.sub(r"--[^\n]*|/\*.*?(\*/|$)|;", "", text, flags=re.S).strip()

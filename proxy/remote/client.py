@@ -10,11 +10,13 @@ reported instead of silently missing. docs/remote.md.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -151,6 +153,7 @@ class RemoteConnection:
         self._avoid: dict[str, float] = {}
         self._turn = itertools.count()
         self.last_node: str | None = None
+        self._reading: tuple[str, str] | None = None  # (node, request id) of a read under way
 
     # -- settings -------------------------------------------------------------------------------
 
@@ -245,12 +248,15 @@ class RemoteConnection:
             self.rollback()
 
     def interrupt(self) -> None:
-        """Stop the statement this connection runs on the leader (safe from another thread)."""
+        """Stop the statement this connection runs, on the leader or a follower (safe from another
+        thread); it fails with OperationalError "interrupted"."""
+        reading = self._reading
+        if reading is not None:
+            with contextlib.suppress(TransportError):
+                self._request(reading[0], {"op": "interrupt", "read": reading[1]}, timeout=5.0)
         if self._sid is not None and self._leader is not None:
-            try:
+            with contextlib.suppress(TransportError):
                 self._request(self._leader, {"op": "interrupt", "session": self._sid}, timeout=5.0)
-            except TransportError:
-                pass
 
     def execute(self, sql: str, parameters: Any = ()) -> RemoteCursor:
         return self.cursor().execute(sql, parameters)
@@ -421,14 +427,18 @@ class RemoteConnection:
         wait = 0.0 if self._on_stale in ("leader", "error") else self.wait_timeout
         stale: list[str] = []
         for node in self._candidates(needed):
+            rid = uuid.uuid4().hex[:16]
+            self._reading = (node, rid)
             try:
                 reply = self._request(node, {"op": "read", "sql": sql, "params": params, "min_lsn": needed,
-                                             "wait": wait}, timeout=self.timeout + wait)
+                                             "wait": wait, "rid": rid}, timeout=self.timeout + wait)
             except TransportError:
                 if self.pinned_node is not None:
                     raise
                 self._avoid[node] = time.monotonic() + AVOID_FOR
                 continue
+            finally:
+                self._reading = None
             if reply.get("redirect"):
                 if self.pinned_node is not None and self.pinned_node != self._find_leader():
                     raise ReadOnlyNodeError(f"{self.pinned_node} is a follower and is read-only; writes go to the "

@@ -257,33 +257,40 @@ def init(directory: str, followers: int, log_format: str, row_image: str, from_d
               help="Seconds to let followers catch up before exiting (0: exit at once).")
 def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, mode: str,
           settle: float) -> None:
-    """Run one SQL statement through the proxy and print its rows. DIRECTORY may also be a
-    distributed cluster's URL, nats://HOST:PORT[,HOST:PORT]/CLUSTER."""
-    from .nodes import exec_remote, is_remote
+    """Run SQL through the proxy and print the rows of each statement, as `sqlite3 DB "SQL"` does.
 
-    if is_remote(directory):
-        exec_remote(directory, sql, [_parse_param(p) for p in params], node, mode)
-        return
-    with _cluster(directory) as cluster:
-        conn = connect(directory, cluster=cluster, autocommit=True, node=node)
-        cursor = conn.cursor()
-        cursor.execute(sql, [_parse_param(p) for p in params])
-        rows = cursor.fetchall() if cursor.description else []
-        if cursor.description:
-            headers = [d[0] for d in cursor.description]
-            click.echo(render(headers, rows, mode), nl=False)
-        elif cursor.rowcount >= 0:
-            click.echo(f"{cursor.rowcount} row(s) changed", err=True)
-        where = f"served by {cursor.node}"
-        if cursor.lsn:
-            where += f" at LSN {cursor.lsn}"
-        click.echo(f"-- {where}", err=True)
-        conn.close()
-        if settle > 0:
-            try:
-                cluster.wait_for_catchup(settle)
-            except (ReplicationTimeout, Error):
-                pass
+    SQL may hold several statements separated by ';', or be `-` to read them from standard input.
+    Each statement commits by itself unless the SQL opens a transaction with BEGIN; the first error
+    stops the run (exit 1). Ctrl-C stops a running statement. DIRECTORY may also be a distributed
+    cluster's URL, nats://HOST:PORT[,HOST:PORT]/CLUSTER, or a distributed follower's directory."""
+    from .execute import run_statements
+    from .nodes import is_remote, open_remote
+    from .shell.repl import CtrlC
+
+    text = sys.stdin.read() if sql == "-" else sql
+    values = [_parse_param(p) for p in params]
+    conn: Any = None
+    cluster: Cluster | None = None
+    # Armed from the start: a Ctrl-C before the statement runs still stops it.
+    ctrl_c = CtrlC(lambda: conn.interrupt() if conn is not None else None)
+    try:
+        with ctrl_c.armed():
+            if is_remote(directory):
+                conn = open_remote(directory, autocommit=True, node=node)
+            else:
+                cluster = _open(directory)
+                conn = connect(directory, cluster=cluster, autocommit=True, node=node)
+            code = run_statements(conn, text, values, mode, _describe)
+    finally:
+        ctrl_c.close()
+        if conn is not None:
+            conn.close()
+        if cluster is not None:
+            if settle > 0:
+                with contextlib.suppress(ReplicationTimeout, Error):
+                    cluster.wait_for_catchup(settle)
+            cluster.close()
+    sys.exit(code)
 
 
 @main.command()
@@ -669,7 +676,10 @@ def demo(directory: str) -> None:
               show_default=True, help="Output format for rows (the shell's .mode changes it).")
 def shell(directory: str, create: bool, history_file: str | None, mode: str) -> None:
     """Interactive SQL shell on the cluster in DIRECTORY; each result says which node served it and at
-    which LSN. With stdin not a terminal it runs the script it reads. `.help` lists dot-commands."""
+    which LSN. With stdin not a terminal it runs the script it reads. `.help` lists dot-commands.
+
+    DIRECTORY may also be a distributed cluster's URL (nats://HOST:PORT[,HOST:PORT]/CLUSTER) or a
+    distributed follower's directory: the shell then works over NATS (docs/shell.md)."""
     from .shell import run_shell
 
     sys.exit(run_shell(directory, create=create, history=Path(history_file) if history_file else None,

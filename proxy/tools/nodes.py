@@ -133,29 +133,3 @@ def open_remote(target: str, **options: Any) -> Any:
     if is_url(target):
         return connect(target, **options)
     return local.connect_follower(target, local.read(target), **options)
-
-
-def exec_remote(target: str, sql: str, params: list[Any], node: str | None, mode: str) -> None:
-    """`replproxy exec` over NATS: one statement, its rows, and which node served it."""
-    try:
-        conn = open_remote(target, autocommit=True, node=node)
-    except Error as exc:
-        _fail(str(exc))
-        return
-    try:
-        cursor = conn.cursor()
-        cursor.execute(sql, params)
-        rows = cursor.fetchall() if cursor.description else []
-    except Error as exc:
-        conn.close()
-        _fail(str(exc))
-        return
-    if cursor.description:
-        click.echo(render([d[0] for d in cursor.description], rows, mode), nl=False)
-    elif cursor.rowcount >= 0:
-        click.echo(f"{cursor.rowcount} row(s) changed", err=True)
-    where = f"served by {cursor.node}"
-    if cursor.lsn:
-        where += f" at LSN {cursor.lsn}"
-    click.echo(f"-- {where}", err=True)
-    conn.close()
