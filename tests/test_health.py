@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import textwrap
@@ -695,3 +696,22 @@ def test_a_follower_marked_for_a_snapshot_then_stopped_is_reseeded_when_it_start
     assert report.identical, report.differences
     assert same_on_all(cluster, "SELECT tag FROM w ORDER BY id") == [("new",)]
     conn.close()
+
+
+def test_stop_node_of_a_leader_says_when_the_cooldown_holds_the_failover(cluster):
+    runner = CliRunner()
+    d = str(cluster.directory)
+    assert runner.invoke(main, ["config", d, "--failover-timeout", "2", "--failover-cooldown", "3600"]).exit_code == 0
+    out = runner.invoke(main, ["stop-node", d, "node1"])
+    assert out.exit_code == 0 and "automatic failover after 2s" in out.output  # no failover yet: none held
+    assert runner.invoke(main, ["failover", d]).exit_code == 0
+    last = cfg.read(cluster.directory).last_failover_at
+    out = runner.invoke(main, ["stop-node", d, "node2"])
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    held = datetime.datetime.fromtimestamp(last + 3600).astimezone().isoformat(timespec="seconds")
+    assert f"automatic failover held until {held}" in text and "writes fail" in text
+    assert "automatic failover after" not in text
+    status = runner.invoke(main, ["status", d]).output
+    assert all(len(line) <= 80 for line in status.splitlines()), status
+    assert "held until" in " ".join(status.split())

@@ -20,6 +20,7 @@ from ..errors import ClusterError
 from ..store import config as cfg
 from ..store import log as entries_log
 from ..store import node as store
+from ..store.decode import iso_time
 from . import history
 from .core import ClusterCore
 from .failover import FailoverResult, failover
@@ -94,7 +95,7 @@ class HealthMonitor:
             if not self._held_warned:
                 log.warning("leader %s failed (%s) but the last failover was less than %gs ago: "
                             "no automatic failover before %s (failover_cooldown)", leader.name,
-                            reason, config.failover_cooldown, time.ctime(held))
+                            reason, config.failover_cooldown, iso_time(held))
                 self._held_warned = True
             return None
         try:

@@ -25,6 +25,7 @@ from ..errors import ClusterError
 from ..store import config as cfg
 from ..store import log as entries_log
 from ..store import node as store
+from ..store.decode import iso_time
 from . import history
 from .core import ClusterCore
 from .snapshots import resync
@@ -37,7 +38,7 @@ def stop_node(cluster: ClusterCore, name: str) -> None:
         config = cfg.read(cluster.directory)
         node = config.node(name)
         if node.stopped:
-            raise ClusterError(f"{name} is already stopped (since {time.ctime(node.stopped_at)})")
+            raise ClusterError(f"{name} is already stopped (since {iso_time(node.stopped_at)})")
         nodes = tuple(replace(n, stopped_at=time.time()) if n.name == name else n
                       for n in config.nodes)
         cfg.write(cluster.directory, replace(config, nodes=nodes))

@@ -58,7 +58,7 @@ def status(cluster: ClusterCore) -> list[NodeStatus]:
                 # What its file holds: for a deposed leader, its own last LSN.
                 position = _position_of(cluster, follower.name, row.applied_lsn)
                 row = NodeStatus(follower.name, "follower", row.file, position,
-                                 max(0, leader_lsn - position), row.lag_seconds,
+                                 max(0, leader_lsn - position), _lag_seconds(leader_conn, position, leader_lsn, now),
                                  "stopped", "stopped with replproxy stop-node", None,
                                  follower.replication)
             result.append(row)
@@ -73,6 +73,15 @@ def status(cluster: ClusterCore) -> list[NodeStatus]:
                 "since are on a fork: resync the followers from it, or fail over to the most "
                 "up-to-date follower")
         return result
+
+
+def _lag_seconds(leader_conn: apsw.Connection, position: int, leader_lsn: int, now: float) -> float:
+    """How long ago the oldest entry past `position` was committed (0 when there is none): the
+    lag in seconds of a node at `position`, from the same position as its lag in entries."""
+    if position >= leader_lsn:
+        return 0.0
+    first_missing = log.commit_time(leader_conn, position + 1)
+    return round(max(0.0, now - first_missing), 3) if first_missing is not None else 0.0
 
 
 def _position_of(cluster: ClusterCore, name: str, default: int) -> int:
@@ -104,11 +113,7 @@ def _follower_status(cluster: ClusterCore, name: str, leader_conn: apsw.Connecti
     finally:
         conn.close()
     lag = max(0, leader_lsn - state.applied_lsn)
-    lag_seconds = 0.0
-    if lag:
-        first_missing = log.commit_time(leader_conn, state.applied_lsn + 1)
-        if first_missing is not None:
-            lag_seconds = max(0.0, now - first_missing)
+    lag_seconds = _lag_seconds(leader_conn, state.applied_lsn, leader_lsn, now)
     if state.error:
         node_state = "error"
     elif state.paused:
@@ -126,5 +131,5 @@ def _follower_status(cluster: ClusterCore, name: str, leader_conn: apsw.Connecti
         node_state = "needs-snapshot"
         error = error or (f"{name}: log entry {state.applied_lsn + 1} is no longer retained; "
                           f"re-seed it with `replproxy resync DIR {name}`")
-    return NodeStatus(name, "follower", path, state.applied_lsn, lag, round(lag_seconds, 3),
+    return NodeStatus(name, "follower", path, state.applied_lsn, lag, lag_seconds,
                       node_state, error, state.error_lsn, cluster.config.node(name).replication)

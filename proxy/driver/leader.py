@@ -18,6 +18,7 @@ from ..cluster import Cluster
 from ..errors import LeaseLost, OperationalError, translate
 from ..store import log as entries_log
 from ..store import node as store
+from ..store.decode import iso_time
 from .analyze import Analyzer
 from .local import LocalState
 
@@ -162,7 +163,7 @@ class LeaderSide:
         if until is not None and time.time() >= until:
             raise LeaseLost(
                 f"{self.name} cannot write: its leader lease lapsed at "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(until))} (is `replproxy serve` "
+                f"{iso_time(until)} (is `replproxy serve` "
                 "running for this node, and can it reach NATS?); nothing was written")
 
     def capture(self) -> logformats.Capture:

@@ -52,6 +52,11 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def iso_time(t: float) -> str:
+    """A moment for messages: ISO 8601, local time with its UTC offset, to the second."""
+    return _dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
 @dataclass(frozen=True)
 class DecodedEntry:
     """One log entry with its changes decoded, or why they could not be."""

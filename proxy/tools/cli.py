@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +21,13 @@ import click
 import logformats
 
 from ..cluster import Cluster, create_cluster
+from ..cluster.health import held_until
 from ..cluster.verify import verify as verify_cluster
 from ..driver import connect
 from ..errors import Error, ReplicationTimeout
 from ..store import config as cfg
-from ..store.decode import bad_input, not_utf8
-from .render import render
+from ..store.decode import bad_input, iso_time, not_utf8
+from .render import echo_errors, render
 
 
 class _Seconds(click.FloatRange):
@@ -314,9 +316,10 @@ def status(directory: str, as_json: bool) -> None:
                                "failover": health, "lost_writes": health["lost_writes"],
                                "nodes": [n.as_dict() for n in nodes]}, indent=2))
         return
-    headers = ["node", "role", "sync", "applied LSN", "lag", "lag (s)", "state", "file", "error"]
-    rows = [[n.name, n.role, n.replication, n.applied_lsn, n.lag_entries, n.lag_seconds, n.state, n.file,
-             n.error or ""] for n in nodes]
+    # Fits 80 columns: files relative to the cluster directory, errors under the table.
+    headers = ["node", "role", "sync", "LSN", "lag", "lag (s)", "state", "file"]
+    rows = [[n.name, n.role, n.replication, n.applied_lsn, n.lag_entries, n.lag_seconds, n.state,
+             _relative(n.file, cluster.directory)] for n in nodes]
     click.echo(f"format {cluster.config.format} (row image {cluster.config.row_image}), epoch {cluster.epoch}")
     click.echo(_mode_line(replication))
     click.echo(_failover_line(health))
@@ -325,6 +328,14 @@ def status(directory: str, as_json: bool) -> None:
                 else lost.get("error", "empty"))
         click.echo(f"LOST WRITES: {lost['entries']} entries ({span}) in {lost['file']}")
     click.echo(render(headers, rows), nl=False)
+    echo_errors((n.name, n.error) for n in nodes)
+
+
+def _relative(path: str, directory: Any) -> str:
+    try:
+        return str(Path(path).relative_to(Path(directory).resolve()))
+    except ValueError:
+        return path
 
 
 def _embedded_only(directory: str, instead: str) -> None:
@@ -342,7 +353,7 @@ def _distributed(directory: str) -> bool:
 
 
 def _clock(t: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(t))
+    return iso_time(t)
 
 
 def _failover_line(h: dict[str, Any]) -> str:
@@ -353,13 +364,15 @@ def _failover_line(h: dict[str, Any]) -> str:
         text = "failover manual only (auto_failover off)"
     if h["last_failover_at"]:
         text += f"; last failover {_clock(h['last_failover_at'])} (epoch {h['epoch']})"
+    text = textwrap.fill(text, 80, subsequent_indent="  ", break_on_hyphens=False)
     if not h["leader_ok"]:
-        text += f"\nLEADER DOWN: {h['leader_problem']}"
+        down = f"LEADER DOWN: {h['leader_problem']}"
         if h["held_until"]:
-            text += f"; automatic failover held until {_clock(h['held_until'])} (anti-flapping)"
+            down += f"; automatic failover held until {_clock(h['held_until'])} (anti-flapping)"
         elif h["failover_due_at"]:
-            text += (f"; automatic failover due at {_clock(h['failover_due_at'])} by any process "
+            down += (f"; automatic failover due at {_clock(h['failover_due_at'])} by any process "
                      "with the cluster open (replproxy serve)")
+        text += "\n" + textwrap.fill(down, 80, subsequent_indent="  ", break_on_hyphens=False)
     return text
 
 
@@ -370,18 +383,19 @@ def _mode_line(r: dict[str, Any]) -> str:
     elif mode == "semi-sync":
         mode += f" (k={r['semi_sync_k']}; timeout {r['sync_timeout']:g}s)"
         if r["degraded"]:
-            mode += f" DEGRADED to async since {time.strftime('%H:%M:%S', time.localtime(r['degraded_since']))}: " \
+            mode += f" DEGRADED to async since {iso_time(r['degraded_since'])}: " \
                     f"{r['degraded_reason']}"
     span = (f"LSN {r['retained_from_lsn']}..{r['retained_to_lsn']}" if r["retained_entries"] else "empty")
-    limit = f"keep last {r['retain_min_entries']}, max "
-    limit += f"{r['retain_max_bytes']} bytes" if r["retain_max_bytes"] else "no size limit"
+    limit = f"keep last {r['retain_min_entries']:,}, max "
+    limit += f"{r['retain_max_bytes']:,} bytes" if r["retain_max_bytes"] else "no size limit"
     if r["retain_max_age"]:
         limit += f", {r['retain_max_age']:g} s"
     if r.get("auto_resync"):
         limit += ", auto-resync"
     holds = "".join(f", hold {name} at {lsn}" for name, lsn in r["retention_holds"].items())
-    return (f"mode {mode}\nlog retained: {r['retained_entries']} entries, {r['retained_bytes']} bytes "
-            f"({span}; limit {limit}{holds})")
+    lines = [f"mode {mode}", f"log retained: {r['retained_entries']} entries, {r['retained_bytes']:,} bytes "
+             f"({span}; limit {limit}{holds})"]
+    return "\n".join(textwrap.fill(line, 80, subsequent_indent="  ", break_on_hyphens=False) for line in lines)
 
 
 @main.command("config")
@@ -516,7 +530,16 @@ def stop_node(directory: str, node: str) -> None:
         config = cluster.config
         click.echo(f"{node} stopped")
         if node == config.leader.name:
-            if config.auto_failover:
+            now = time.time()
+            held = held_until(config, now + config.failover_timeout)
+            if config.auto_failover and held is not None:
+                click.echo(textwrap.fill(
+                    f"automatic failover held until {iso_time(held)}: the last failover was at "
+                    f"{iso_time(config.last_failover_at or now)} and failover_cooldown is "
+                    f"{config.failover_cooldown:g}s (anti-flapping). Until then writes fail; "
+                    f"`replproxy failover {directory}` or `replproxy start-node {directory} {node}` ends it "
+                    "sooner", 80, break_on_hyphens=False, break_long_words=False))
+            elif config.auto_failover:
                 click.echo(f"automatic failover after {config.failover_timeout:g}s without the leader, "
                            "done by any process that has the cluster open (e.g. replproxy serve)")
             else:

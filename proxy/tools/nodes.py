@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ..errors import Error, TransportError
-from .render import render
+from .render import echo_errors, render
 
 
 def _fail(message: str) -> None:
@@ -67,11 +67,12 @@ def print_status(directory: str, as_json: bool) -> None:
     click.echo(f"cluster {report['cluster']} (format {report['format']}, mode {report['mode']}): leader "
                f"{report['leader'] or 'NONE'} at epoch {report['epoch']}, stream {stream['name']} at LSN "
                f"{stream['last_lsn']} (R{stream['replicas']})")
-    headers = ["node", "role", "LSN", "lag", "published", "state", "host", "heard (s ago)", "error"]
+    headers = ["node", "role", "LSN", "lag", "published", "state", "host", "heard (s ago)"]
     rows = [[n["name"], n["role"], n["lsn"], "" if n["lag_entries"] is None else n["lag_entries"],
-             "" if n["published"] is None else n["published"], n["state"], n["host"] or "", n["heard_s_ago"],
-             n["error"] or ""] for n in report["nodes"]]
+             "" if n["published"] is None else n["published"], n["state"], n["host"] or "", n["heard_s_ago"]]
+            for n in report["nodes"]]
     click.echo(render(headers, rows), nl=False)
+    echo_errors((n["name"], n["error"]) for n in report["nodes"])
 
 
 def serve_node(directory: str, lease_ttl: float | None, log_level: str) -> None:

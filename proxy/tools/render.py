@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+import click
 
 from ..store.decode import jsonable, show
 
@@ -58,3 +61,11 @@ def _grid(headers: Sequence[str], rows: Sequence[Sequence[Any]], box: bool, show
     out += [fmt(row) for row in cells]
     out.append(rule(bottom))
     return "\n".join(out) + "\n"
+
+
+def echo_errors(errors: Iterable[tuple[str, str | None]], width: int = 80) -> None:
+    """Each node's error under a status table, wrapped to `width` columns."""
+    for name, error in errors:
+        if error:
+            click.echo(textwrap.fill(error, width, initial_indent=f"{name}: ", subsequent_indent="  ",
+                                     break_on_hyphens=False, break_long_words=False))
