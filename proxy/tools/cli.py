@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -27,26 +26,8 @@ from ..driver import connect
 from ..errors import Error, ReplicationTimeout
 from ..store import config as cfg
 from ..store.decode import bad_input, iso_time, not_utf8
+from .options import POSITIVE_SECONDS, SECONDS, StderrHandler, log_options, parse_param, set_log_level
 from .render import echo_errors, render
-
-
-class _Seconds(click.FloatRange):
-    """A number of seconds: finite and not negative (nan and inf would wait forever or crash)."""
-
-    name = "seconds"
-
-    def __init__(self, positive: bool = False) -> None:
-        super().__init__(min=0, min_open=positive)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        seconds = super().convert(value, param, ctx)
-        if not math.isfinite(seconds):
-            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
-        return seconds
-
-
-SECONDS = _Seconds()
-POSITIVE_SECONDS = _Seconds(positive=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -81,37 +62,6 @@ def _print_result(result: Any, as_json: bool) -> None:
     else:
         for line in result.lines():
             click.echo(line)
-
-
-def _parse_param(text: str) -> Any:
-    """`--param` values: JSON numbers, null, true/false and "quoted strings" keep their type;
-    `x'ABCD'` is a BLOB; anything else is text."""
-    if len(text) >= 3 and text[:2] in ("x'", "X'") and text.endswith("'"):
-        try:
-            return bytes.fromhex(text[2:-1])
-        except ValueError:
-            pass
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    if isinstance(value, (int, float, str)) or value is None:
-        return value
-    if isinstance(value, bool):
-        return int(value)
-    return text
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is when a record comes (it may be replaced after setup)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
 
 
 class _Main(click.Group):
@@ -158,7 +108,7 @@ def main() -> None:
     # Background events (an automatic failover, a follower stopping on an error) as one line each.
     root = logging.getLogger("replproxy")
     if not root.handlers:
-        handler = _StderrHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("replproxy: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
@@ -270,7 +220,7 @@ def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, m
     from .shell.repl import CtrlC
 
     text = sys.stdin.read() if sql == "-" else sql
-    values = [_parse_param(p) for p in params]
+    values = [parse_param(p) for p in params]
     conn: Any = None
     cluster: Cluster | None = None
     # Armed from the start: a Ctrl-C before the statement runs still stops it.
@@ -725,12 +675,15 @@ def shell(directory: str, create: bool, history_file: str | None, mode: str) -> 
               help="Only measure a distributed cluster: relay commit cost, lag, apply rate through the "
                    "stream, failover time (starts local nats-servers unless --nats is given).")
 @click.option("--nats", "nats_urls", metavar="URL[,URL...]", help="With --distributed: use these NATS servers.")
+@log_options("warning")
 def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None, log_format: str,
-          imports_only: bool, distributed_only: bool, nats_urls: str | None) -> None:
+          imports_only: bool, distributed_only: bool, nats_urls: str | None, log_level: str | None,
+          verbose: int) -> None:
     """Measure the leader's cost against plain apsw, the follower apply rate, reads, modes and start-up."""
     from .bench import run_bench
     from .bench.imports import report
 
+    set_log_level(log_level, verbose, "warning")
     if imports_only:
         click.echo("\n".join(report()).lstrip("\n"))
         sys.exit(0)
@@ -757,21 +710,21 @@ main.add_command(join_command)
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--lease-ttl", type=POSITIVE_SECONDS, help="Override the lease TTL of distributed.toml (seconds).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]), help="What to log on standard error.")
-def serve(directory: str, lease_ttl: float | None, log_level: str) -> None:
+@log_options("info")
+def serve(directory: str, lease_ttl: float | None, log_level: str | None, verbose: int) -> None:
     """Run DIRECTORY's replication until stopped (Ctrl-C or SIGTERM).
 
     On the embedded default: keep the followers moving and watch the leader's health (automatic
     failover); optional, any process that opens the cluster does both too. On a node of a
     distributed cluster: the leader relays its log to the stream and renews its lease; a follower
     applies the stream and takes over when the leader's lease expires (docs/distributed.md)."""
+    set_log_level(log_level, verbose, "info", timestamps=True)
     if not _distributed(directory):
         _serve_embedded(directory)
         return
     from .nodes import serve_node
 
-    serve_node(directory, lease_ttl, log_level)
+    serve_node(directory, lease_ttl)
 
 
 def _serve_embedded(directory: str) -> None:

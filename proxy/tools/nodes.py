@@ -75,15 +75,10 @@ def print_status(directory: str, as_json: bool) -> None:
     echo_errors((n["name"], n["error"]) for n in report["nodes"])
 
 
-def serve_node(directory: str, lease_ttl: float | None, log_level: str) -> None:
+def serve_node(directory: str, lease_ttl: float | None) -> None:
     """Run a distributed node until SIGTERM or Ctrl-C."""
     from ..dist.service import NodeService
 
-    # A long-running node: timestamped lines, at the level asked for.
-    root = logging.getLogger("replproxy")
-    root.setLevel(getattr(logging, log_level.upper()))
-    for handler in root.handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     stopping = False
 
     def _stop(*_: Any) -> None:
