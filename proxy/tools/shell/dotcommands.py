@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ def _on_off(shell: Shell, index: int) -> list[str]:
 
 
 def _followers(shell: Shell, index: int) -> list[str]:
-    return list(shell.cluster.followers)
+    return list(shell.cluster.followers) if shell.cluster is not None else []
 
 
 def _tables(shell: Shell, index: int) -> list[str]:
@@ -58,7 +59,8 @@ def _help(shell: Shell, args: list[str]) -> None:
     """
     if args:
         cmd = lookup(args[0].lstrip("."))
-        shell.write(f"{cmd.usage}\n" + textwrap.indent(cmd.help, "    ").rstrip() + "\n")
+        text = cmd.help + (f"\n\nEmbedded clusters only; on a distributed one: {cmd.instead}." if cmd.instead else "")
+        shell.write(f"{cmd.usage}\n" + textwrap.indent(text, "    ").rstrip() + "\n")
         return
     width = max(len(cmd.usage) for cmd in commands())
     lines = []
@@ -95,11 +97,18 @@ def _nodes(shell: Shell, args: list[str]) -> None:
     State is ok, paused (held by .pause), error (stopped by an entry it could not apply), missing,
     needs-snapshot or stopped (.stop); the leader shows outside-writes when a program wrote to its
     file directly (row, statement and mixed formats), which the followers never receive.
+
+    On a distributed cluster, as `replproxy status` shows it: each node's LSN, lag behind the
+    stream, state (running, paused, stopped, unreachable), host and when it last reported.
     """
-    nodes = shell.cluster.status()
-    headers = ["node", "role", "applied LSN", "lag", "lag (s)", "state", "error"]
-    rows = [[n.name, n.role, n.applied_lsn, n.lag_entries, n.lag_seconds, n.state, n.error or ""]
-            for n in nodes]
+    if shell.cluster is None:
+        headers = ["node", "role", "LSN", "lag", "state", "host", "heard (s ago)", "error"]
+        rows = [[n["name"], n["role"], n["lsn"], "" if n["lag_entries"] is None else n["lag_entries"], n["state"],
+                 n["host"] or "", n["heard_s_ago"], n["error"] or ""] for n in shell.report()["nodes"]]
+    else:
+        headers = ["node", "role", "applied LSN", "lag", "lag (s)", "state", "error"]
+        rows = [[n.name, n.role, n.applied_lsn, n.lag_entries, n.lag_seconds, n.state, n.error or ""]
+                for n in shell.cluster.status()]
     shell.write(render(headers, rows, shell.settings.mode, shell.settings.headers))
 
 
@@ -121,7 +130,14 @@ def _consistency_cmd(shell: Shell, args: list[str]) -> None:
 
 @command(".format")
 def _format(shell: Shell, args: list[str]) -> None:
-    """Show the log format, the row image and the synchronous settings."""
+    """Show the log format, the row image and the synchronous settings.
+
+    On a distributed cluster: the log format and the replication mode.
+    """
+    if shell.cluster is None:
+        report = shell.report()
+        shell.write(f"log format   {report['format']}\nreplication  {report['mode']}\n")
+        return
     config = shell.cluster.config
     image = {"full": "changesets: before and after images",
              "minimal": "patchsets: key and changed values"}.get(config.row_image, "")
@@ -140,20 +156,30 @@ def _log(shell: Shell, args: list[str]) -> None:
     if count < 1:
         raise CommandError("N must be at least 1")
     cluster = shell.cluster
-    count = min(count, max(cluster.leader_lsn(), 1))  # no more than there are (SQLite's integers)
-    first = max(1, cluster.leader_lsn() - count + 1)
-    for item in cluster.decode(cluster.entries(first, count)):
+    if cluster is None:
+        from ...dist.report import log_entries
+
+        last = shell.report()["stream"]["last_lsn"]
+        count = min(count, max(last, 1))
+        items, _first = log_entries(shell.target, max(1, last - count + 1), count)
+    else:
+        count = min(count, max(cluster.leader_lsn(), 1))  # no more than there are (SQLite's integers)
+        items = cluster.decode(cluster.entries(max(1, cluster.leader_lsn() - count + 1), count))
+    for item in items:
         shell.write("\n".join(item.lines()) + "\n")
 
 
-@command(".pause NODE", args=(1, 1), complete=_followers)
+_HOLD = "stop or start that follower's `replproxy serve` on its machine"
+
+
+@command(".pause NODE", args=(1, 1), complete=_followers, instead=_HOLD)
 def _pause(shell: Shell, args: list[str]) -> None:
     """Hold follower NODE at its applied LSN, for every process (injects lag)."""
     shell.cluster.pause(args[0])
     shell.message(f"{args[0]} paused")
 
 
-@command(".resume NODE", args=(1, 1), complete=_followers)
+@command(".resume NODE", args=(1, 1), complete=_followers, instead=_HOLD)
 def _resume(shell: Shell, args: list[str]) -> None:
     """Let follower NODE apply the log again; it catches up from its own position."""
     shell.cluster.resume(args[0])
@@ -172,9 +198,28 @@ def _wait(shell: Shell, args: list[str]) -> None:
         raise CommandError(f"SECONDS must be a number, not {args[0]!r}") from None
     if not math.isfinite(timeout) or timeout < 0:
         raise CommandError(f"SECONDS must be a finite number of seconds, not {args[0]!r}")
-    moving = [n.name for n in shell.cluster.status() if n.role == "follower" and n.state == "ok"]
-    lsn = shell.cluster.wait_for_catchup(timeout, nodes=moving)
+    if shell.cluster is None:
+        moving, lsn = _wait_distributed(shell, timeout)
+    else:
+        moving = [n.name for n in shell.cluster.status() if n.role == "follower" and n.state == "ok"]
+        lsn = shell.cluster.wait_for_catchup(timeout, nodes=moving)
     shell.message(f"{', '.join(moving) or 'no follower'} at LSN {lsn}")
+
+
+def _wait_distributed(shell: Shell, timeout: float) -> tuple[list[str], int]:
+    """Until the running followers report the stream's last LSN (as it was at the start)."""
+    deadline = time.monotonic() + timeout
+    lsn = None
+    while True:
+        report = shell.report()
+        lsn = report["stream"]["last_lsn"] if lsn is None else lsn
+        moving = [n for n in report["nodes"] if n["role"] == "follower" and n["state"] == "running"]
+        behind = [f"{n['name']} at LSN {n['lsn']}" for n in moving if n["lsn"] < lsn]
+        if not behind:
+            return [n["name"] for n in moving], lsn
+        if time.monotonic() >= deadline:
+            raise CommandError(f"not every follower reached LSN {lsn} within {timeout:g}s: {', '.join(behind)}")
+        time.sleep(0.1)  # the nodes report their positions every half second or so
 
 
 @command(".verify")
@@ -188,7 +233,12 @@ def _verify(shell: Shell, args: list[str]) -> None:
     ahead of the leader as different.
     """
     try:
-        report = verify(shell.cluster, timeout=10.0)
+        if shell.cluster is None:
+            from ...dist.report import verify as verify_distributed
+
+            report = verify_distributed(shell.target, timeout=10.0)
+        else:
+            report = verify(shell.cluster, timeout=10.0)
     except (Error, apsw.Error) as exc:
         raise CommandError(str(exc)) from None
     if report.identical:
@@ -202,7 +252,8 @@ def _verify(shell: Shell, args: list[str]) -> None:
     shell.errors += 1
 
 
-@command(".failover ?NODE?", args=(0, 1), complete=_followers)
+@command(".failover ?NODE?", args=(0, 1), complete=_followers,
+         instead="a follower takes over when the leader's lease expires (stop the leader's `replproxy serve`)")
 def _failover(shell: Shell, args: list[str]) -> None:
     """Promote a follower to leader (default: the most up-to-date one); the old leader is fenced."""
     try:
@@ -215,10 +266,11 @@ def _failover(shell: Shell, args: list[str]) -> None:
 
 
 def _node_names(shell: Shell, index: int) -> list[str]:
-    return [n.name for n in shell.cluster.config.nodes]
+    return [n.name for n in shell.cluster.config.nodes] if shell.cluster is not None else []
 
 
-@command(".stop NODE", args=(1, 1), complete=_node_names)
+@command(".stop NODE", args=(1, 1), complete=_node_names,
+         instead="stop that node's `replproxy serve` on its machine (Ctrl-C or SIGTERM)")
 def _stop(shell: Shell, args: list[str]) -> None:
     """Stop a node as if it had crashed (a stopped leader is replaced by automatic failover)."""
     try:
@@ -233,7 +285,8 @@ def _stop(shell: Shell, args: list[str]) -> None:
     shell.write(f"{args[0]} stopped{note}\n")
 
 
-@command(".start NODE", args=(1, 1), complete=_node_names)
+@command(".start NODE", args=(1, 1), complete=_node_names,
+         instead="run `replproxy serve DIR` on that node's machine")
 def _start(shell: Shell, args: list[str]) -> None:
     """Start a stopped node; one that missed a failover rejoins, its lost writes recorded."""
     try:

@@ -3,7 +3,9 @@
 Each command is a function `(shell, args) -> None`. The first line of its docstring is its line in
 `.help`; the whole docstring is `.help NAME`. Arguments are split like a shell's words (quotes group
 words). A command reports misuse by raising CommandError; errors from the cluster (proxy.Error) are
-printed by the shell the same way as SQL errors. The commands themselves are in dotcommands.py.
+printed by the shell the same way as SQL errors. A command registered with `instead=` works on an
+embedded cluster only: on a distributed one (a shell whose `cluster` is None) it is refused with
+that advice. The commands themselves are in dotcommands.py.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class DotCommand:
     max_args: int = 0
     aliases: tuple[str, ...] = ()
     complete: ArgCompleter | None = None
+    instead: str | None = None  # embedded clusters only: what to do on a distributed one
 
     @property
     def summary(self) -> str:
@@ -48,12 +51,13 @@ COMMANDS: dict[str, DotCommand] = {}  # every name and alias -> its command
 
 
 def command(usage: str, *, args: tuple[int, int] = (0, 0), aliases: tuple[str, ...] = (),
-            complete: ArgCompleter | None = None) -> Callable[[Handler], Handler]:
-    """Register the decorated function as the dot-command named by the first word of `usage`."""
+            complete: ArgCompleter | None = None, instead: str | None = None) -> Callable[[Handler], Handler]:
+    """Register the decorated function as the dot-command named by the first word of `usage`;
+    `instead`: it works on an embedded cluster only, and this is what to do on a distributed one."""
 
     def register(handler: Handler) -> Handler:
         name = usage.split()[0].lstrip(".")
-        cmd = DotCommand(name, usage, handler, args[0], args[1], aliases, complete)
+        cmd = DotCommand(name, usage, handler, args[0], args[1], aliases, complete, instead)
         for key in (name, *aliases):
             if key in COMMANDS:
                 raise ValueError(f"dot-command .{key} is registered twice")
@@ -90,6 +94,9 @@ def dispatch(shell: Any, line: str) -> None:
     if not words:
         raise CommandError("empty dot-command; enter .help for the list")
     cmd = lookup(words[0])
+    if cmd.instead is not None and shell.cluster is None:
+        raise CommandError(f".{cmd.name} works on an embedded cluster only, and {shell.target} is a distributed "
+                           f"cluster (docs/distributed.md): {cmd.instead}")
     args = words[1:]
     if not cmd.min_args <= len(args) <= cmd.max_args:
         raise CommandError(f"usage: {cmd.usage}")

@@ -3,6 +3,9 @@
 `Shell` holds the logic and writes to the streams it is given, so it runs the same on a terminal,
 on a script piped to stdin and in tests. `run_shell` opens (or offers to create) the cluster and
 picks the front end: prompt_toolkit when stdin is a terminal, plain line reading otherwise.
+Given a cluster URL or a distributed follower's directory, the shell has no local cluster: its
+connection is the remote driver (proxy/remote/client.py) and the nodes are seen through
+proxy/dist/report.py, over NATS.
 Results go to stdout (or the `.output` file); the node/LSN line, timings and errors go to stderr,
 so `replproxy shell DIR < script.sql > out.csv` leaves clean data in out.csv.
 """
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import apsw
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
@@ -35,6 +38,9 @@ from ...store import config as cfg
 from ...store.decode import bad_input, not_utf8
 from ..render import MODES, render
 from . import registry
+
+if TYPE_CHECKING:
+    from ...remote.client import RemoteConnection, RemoteCursor
 
 PROMPT = "replproxy> "
 CONTINUATION = "...> "
@@ -108,13 +114,22 @@ class Settings:
 
 
 class Shell:
-    """The shell's state and logic, writing to the streams it is given."""
+    """The shell's state and logic, writing to the streams it is given.
 
-    def __init__(self, cluster: Cluster, *, stdout: TextIO, stderr: TextIO,
-                 conn: Connection | None = None, mode: str = "table"):
+    On an embedded cluster `cluster` is it. On a distributed cluster reached over NATS `cluster` is
+    None, `conn` the remote connection and `target` the URL or follower's directory it was opened
+    on; the schema is read through `conn`, the nodes through proxy/dist/report.py.
+    """
+
+    def __init__(self, cluster: Cluster | None, *, stdout: TextIO, stderr: TextIO,
+                 conn: Connection | RemoteConnection | None = None, mode: str = "table",
+                 target: str | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
+        if cluster is None and (conn is None or target is None):
+            raise ValueError("a shell without a local cluster needs its remote connection and its target")
         self.cluster = cluster
+        self.target = str(cluster.directory) if cluster is not None else str(target)
         # autocommit, like the sqlite3 shell: each statement commits unless inside BEGIN...COMMIT.
         self.conn = conn if conn is not None else connect(cluster.directory, cluster=cluster, autocommit=True)
         self.stdout = stdout
@@ -194,6 +209,7 @@ class Shell:
 
     def run_sql(self, sql: str, where: str | None = None) -> bool:
         cursor = self.conn.cursor()
+        wrote = self.conn.last_write_lsn
         started = time.perf_counter()
         try:
             with self.ctrl_c.armed() if self.ctrl_c is not None else nullcontext():
@@ -210,7 +226,7 @@ class Shell:
             headers = [d[0] for d in cursor.description]
             self.write(render(headers, rows, self.settings.mode, self.settings.headers))
         if self.settings.nodeinfo:
-            info = self.describe(cursor, len(rows))
+            info = self.describe(cursor, len(rows), wrote)
             if info:
                 self.message(info)
         if self.settings.timer:
@@ -221,8 +237,9 @@ class Shell:
         """sqlite3_interrupt on the connections a statement may be running on."""
         self.conn.interrupt()
 
-    def describe(self, cursor: Cursor, count: int) -> str:
-        """`-- 2 rows · node2 (follower) at LSN 7`: what a statement did and where."""
+    def describe(self, cursor: Cursor | RemoteCursor, count: int, wrote: int | None = None) -> str:
+        """`-- 2 rows · node2 (follower) at LSN 7`: what a statement did and where. `wrote`: the
+        session's last write LSN before the statement (a remote write's cursor has no LSN of its own)."""
         parts = []
         if cursor.description is not None:
             parts.append(f"{count} row{'' if count == 1 else 's'}")
@@ -231,8 +248,11 @@ class Shell:
         node = cursor.node
         if node is not None:
             where = f"{node} ({self.role(node)})"
-            if cursor.lsn is not None:
-                where += f" at LSN {cursor.lsn}"
+            lsn = cursor.lsn
+            if lsn is None and wrote is not None and self.conn.last_write_lsn != wrote:
+                lsn = self.conn.last_write_lsn  # the statement committed a write: its log entry
+            if lsn is not None:
+                where += f" at LSN {lsn}"
             if self.conn.in_transaction:
                 where += ", transaction open"
             parts.append(where)
@@ -241,10 +261,18 @@ class Shell:
         return "-- " + " · ".join(parts) if parts else ""
 
     def role(self, node: str) -> str:
+        if self.cluster is None:  # a remote read is served by a follower, the rest by the session's leader
+            return "leader" if node == getattr(self.conn, "leader", None) else "follower"
         try:
             return self.cluster.config.node(node).role
         except Error:
             return "node"
+
+    def report(self) -> dict[str, Any]:
+        """A distributed cluster's nodes, lease and stream, as `replproxy status URL` shows them."""
+        from ...dist.report import status
+
+        return status(self.target)
 
     def run_script(self, lines: Iterable[str], source: str = "stdin") -> None:
         """Run SQL and dot-commands read line by line (stdin that is not a terminal, `.read`).
@@ -281,7 +309,14 @@ class Shell:
 
     # -- schema, for .tables, .schema and completion ------------------------------------------
 
+    def _look(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of a read of the schema: on the leader's file, or through the remote connection."""
+        if self.cluster is None:
+            return self.conn.execute(sql, params).fetchall()
+        return self._leader_meta().execute(sql, params).fetchall()
+
     def _leader_meta(self) -> apsw.Connection:
+        assert self.cluster is not None
         if self._meta is not None and self._meta_node != self.cluster.leader:
             self._meta.close()  # a failover (maybe automatic, in another process) moved the leader
             self._meta = None
@@ -293,26 +328,28 @@ class Shell:
 
     def schema(self) -> dict[str, list[str]]:
         """Columns of every user table and view on the leader, reloaded when the schema changes."""
-        meta = self._leader_meta()
-        (version,) = meta.execute("PRAGMA schema_version").fetchall()[0]
+        (version,) = self._look("SELECT schema_version FROM pragma_schema_version")[0]
         if version != self._schema_version:
-            self._columns = {
-                name: [row[1] for row in meta.execute("SELECT * FROM pragma_table_info(?)", (name,))]
-                for name in self.object_names(("table", "view"))
-            }
-            self._schema_version = version
+            columns: dict[str, list[str]] = {}
+            for table, column in self._look(
+                    "SELECT m.name, p.name FROM sqlite_master AS m, pragma_table_info(m.name) AS p "
+                    "WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                    "ORDER BY m.name, p.cid"):
+                if not logformats.is_internal_table(table):
+                    columns.setdefault(table, []).append(column)
+            self._columns, self._schema_version = columns, version
         return self._columns
 
     def object_names(self, types: tuple[str, ...], pattern: str | None = None) -> list[str]:
         """User objects of these types, without replproxy's and SQLite's internal tables."""
         marks = ", ".join("?" * len(types))
-        rows = self._leader_meta().execute(
+        rows = self._look(
             f"SELECT name FROM sqlite_master WHERE type IN ({marks}) AND name LIKE ? "
             "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name", (*types, pattern or "%"))
         return [name for (name,) in rows if not logformats.is_internal_table(name)]
 
     def schema_sql(self, pattern: str | None = None) -> list[str]:
-        rows = self._leader_meta().execute(
+        rows = self._look(
             "SELECT tbl_name, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND tbl_name LIKE ? "
             "AND tbl_name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
             "ORDER BY tbl_name, type DESC, name", (pattern or "%",))
@@ -322,31 +359,46 @@ class Shell:
 
     def functions(self) -> list[str]:
         if self._functions is None:  # SQLite's built-in functions do not change while we run
-            rows = self._leader_meta().execute("SELECT DISTINCT name FROM pragma_function_list")
+            rows = self._look("SELECT DISTINCT name FROM pragma_function_list")
             self._functions = sorted(name for (name,) in rows if not name.startswith("sqlite_"))
         return self._functions
 
     # -- the interactive front end's helpers --------------------------------------------------
 
+    def positions(self) -> list[tuple[str, str, int, str]]:
+        """(node, role, applied LSN, state) of every node; the state is "ok" when nothing is wrong."""
+        if self.cluster is None:
+            return [(n["name"], n["role"], n["lsn"], "ok" if n["state"] == "running" else n["state"])
+                    for n in self.report()["nodes"]]
+        return [(n.name, n.role, n.applied_lsn, n.state) for n in self.cluster.status()]
+
     def toolbar(self) -> str:
         """One line of cluster state under the prompt: each node's position, the consistency."""
         try:
-            nodes = self.cluster.status()
+            nodes = self.positions()
         except Error as exc:
             return f" cluster: {exc}"
-        parts = []
-        for n in nodes:
-            state = "" if n.state == "ok" else f" {n.state}"
-            parts.append(f"{n.name}{'*' if n.role == 'leader' else ''} LSN {n.applied_lsn}{state}")
+        parts = [f"{name}{'*' if role == 'leader' else ''} LSN {lsn}{'' if state == 'ok' else ' ' + state}"
+                 for name, role, lsn, state in nodes]
         return (" " + "  ".join(parts) + f"  │ consistency {self.conn.consistency}"
                 f"  │ mode {self.settings.mode}  │ .help")
 
     def banner(self) -> str:
-        config = self.cluster.config
-        followers = ", ".join(self.cluster.followers) or "none"
-        return (f"replproxy shell on {self.cluster.directory}\n"
-                f"leader {self.cluster.leader}, followers {followers}; {config.format} log "
-                f"({config.row_image} row images); consistency {self.conn.consistency}\n"
+        if self.cluster is None:
+            try:
+                report = self.report()
+            except Error as exc:
+                cluster = f"cluster: {exc}"
+            else:
+                followers = ", ".join(n["name"] for n in report["nodes"] if n["role"] != "leader") or "none"
+                cluster = (f"distributed cluster {report['cluster']}: leader {report['leader'] or 'NONE'}, "
+                           f"followers {followers}; {report['format']} log, {report['mode']} replication")
+        else:
+            config = self.cluster.config
+            followers = ", ".join(self.cluster.followers) or "none"
+            cluster = (f"leader {self.cluster.leader}, followers {followers}; {config.format} log "
+                       f"({config.row_image} row images)")
+        return (f"replproxy shell on {self.target}\n{cluster}; consistency {self.conn.consistency}\n"
                 "Enter SQL ending with ';' or a dot-command (.help). Ctrl-C cancels, Ctrl-D exits.")
 
     def forget_leader(self) -> None:
@@ -575,6 +627,8 @@ def _leaving(shell: Shell, timeout: float = 2.0) -> None:
     and say which followers stay paused after we leave."""
     if shell.conn.in_transaction:
         shell.message("note: the open transaction is rolled back (COMMIT to keep its changes)")
+    if shell.cluster is None:
+        return  # a distributed cluster's nodes apply the log in their own `serve` processes
     try:
         nodes = shell.cluster.status()
         if shell.conn.last_write_lsn:
@@ -604,38 +658,64 @@ def _offer_cluster(directory: Path, create: bool, interactive: bool, stdin: Text
     return answer.strip().lower() in ("", "y", "yes")
 
 
+def is_remote(target: str | os.PathLike[str]) -> bool:
+    """A cluster URL, or a distributed follower's directory: a cluster with no local leader file,
+    reached over NATS. (A distributed leader's directory opens as an embedded cluster's does.)"""
+    from ...remote.protocol import is_url
+
+    if is_url(target):
+        return True
+    if not (Path(target) / "distributed.toml").is_file():  # dist/local.py; NATS's side loads only then
+        return False
+    from ...dist import local
+
+    return local.read(target).role != "leader"
+
+
+def _open_cluster(path: Path, create: bool, interactive: bool, stdin: TextIO, stderr: TextIO) -> Cluster | None:
+    """The embedded cluster in `path`, created there if it holds none and the user agrees."""
+    if not cfg.config_path(path).exists() and (not path.exists() or (path.is_dir() and not any(path.iterdir()))):
+        if not _offer_cluster(path, create, interactive, stdin, stderr):
+            return None
+        cluster = Cluster.init(path, followers=2)
+        stderr.write(f"Created a cluster in {path}: {cluster.leader} (leader), "
+                     f"{', '.join(cluster.followers)} (followers)\n")
+        return cluster
+    return Cluster(path)
+
+
 def run_shell(directory: str | os.PathLike[str], *, create: bool = False, history: Path | None = None,
               mode: str = "table", stdin: TextIO | None = None, stdout: TextIO | None = None,
               stderr: TextIO | None = None, interactive: bool | None = None) -> int:
-    """Open the cluster in `directory` (offering to create one) and run the shell; return the exit
-    status: 1 when a script had errors or the cluster could not be opened, else 0."""
+    """Open the cluster in `directory` (offering to create one), or connect to the distributed
+    cluster at a URL or from a follower's directory, and run the shell; return the exit status:
+    1 when a script had errors or the cluster could not be opened, else 0."""
+    from ... import connect as connect_to
+
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     if interactive is None:
         interactive = stdin.isatty()
-    path = Path(directory)
+    target = os.fspath(directory)
+    cluster: Cluster | None = None
     try:
-        if not cfg.config_path(path).exists() and (not path.exists() or (path.is_dir() and not any(path.iterdir()))):
-            if not _offer_cluster(path, create, interactive, stdin, stderr):
-                return 1
-            cluster = Cluster.init(path, followers=2)
-            stderr.write(f"Created a cluster in {path}: {cluster.leader} (leader), "
-                         f"{', '.join(cluster.followers)} (followers)\n")
+        if is_remote(target):
+            conn = connect_to(target, autocommit=True)
         else:
-            cluster = Cluster(path)
+            cluster = _open_cluster(Path(target), create, interactive, stdin, stderr)
+            if cluster is None:
+                return 1
+            conn = connect(cluster.directory, cluster=cluster, autocommit=True)
     except Error as exc:
+        if cluster is not None:
+            cluster.close()
         stderr.write(f"Error: {exc}\n")
         return 1
     except OSError as exc:
-        stderr.write(f"Error: {exc.strerror or exc}: {exc.filename or path}\n")
+        stderr.write(f"Error: {exc.strerror or exc}: {exc.filename or target}\n")
         return 1
-    try:
-        shell = Shell(cluster, stdout=stdout, stderr=stderr, mode=mode)
-    except Error as exc:
-        cluster.close()
-        stderr.write(f"Error: {exc}\n")
-        return 1
+    shell = Shell(cluster, stdout=stdout, stderr=stderr, conn=conn, mode=mode, target=target)
     try:
         if interactive:
             interact(shell, history if history is not None else default_history_path())
@@ -644,7 +724,8 @@ def run_shell(directory: str | os.PathLike[str], *, create: bool = False, histor
         _leaving(shell)
     finally:
         shell.close()
-        cluster.close()
+        if cluster is not None:
+            cluster.close()
     return 1 if shell.errors and not interactive else 0
 
 
