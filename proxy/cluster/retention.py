@@ -24,8 +24,6 @@ from .snapshots import resync
 
 log = logging.getLogger("replproxy.lifecycle")
 
-HOLD_GRACE = 10.0  # seconds a hold outlives the registration of its follower (slow processes)
-HOLD_ORPHAN = 3600.0  # seconds before a hold of a follower never registered (add killed) expires
 RETENTION_INTERVAL = 1.0  # seconds between two retention passes of one replicator
 
 
@@ -61,7 +59,7 @@ def truncate_log(cluster: ClusterCore, positions: dict[str, int] | None = None,
         bounds = list(slots.values())
         expired = []
         for holder, (lsn, at) in store.retention_holds(conn).items():
-            if now - at > (HOLD_GRACE if holder in slots else HOLD_ORPHAN):
+            if store.hold_expired(at, holder in slots, now):
                 expired.append(holder)
             else:
                 bounds.append(lsn)

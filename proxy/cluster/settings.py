@@ -72,6 +72,8 @@ def replication_status(cluster: ClusterCore) -> dict[str, Any]:
             "SELECT min(lsn), max(lsn), count(*), coalesce(sum(length(payload)), 0) FROM _replproxy_log"
         ).fetchone()
         holds = store.retention_holds(conn)
+    now = cluster.wall_clock()
+    followers = {node.name for node in config.followers}
     return {
         "mode": config.mode,
         "semi_sync_k": config.semi_sync_k,
@@ -88,7 +90,8 @@ def replication_status(cluster: ClusterCore) -> dict[str, Any]:
         "retain_max_bytes": config.retain_max_bytes,
         "retain_max_age": config.retain_max_age,
         "auto_resync": config.auto_resync,
-        "retention_holds": {name: lsn for name, (lsn, _) in holds.items()},
+        "retention_holds": {name: lsn for name, (lsn, at) in holds.items()
+                            if not store.hold_expired(at, name in followers, now)},
     }
 
 

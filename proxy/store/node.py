@@ -302,6 +302,17 @@ def set_hold(conn: apsw.Connection, holder: str, lsn: int | None) -> None:
             set_meta(conn, HOLD_PREFIX + holder, f"{lsn}@{time.time()}")
 
 
+HOLD_GRACE = 10.0  # seconds a hold outlives the registration of its follower (slow processes)
+HOLD_ORPHAN = 3600.0  # seconds before a hold of a follower never registered (add killed) expires
+
+
+def hold_expired(at: float, registered: bool, now: float) -> bool:
+    """Whether a retention hold set at `at` is over: its follower is registered (every process
+    has had time to see it) or its `add-follower` was killed long ago. An expired hold pins
+    nothing and is not shown, whether or not a retention pass has deleted it yet."""
+    return now - at > (HOLD_GRACE if registered else HOLD_ORPHAN)
+
+
 def retention_holds(conn: apsw.Connection) -> dict[str, tuple[int, float]]:
     """Leader: every retention hold, holder -> (LSN, when it was set)."""
     out = {}
