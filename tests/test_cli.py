@@ -609,3 +609,11 @@ def test_installed_executable(tmp_path: Path) -> None:
     (directory / "cluster.toml").write_text("garbage [[[")
     done = sh("status", directory, check=False)
     assert done.returncode == 1 and "cluster.toml" in done.stderr
+
+
+def test_config_json(cdir: Path) -> None:
+    data = json.loads(run("config", cdir, "--mode", "semi-sync", "--semi-sync-k", "1", "--json").stdout)
+    assert data["format"] == "row"
+    assert data["replication"]["mode"] == "semi-sync" and data["replication"]["semi_sync_k"] == 1
+    assert data["failover"]["auto_failover"] is True
+    assert json.loads(run("config", cdir, "--json").stdout)["replication"]["mode"] == "semi-sync"

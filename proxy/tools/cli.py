@@ -369,11 +369,12 @@ def _mode_line(r: dict[str, Any]) -> str:
               help="No automatic failover within this many seconds of the last one (default 60).")
 @click.option("--failover-key-gap", type=click.IntRange(0),
               help="AUTOINCREMENT counters jump by this much when the old leader was unreachable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON for machines.")
 def config_(directory: str, mode: str | None, sync_followers: str | None, semi_sync_k: int | None,
             sync_timeout: float | None, retain_min_entries: int | None, retain_max_bytes: int | None,
             retain_max_age: float | None, auto_resync: bool | None, auto_failover: bool | None,
             failover_timeout: float | None, failover_cooldown: float | None,
-            failover_key_gap: int | None) -> None:
+            failover_key_gap: int | None, as_json: bool) -> None:
     """Show or change replication and failover settings; running clients pick them up at their
     next commit."""
     with _cluster(directory, replicate=False) as cluster:
@@ -390,8 +391,13 @@ def config_(directory: str, mode: str | None, sync_followers: str | None, semi_s
             from ..dist.setup import publish_settings
 
             publish_settings(directory)  # the cluster's settings: a node promoted later keeps them
-        click.echo(_mode_line(cluster.replication_status()))
-        click.echo(_failover_line(cluster.health()))
+        replication, health = cluster.replication_status(), cluster.health()
+        if as_json:
+            click.echo(json.dumps({"format": cluster.config.format, "row_image": cluster.config.row_image,
+                                   "replication": replication, "failover": health}, indent=2))
+            return
+        click.echo(_mode_line(replication))
+        click.echo(_failover_line(health))
 
 
 @main.command("add-follower")
