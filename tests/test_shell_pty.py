@@ -19,12 +19,12 @@ UP = "\x1b[A"
 ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c;"
 
 
-def spawn(directory: Path, history: Path) -> pexpect.spawn:
+def spawn(directory: Path, history: Path, *options: str, **environ: str) -> pexpect.spawn:
     command, *args = replproxy_command()
     env = dict(os.environ, TERM="xterm", HOME=str(history.parent), REPLPROXY_HISTORY=str(history),
-               PROMPT_TOOLKIT_NO_CPR="1")  # a pty that never answers cursor-position requests
-    return pexpect.spawn(command, [*args, "shell", str(directory)], env=env, dimensions=(30, 120), use_poll=True,
-                         encoding="utf-8", timeout=TIMEOUT)
+               PROMPT_TOOLKIT_NO_CPR="1", **environ)  # a pty that never answers cursor-position requests
+    return pexpect.spawn(command, [*args, "shell", str(directory), *options], env=env, dimensions=(30, 120),
+                         use_poll=True, encoding="utf-8", timeout=TIMEOUT)
 
 
 def test_shell_in_a_terminal(tmp_path: Path) -> None:
@@ -109,3 +109,53 @@ def test_shell_in_a_terminal(tmp_path: Path) -> None:
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+HUNDRED = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100) SELECT x AS n FROM c;"
+
+
+def test_pager_for_tall_results_and_once_in_a_terminal(tmp_path: Path) -> None:
+    """A result taller than the terminal (30 rows here) goes through $PAGER; a short one, one with
+    `.pager off` and one sent by `.once` to a file do not."""
+    pager = tmp_path / "pager.sh"
+    pager.write_text("#!/bin/sh\necho '<<paged>>'\ncat\necho '<</paged>>'\n")
+    pager.chmod(0o755)
+    once = tmp_path / "once.txt"
+    child = spawn(tmp_path / "demo", tmp_path / "history", "--create", PAGER=str(pager))
+    try:
+        child.expect_exact("replproxy>")
+        child.sendline(HUNDRED)
+        child.expect_exact("<<paged>>")
+        child.expect(r"\| 100 \|")
+        child.expect_exact("<</paged>>")
+        child.expect_exact("-- 100 rows")  # the node line comes after the pager, on the screen
+
+        child.sendline("SELECT 'short' AS s;")
+        child.expect_exact("-- 1 row")
+        assert "<<paged>>" not in child.before and "| short |" in child.before
+
+        child.sendline(".pager off")
+        child.expect_exact("replproxy>")
+        child.sendline(HUNDRED)
+        child.expect_exact("-- 100 rows")
+        assert "<<paged>>" not in child.before and "| 100 |" in child.before
+
+        child.sendline(".pager on")
+        child.expect_exact("replproxy>")
+        child.sendline(f".once {once}")
+        child.expect_exact("replproxy>")
+        child.sendline(HUNDRED)
+        child.expect_exact("-- 100 rows")
+        assert "<<paged>>" not in child.before and "| 100 |" not in child.before  # in the file only
+        child.sendline("SELECT 'after once' AS s;")
+        child.expect(r"\| after once \|")  # the next result is on the screen again
+        child.expect_exact("-- 1 row")
+
+        child.expect_exact("replproxy>")
+        child.sendcontrol("d")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    text = once.read_text()
+    assert text.startswith("+-----+\n| n   |\n") and "| 100 |" in text and "after once" not in text

@@ -651,9 +651,12 @@ def demo(directory: str) -> None:
               help="If DIRECTORY holds no cluster, create one (a leader and two followers) without asking.")
 @click.option("--history", "history_file", type=click.Path(dir_okay=False), envvar="REPLPROXY_HISTORY",
               help="History file [default: ~/.local/share/replproxy/shell_history; env REPLPROXY_HISTORY].")
-@click.option("--mode", type=click.Choice(["table", "box", "csv", "json", "line"]), default="table",
+@click.option("--mode", type=click.Choice(["table", "box", "csv", "json", "line", "list", "markdown", "tabs",
+                                          "quote", "insert"]), default="table",
               show_default=True, help="Output format for rows (the shell's .mode changes it).")
-def shell(directory: str, create: bool, history_file: str | None, mode: str) -> None:
+@log_options("warning")
+def shell(directory: str, create: bool, history_file: str | None, mode: str, log_level: str | None,
+          verbose: int) -> None:
     """Interactive SQL shell on the cluster in DIRECTORY; each result says which node served it and at
     which LSN. With stdin not a terminal it runs the script it reads. `.help` lists dot-commands.
 
@@ -661,6 +664,7 @@ def shell(directory: str, create: bool, history_file: str | None, mode: str) -> 
     distributed follower's directory: the shell then works over NATS (docs/shell.md)."""
     from .shell import run_shell
 
+    set_log_level(log_level, verbose, "warning")
     sys.exit(run_shell(directory, create=create, history=Path(history_file) if history_file else None,
                        mode=mode))
 

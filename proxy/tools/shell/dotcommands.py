@@ -16,37 +16,17 @@ import apsw
 from ...cluster.verify import verify
 from ...driver import consistency
 from ...errors import Error
-from ..render import MODES, render
+from ..render import MODES
+from .arguments import files, in_columns, on_off, switch, tables
 from .registry import CommandError, command, commands, lookup
 
 if TYPE_CHECKING:
     from .repl import Shell
 
-def _switch(value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("on", "yes", "true", "1"):
-        return True
-    if lowered in ("off", "no", "false", "0"):
-        return False
-    raise CommandError(f"expected on or off, not {value!r}")
-
-
 # -- argument completers -----------------------------------------------------------------------
-
-def _on_off(shell: Shell, index: int) -> list[str]:
-    return ["on", "off"]
-
 
 def _followers(shell: Shell, index: int) -> list[str]:
     return list(shell.cluster.followers) if shell.cluster is not None else []
-
-
-def _tables(shell: Shell, index: int) -> list[str]:
-    return sorted(shell.schema())
-
-
-def _files(shell: Shell, index: int) -> None:
-    return None
 
 
 # -- the commands ------------------------------------------------------------------------------
@@ -70,24 +50,16 @@ def _help(shell: Shell, args: list[str]) -> None:
     shell.write("\n".join(lines) + "\n")
 
 
-@command(".tables ?PATTERN?", args=(0, 1), complete=_tables)
+@command(".tables ?PATTERN?", args=(0, 1), complete=tables)
 def _tables_cmd(shell: Shell, args: list[str]) -> None:
     """List tables and views (PATTERN is a LIKE pattern)."""
-    names = shell.object_names(("table", "view"), args[0] if args else None)
-    if not names:
-        return
-    # Columns across the screen, like sqlite3.
-    width = max(len(n) for n in names) + 2
-    per_line = max(1, 80 // width)
-    rows = [names[i:i + per_line] for i in range(0, len(names), per_line)]
-    shell.write("".join("".join(n.ljust(width) for n in row).rstrip() + "\n" for row in rows))
+    shell.write(in_columns(shell.object_names(("table", "view"), args[0] if args else None)))
 
 
-@command(".schema ?PATTERN?", args=(0, 1), complete=_tables)
+@command(".schema ?PATTERN?", args=(0, 1), complete=tables)
 def _schema(shell: Shell, args: list[str]) -> None:
     """Show the CREATE statements of matching tables, their indexes and triggers."""
-    for sql in shell.schema_sql(args[0] if args else None):
-        shell.write(sql + ";\n")
+    shell.result("".join(sql + ";\n" for sql in shell.schema_sql(args[0] if args else None)))
 
 
 @command(".nodes")
@@ -109,7 +81,7 @@ def _nodes(shell: Shell, args: list[str]) -> None:
         headers = ["node", "role", "applied LSN", "lag", "lag (s)", "state", "error"]
         rows = [[n.name, n.role, n.applied_lsn, n.lag_entries, n.lag_seconds, n.state, n.error or ""]
                 for n in shell.cluster.status()]
-    shell.write(render(headers, rows, shell.settings.mode, shell.settings.headers))
+    shell.write(shell.render(headers, rows))
 
 
 @command(".consistency ?LEVEL?", args=(0, 1), complete=lambda shell, i: list(consistency.LEVELS))
@@ -165,8 +137,7 @@ def _log(shell: Shell, args: list[str]) -> None:
     else:
         count = min(count, max(cluster.leader_lsn(), 1))  # no more than there are (SQLite's integers)
         items = cluster.decode(cluster.entries(max(1, cluster.leader_lsn() - count + 1), count))
-    for item in items:
-        shell.write("\n".join(item.lines()) + "\n")
+    shell.result("".join("\n".join(item.lines()) + "\n" for item in items))
 
 
 _HOLD = "stop or start that follower's `replproxy serve` on its machine"
@@ -298,36 +269,55 @@ def _start(shell: Shell, args: list[str]) -> None:
         shell.write(line + "\n")
 
 
-@command(".mode ?MODE?", args=(0, 1), complete=lambda shell, i: list(MODES))
+@command(".mode ?MODE? ?TABLE?", args=(0, 2), complete=lambda shell, i: list(MODES) if i == 0 else tables(shell, i))
 def _mode(shell: Shell, args: list[str]) -> None:
-    """Show results as table, box, csv, json or line (no argument: show the mode)."""
-    if args:
-        if args[0] not in MODES:
-            raise CommandError(f"unknown mode {args[0]!r}; choose one of {', '.join(MODES)}")
-        shell.settings.mode = args[0]
-    else:
-        shell.write(f"mode {shell.settings.mode}\n")
+    """Show results as table, box, csv, json, line, list, markdown, tabs, quote or insert.
+
+    table, box   a grid (`.width` sets column widths)
+    csv, json    for programs; csv quotes as RFC 4180 does
+    line         one `column = value` line per column, a blank line between rows
+    list, tabs   values separated by | or by a tab, as they are (sqlite3's list and tabs)
+    markdown     a Markdown (GitHub) table; | in values is escaped, newlines become <br>
+    quote        values as SQL literals, separated by commas
+    insert       INSERT statements into TABLE (default "table"), to load the rows elsewhere
+
+    With no MODE, show the mode.
+    """
+    if not args:
+        insert = f" {shell.settings.insert_table}" if shell.settings.mode == "insert" else ""
+        shell.write(f"mode {shell.settings.mode}{insert}\n")
+        return
+    if args[0] not in MODES:
+        raise CommandError(f"unknown mode {args[0]!r}; choose one of {', '.join(MODES)}")
+    if len(args) == 2 and args[0] != "insert":
+        raise CommandError(f"only .mode insert takes a TABLE; .mode {args[0]} takes none")
+    shell.settings.mode = args[0]
+    if args[0] == "insert":
+        shell.settings.insert_table = args[1] if len(args) == 2 else "table"
 
 
-@command(".headers on|off", args=(1, 1), complete=_on_off)
+@command(".headers on|off", args=(1, 1), complete=on_off)
 def _headers(shell: Shell, args: list[str]) -> None:
-    """Show column names above results (table, box, csv)."""
-    shell.settings.headers = _switch(args[0])
+    """Show column names above results.
+
+    Every mode but json and line shows them when on; markdown always does.
+    """
+    shell.settings.headers = switch(args[0])
 
 
-@command(".timer on|off", args=(1, 1), complete=_on_off)
+@command(".timer on|off", args=(1, 1), complete=on_off)
 def _timer(shell: Shell, args: list[str]) -> None:
     """Show how long each statement took."""
-    shell.settings.timer = _switch(args[0])
+    shell.settings.timer = switch(args[0])
 
 
-@command(".nodeinfo on|off", args=(1, 1), complete=_on_off)
+@command(".nodeinfo on|off", args=(1, 1), complete=on_off)
 def _nodeinfo(shell: Shell, args: list[str]) -> None:
     """Say which node served each result and at which LSN (on by default)."""
-    shell.settings.nodeinfo = _switch(args[0])
+    shell.settings.nodeinfo = switch(args[0])
 
 
-@command(".read FILE", args=(1, 1), complete=_files)
+@command(".read FILE", args=(1, 1), complete=files)
 def _read(shell: Shell, args: list[str]) -> None:
     """Run the SQL and dot-commands in FILE."""
     path = Path(args[0]).expanduser()
@@ -338,7 +328,7 @@ def _read(shell: Shell, args: list[str]) -> None:
     shell.run_script(text.splitlines(keepends=True), source=str(path))
 
 
-@command(".output ?FILE?", args=(0, 1), complete=_files)
+@command(".output ?FILE?", args=(0, 1), complete=files)
 def _output(shell: Shell, args: list[str]) -> None:
     """Send results to FILE (replacing it); with no FILE, back to the screen."""
     shell.set_output(Path(args[0]).expanduser() if args else None)

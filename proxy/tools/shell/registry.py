@@ -5,7 +5,8 @@ Each command is a function `(shell, args) -> None`. The first line of its docstr
 words). A command reports misuse by raising CommandError; errors from the cluster (proxy.Error) are
 printed by the shell the same way as SQL errors. A command registered with `instead=` works on an
 embedded cluster only: on a distributed one (a shell whose `cluster` is None) it is refused with
-that advice. The commands themselves are in dotcommands.py.
+that advice. The commands themselves are in dotcommands.py (the cluster's) and sqlitecommands.py
+(the sqlite3 shell's).
 """
 
 from __future__ import annotations

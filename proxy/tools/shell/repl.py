@@ -6,22 +6,20 @@ picks the front end: prompt_toolkit when stdin is a terminal, plain line reading
 Given a cluster URL or a distributed follower's directory, the shell has no local cluster: its
 connection is the remote driver (proxy/remote/client.py) and the nodes are seen through
 proxy/dist/report.py, over NATS.
-Results go to stdout (or the `.output` file); the node/LSN line, timings and errors go to stderr,
-so `replproxy shell DIR < script.sql > out.csv` leaves clean data in out.csv.
+Results go to stdout (or the `.output` file, or for one input the `.once` file; on a terminal through
+a pager when taller than it); the node/LSN line, timings and errors go to stderr, so
+`replproxy shell DIR < script.sql > out.csv` leaves clean data in out.csv.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
@@ -37,7 +35,8 @@ from ...errors import Error
 from ...store import config as cfg
 from ...store.decode import bad_input, not_utf8
 from ..render import MODES, render
-from . import registry
+from . import pager, registry
+from .ctrlc import CtrlC
 
 if TYPE_CHECKING:
     from ...remote.client import RemoteConnection, RemoteCursor
@@ -111,6 +110,12 @@ class Settings:
     headers: bool = True
     timer: bool = False
     nodeinfo: bool = True
+    insert_table: str = "table"  # .mode insert TABLE
+    widths: list[int] = field(default_factory=list)  # .width: 0 automatic, negative right-justified
+    echo: bool = False  # print each input before running it
+    bail: bool = False  # a script stops at its first error
+    changes: bool = False  # "changes: N   total_changes: M" after each write
+    pager: bool = True  # results taller than the terminal go through $PAGER (interactive only)
 
 
 class Shell:
@@ -136,9 +141,13 @@ class Shell:
         self.stderr = stderr
         self.out: IO[str] = stdout
         self._output_file: IO[str] | None = None
+        self.once: IO[str] | None = None  # .once FILE: where the next input's results go
         self.settings = Settings(mode=mode)
         self.errors = 0
         self.done = False
+        self.bailing = False  # .bail on and a script failed: the scripts being read stop
+        self.interactive = False  # the terminal front end runs it (a pager may be used)
+        self.total_changes = 0
         self.ctrl_c: CtrlC | None = None  # set by the terminal front end: Ctrl-C stops a statement
         self._depth = 0
         self._meta: apsw.Connection | None = None
@@ -154,6 +163,20 @@ class Shell:
         self.out.write(text)
         self.out.flush()
 
+    def result(self, text: str) -> None:
+        """A result, through the pager when it is for a terminal and taller than it."""
+        size = pager.screen_size(self.out) if self.interactive and self.settings.pager else None
+        if size is not None and self.out is self.stdout and pager.taller_than(text, *size):
+            self.stdout.flush()
+            pager.page(text)
+        else:
+            self.write(text)
+
+    def render(self, headers: list[str], rows: list[Any]) -> str:
+        """Rows in the current mode, with the `.width` widths and the `.mode insert` table."""
+        s = self.settings
+        return render(headers, rows, s.mode, s.headers, widths=s.widths, table=s.insert_table)
+
     def message(self, text: str) -> None:
         """Status for the person at the terminal (never mixed into results)."""
         self.stdout.flush()
@@ -162,6 +185,8 @@ class Shell:
 
     def error(self, text: str, where: str | None = None) -> None:
         self.errors += 1
+        if self.settings.bail and self._depth:
+            self.bailing = True  # .bail on: the script being read stops here
         self.message(f"Error{f' {where}' if where else ''}: {text}")
 
     def set_output(self, path: Path | None) -> None:
@@ -182,13 +207,25 @@ class Shell:
 
     def handle(self, text: str, where: str | None = None) -> bool:
         """Run one complete input: a dot-command or one or more SQL statements. A failing statement
-        stops the rest of its input, as in sqlite3. Return False if something failed."""
-        if is_dot_command(text):
-            return self.run_dot(text.strip(), where)
-        for sql in split_statements(text):
-            if not self.run_sql(sql, where):
-                return False
-        return True
+        stops the rest of its input, as in sqlite3. Return False if something failed.
+        After `.once FILE`, this input's results go to FILE."""
+        if self.settings.echo:
+            self.write(text.strip("\n") + "\n")
+        once, self.once = self.once, None
+        if once is not None:
+            previous, self.out = self.out, once
+        try:
+            if is_dot_command(text):
+                return self.run_dot(text.strip(), where)
+            for sql in split_statements(text):
+                if not self.run_sql(sql, where):
+                    return False
+            return True
+        finally:
+            if once is not None:
+                once.close()
+                if self.out is once:  # (unless this input was an .output)
+                    self.out = previous
 
     def run_dot(self, line: str, where: str | None = None) -> bool:
         try:
@@ -223,25 +260,36 @@ class Shell:
             return False
         elapsed = time.perf_counter() - started
         if cursor.description and rows:
-            headers = [d[0] for d in cursor.description]
-            self.write(render(headers, rows, self.settings.mode, self.settings.headers))
+            self.result(self.render([d[0] for d in cursor.description], rows))
         if self.settings.nodeinfo:
             info = self.describe(cursor, len(rows), wrote)
             if info:
                 self.message(info)
+        if cursor.description is None and cursor.rowcount >= 0:
+            self.changed(cursor.rowcount)
         if self.settings.timer:
             self.message(f"Run Time: real {elapsed:.3f}")
         return True
+
+    def changed(self, count: int) -> None:
+        """A write changed `count` rows: `.changes on` says so, as sqlite3 does."""
+        self.total_changes += count
+        if self.settings.changes:
+            self.message(f"changes: {count}   total_changes: {self.total_changes}")
 
     def interrupt(self) -> None:
         """sqlite3_interrupt on the connections a statement may be running on."""
         self.conn.interrupt()
 
-    def describe(self, cursor: Cursor | RemoteCursor, count: int, wrote: int | None = None) -> str:
+    def describe(self, cursor: Cursor | RemoteCursor, count: int, wrote: int | None = None,
+                 what: str | None = None) -> str:
         """`-- 2 rows · node2 (follower) at LSN 7`: what a statement did and where. `wrote`: the
-        session's last write LSN before the statement (a remote write's cursor has no LSN of its own)."""
+        session's last write LSN before the statement (a remote write's cursor has no LSN of its own);
+        `what`: said instead of the row count (`3 rows imported into t`)."""
         parts = []
-        if cursor.description is not None:
+        if what is not None:
+            parts.append(what)
+        elif cursor.description is not None:
             parts.append(f"{count} row{'' if count == 1 else 's'}")
         elif cursor.rowcount >= 0:
             parts.append(f"{cursor.rowcount} row{'' if cursor.rowcount == 1 else 's'} changed")
@@ -276,14 +324,16 @@ class Shell:
 
     def run_script(self, lines: Iterable[str], source: str = "stdin") -> None:
         """Run SQL and dot-commands read line by line (stdin that is not a terminal, `.read`).
-        An error is reported with its line and the script goes on, as in sqlite3."""
+        An error is reported with its line and the script goes on, as in sqlite3 (`.bail on`: it stops)."""
         if self._depth >= MAX_READ_DEPTH:
             raise registry.CommandError(f"{source}: .read nested more than {MAX_READ_DEPTH} deep")
+        if not self._depth:
+            self.bailing = False  # .bail stops the scripts being read, never a session at its prompt
         self._depth += 1
         try:
             buffer, first = "", 0
             for number, line in enumerate(lines, 1):
-                if self.done:
+                if self.done or self.bailing:
                     return
                 try:
                     line.encode("utf-8")
@@ -302,7 +352,7 @@ class Shell:
                 elif apsw.complete(buffer):
                     self.handle(buffer, f"in {source} line {first}")
                     buffer = ""
-            if buffer and not self.done:
+            if buffer and not (self.done or self.bailing):
                 self.handle(buffer, f"in {source} line {first}")
         finally:
             self._depth -= 1
@@ -347,6 +397,13 @@ class Shell:
             f"SELECT name FROM sqlite_master WHERE type IN ({marks}) AND name LIKE ? "
             "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name", (*types, pattern or "%"))
         return [name for (name,) in rows if not logformats.is_internal_table(name)]
+
+    def index_names(self, pattern: str | None = None) -> list[str]:
+        """Indexes of the user tables matching the LIKE pattern, SQLite's automatic ones too (as sqlite3)."""
+        rows = self._look("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index' AND tbl_name LIKE ? "
+                          "ORDER BY name", (pattern or "%",))
+        return [name for name, table in rows if not logformats.is_internal_table(table)
+                and not name.lower().startswith(logformats.INTERNAL_PREFIX)]
 
     def schema_sql(self, pattern: str | None = None) -> list[str]:
         rows = self._look(
@@ -408,70 +465,12 @@ class Shell:
             self._meta = None
 
     def close(self) -> None:
+        if self.once is not None:
+            self.once.close()
+            self.once = None
         self.set_output(None)
         self.forget_leader()
         self.conn.close()
-
-
-class CtrlC:
-    """Ctrl-C while a statement runs asks SQLite to stop it (sqlite3_interrupt); it then fails with
-    "interrupted" and the shell carries on.
-
-    The main thread is inside SQLite then, where no Python signal handler can run. The C-level
-    handler still writes the signal number to the wakeup fd, and a watcher thread reading it makes
-    the call (SQLite allows it from any thread). A second Ctrl-C raises KeyboardInterrupt, for a
-    wait during which no statement is running.
-    """
-
-    def __init__(self, interrupt: Callable[[], None]):
-        self._interrupt = interrupt
-        self._reader, self._writer = socket.socketpair()
-        self._writer.setblocking(False)  # set_wakeup_fd needs it
-        self._armed = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="replproxy-shell-ctrl-c", daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while True:
-            try:
-                data = self._reader.recv(64)
-            except OSError:
-                return
-            if not data:
-                return  # closed
-            # Repeat until the statement is over: a read interrupted on a follower may be retried
-            # on the leader by the driver.
-            while signal.SIGINT in data and self._armed.is_set():
-                self._interrupt()
-                time.sleep(0.02)
-
-    @contextmanager
-    def armed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        pressed = 0
-
-        def on_sigint(signum: int, frame: Any) -> None:
-            nonlocal pressed
-            pressed += 1
-            if pressed > 1:
-                raise KeyboardInterrupt
-
-        previous = signal.signal(signal.SIGINT, on_sigint)
-        previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        self._armed.set()
-        try:
-            yield
-        finally:
-            self._armed.clear()
-            signal.set_wakeup_fd(previous_fd)
-            signal.signal(signal.SIGINT, previous)
-
-    def close(self) -> None:
-        self._writer.close()
-        self._thread.join(1.0)
-        self._reader.close()
 
 
 # -- completion ---------------------------------------------------------------------------------
@@ -601,6 +600,7 @@ def interact(shell: Shell, history: Path | None) -> None:
         prompt_continuation=lambda width, line, soft: CONTINUATION.rjust(width),
         enable_history_search=False, search_ignore_case=True)
     shell.ctrl_c = CtrlC(shell.interrupt)
+    shell.interactive = True
     shell.message(shell.banner())
     try:
         while not shell.done:
