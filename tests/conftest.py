@@ -72,6 +72,19 @@ def nats_server(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
+def dist(tmp_path: Path, nats_server: Any) -> Iterator[Any]:
+    """A distributed cluster's nodes, each a directory with its own `replproxy serve` process
+    (tests/distnodes.py), on one real NATS server; every process is killed at the end."""
+    from distnodes import Cluster
+
+    cluster = Cluster(tmp_path, nats_server.url)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
 def nats_cluster(tmp_path: Path) -> Iterator[Any]:
     """Three real nats-servers with JetStream and cluster routes."""
     yield from _nats(tmp_path, 3)

@@ -25,12 +25,6 @@ WORKLOADS_BY_FORMAT = [("row", "transactions", "nondeterministic"), ("statement"
 TTL = "2"  # lease seconds: failover tests wait about this long
 
 
-@pytest.fixture
-def dist(tmp_path: Path, nats_server) -> Cluster:
-    cluster = Cluster(tmp_path, nats_server.url)
-    yield cluster
-    cluster.stop()
-
 
 def _run(node: Node, workload: str) -> None:
     conn = proxy.connect(node.directory)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,6 @@ from proxy.store import node as store
 
 TTL = "2"  # lease seconds: failover tests wait about this long
 
-
-@pytest.fixture
-def dist(tmp_path: Path, nats_server) -> Cluster:
-    cluster = Cluster(tmp_path, nats_server.url)
-    yield cluster
-    cluster.stop()
 
 
 def _url(dist: Cluster) -> str:
@@ -331,3 +326,53 @@ def test_a_transaction_left_idle_is_rolled_back_and_its_client_told_why(dist: Cl
     conn.commit()
     assert conn.cursor().execute("SELECT id FROM t", consistency="strong").fetchall() == [(3,)]
     conn.close()
+
+
+def test_a_statement_waiting_on_a_leader_that_dies_ends_when_it_dies_not_at_the_timeout(dist: Cluster) -> None:
+    a = dist.init("a").serve()
+    dist.wait_serving(a)
+    conn = proxy.connect(_url(dist), timeout=HANG * 10)  # a wait to its end would fail the test
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.execute("INSERT INTO t VALUES (1)")
+    a.pause()  # the next statement is sent and not answered ...
+    failures: list[BaseException] = []
+
+    def statement() -> None:
+        try:
+            conn.execute("INSERT INTO t VALUES (2)")
+        except BaseException as exc:  # handed to the test thread
+            failures.append(exc)
+
+    worker = threading.Thread(target=statement)
+    worker.start()
+    a.kill()  # ... then its process dies: the client's probes find nobody there
+    worker.join(HANG)
+    assert not worker.is_alive()
+    assert len(failures) == 1 and isinstance(failures[0], proxy.OperationalError), failures
+    assert "rolled back" in str(failures[0]) and "gone" in str(failures[0])
+    with store.opened(a.path, name="a") as db:
+        assert db.execute("SELECT count(*) FROM t").fetchall() == [(0,)]
+    conn.close()
+
+
+def test_autocommit_changed_on_an_open_connection_takes_effect(dist: Cluster) -> None:
+    a = dist.init("a").serve()
+    dist.wait_serving(a)
+    conn = proxy.connect(_url(dist))
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    assert conn.in_transaction
+    conn.autocommit = True  # commits the open transaction, as sqlite3 does
+    assert not conn.in_transaction
+    conn.execute("INSERT INTO t VALUES (2)")
+    assert not conn.in_transaction  # committed by itself
+    other = proxy.connect(_url(dist), consistency="strong")
+    assert other.execute("SELECT id FROM t ORDER BY id").fetchall() == [(1,), (2,)]
+    conn.autocommit = False
+    conn.execute("INSERT INTO t VALUES (3)")
+    assert conn.in_transaction
+    conn.rollback()
+    assert other.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    conn.close()
+    other.close()

@@ -23,12 +23,6 @@ pexpect = pytest.importorskip("pexpect")
 SCHEMA = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);\n"
 
 
-@pytest.fixture
-def dist(tmp_path: Path, nats_server) -> Cluster:
-    cluster = Cluster(tmp_path, nats_server.url)
-    yield cluster
-    cluster.stop()
-
 
 def _url(dist: Cluster) -> str:
     return f"{dist.nats}/{dist.name}"

@@ -18,12 +18,6 @@ from proxy.tools.shell.repl import Shell
 pytest.importorskip("pexpect")  # (as the other distributed shell tests: a POSIX machine)
 
 
-@pytest.fixture
-def dist(tmp_path: Path, nats_server) -> Cluster:
-    cluster = Cluster(tmp_path, nats_server.url)
-    yield cluster
-    cluster.stop()
-
 
 def _two(dist: Cluster) -> tuple[Node, Node]:
     a = dist.init("a").serve()

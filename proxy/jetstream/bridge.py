@@ -44,6 +44,10 @@ class NoReply(TransportError):
     """The request was sent and no answer came in time: whether it was carried out is unknown."""
 
 
+class PeerGone(NoReply):
+    """The request was sent, then the process it went to stopped listening before answering."""
+
+
 class Bridge:
     """One NATS connection (with JetStream) usable from any thread."""
 
@@ -142,14 +146,30 @@ class Bridge:
         except Exception as exc:  # the connection is already gone
             log.debug("unsubscribing: %s", exc)
 
-    def request(self, subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send a JSON request and return the JSON reply; an `{"error"}` reply raises TransportError."""
+    def request(self, subject: str, payload: dict[str, Any], timeout: float, *,
+                probe: dict[str, Any] | None = None, probe_every: float = 1.0) -> dict[str, Any]:
+        """Send a JSON request and return the JSON reply; an `{"error"}` reply raises TransportError.
+        With `probe`, while no reply has come, `probe` is sent to the same subject every
+        `probe_every` seconds: once nobody listens there any more, the wait ends with PeerGone."""
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeout
 
         async def run() -> Any:
             try:
-                return await self.nc.request(subject, json.dumps(payload).encode(), timeout=timeout)
+                asked = asyncio.ensure_future(self.nc.request(subject, json.dumps(payload).encode(), timeout=timeout))
+                while probe is not None and not asked.done():
+                    await asyncio.wait({asked}, timeout=probe_every)
+                    if asked.done():
+                        break
+                    try:
+                        await self.nc.request(subject, json.dumps(probe).encode(), timeout=probe_every)
+                    except NoRespondersError:
+                        asked.cancel()
+                        raise PeerGone(f"nobody answers on {subject} any more: the process serving it is "
+                                       "gone") from None
+                    except (TimeoutError, NatsTimeout):
+                        pass  # busy or paused: wait on for the answer
+                return await asked
             except NoRespondersError:
                 raise NoResponders(f"nobody answers on {subject}: is `replproxy serve` running for that "
                                    "node?") from None

@@ -36,7 +36,7 @@ from ..errors import (
     TransportError,
     Warning,
 )
-from ..jetstream.bridge import Bridge, NoReply, NoResponders
+from ..jetstream.bridge import Bridge, NoReply, NoResponders, PeerGone
 from ..jetstream.kv import ClusterKV
 from ..jetstream.names import EPOCHS_KEY, LEASE_KEY, SETTINGS_KEY, Names
 from . import protocol
@@ -117,7 +117,7 @@ class RemoteConnection:
                  failover_wait: float = DEFAULT_FAILOVER_WAIT, prefer: str | None = None):
         self.names = Names(cluster)
         self.cluster_name = cluster
-        self.autocommit = autocommit
+        self._autocommit = autocommit
         self.pinned_node = node
         self.prefer = prefer
         self._consistency = check_level(consistency)
@@ -156,6 +156,24 @@ class RemoteConnection:
         self._reading: tuple[str, str] | None = None  # (node, request id) of a read under way
 
     # -- settings -------------------------------------------------------------------------------
+
+    @property
+    def autocommit(self) -> bool:
+        """Commit every statement by itself (True), or let DML open a transaction (False)."""
+        return self._autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        value = bool(value)
+        if value == self._autocommit:
+            return
+        if self._tx:
+            self.commit()  # as sqlite3 does when its transaction control changes
+        if self._sid is not None:  # the leader's session was opened in the other mode
+            with contextlib.suppress(TransportError):
+                self._request(self._leader or "", {"op": "close", "session": self._sid}, timeout=5.0)
+            self._sid = None
+        self._autocommit = value
 
     @property
     def consistency(self) -> str:
@@ -273,7 +291,8 @@ class RemoteConnection:
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed connection.")
 
-    def _request(self, node: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    def _request(self, node: str, payload: dict[str, Any], timeout: float | None = None, *,
+                 probe: bool = True) -> dict[str, Any]:
         if "params" in payload or "many" in payload or len(payload.get("sql", "")) > 4096:
             size = len(json.dumps(payload))
             if size > self.bridge.max_payload - 1024:
@@ -281,7 +300,8 @@ class RemoteConnection:
                                 f"message limit ({self.bridge.max_payload:,} bytes): send fewer or smaller values "
                                 "at a time")
         return self.bridge.request(self.names.request_subject("sql", node), payload,
-                                   self.timeout if timeout is None else timeout)
+                                   self.timeout if timeout is None else timeout,
+                                   probe={"op": "ping"} if probe else None)
 
     def _find_leader(self) -> str | None:
         try:
@@ -298,7 +318,7 @@ class RemoteConnection:
             leader = self._find_leader()
             if leader is not None:
                 try:
-                    reply = self._request(leader, {"op": "open", "autocommit": self.autocommit, "user": self.user,
+                    reply = self._request(leader, {"op": "open", "autocommit": self._autocommit, "user": self.user,
                                                    "idle_timeout": self.idle_timeout}, timeout=min(self.timeout, 10.0))
                     if not reply.get("not_leader"):
                         protocol.raise_failure(reply, leader)
@@ -340,10 +360,17 @@ class RemoteConnection:
                 self._lost_session(f"the leader's process ({leader}) is gone")
                 continue
             except NoReply as exc:
-                self._sid, was_tx, self._tx = None, self._tx, False
+                session, was_tx = self._sid, self._tx
+                self._sid, self._tx = None, False
+                if was_tx and payload["op"] != "commit":
+                    if not isinstance(exc, PeerGone):  # alive but not answering: let it roll back
+                        with contextlib.suppress(TransportError):
+                            self.bridge.request(self.names.request_subject("sql", leader),
+                                                {"op": "close", "session": session}, 1.0)
+                    raise OperationalError(
+                        f"the transaction was rolled back: {exc}; nothing of it was committed, retry it") from exc
                 raise OperationalError(
-                    f"{what}: no answer from the leader {leader} within {self.timeout:g}s ({exc}); whether it "
-                    "took effect is unknown" + (" (the transaction is lost either way)" if was_tx else "")) from exc
+                    f"{what}: no answer from the leader {leader} ({exc}); whether it took effect is unknown") from exc
             if reply.get("gone"):
                 self._lost_session(f"{leader} ended this session: {reply['why']}" if reply.get("why") else
                                    f"{leader} no longer has this session (it stopped leading or restarted)")
