@@ -55,6 +55,8 @@ class ClusterCore:
         self.config = cfg.read(self.directory)
         self._follower_names: tuple[cfg.ClusterConfig, list[str]] | None = None
         self.format = logformats.get(self.config.format, **self.config.format_options())
+        # Run on every new format object (`replproxy config --format`): the facade's guards.
+        self.format_hooks: list[Callable[[], None]] = []
         try:
             self._check_leader()
             self._epoch = self._read_epoch()
@@ -232,6 +234,8 @@ class ClusterCore:
             return False  # keep the settings we have; a damaged file is reported by `status`
         self._config_key = key
         self.config = config
+        if config.format != self.format.name:
+            self.use_format(config.format)
         leader_changed = old.leader.name != config.leader.name
         if leader_changed:
             # A failover: new writes and the followers' log source follow the new leader.
@@ -255,6 +259,12 @@ class ClusterCore:
             cfg.write(self.directory, config)
         self.refresh_config()
         return config
+
+    def use_format(self, name: str) -> None:
+        """Capture in the log format `name` from now on (the cluster's format was switched)."""
+        self.format = logformats.get(name, **self.config.format_options())
+        for hook in self.format_hooks:
+            hook()
 
     def note_epoch(self, epoch: int) -> None:
         """The leader's file says the epoch is `epoch` (read by a writer inside its transaction)."""

@@ -40,6 +40,7 @@ class Cluster(ClusterCore):
         else:
             # Other formats cannot log such writes: they detect and report them (watch.py).
             watch.guard_captures(self)
+            self.format_hooks.append(lambda: watch.guard_captures(self))
             watch.ensure_guarded(self)
             self.watcher_factory = lambda: watch.OutsideGuard(self)
         self.monitor = health.HealthMonitor(self)
@@ -105,6 +106,11 @@ class Cluster(ClusterCore):
         up): mode, sync_followers, semi_sync_k, sync_timeout, retain_*, auto_resync,
         auto_failover, failover_timeout, failover_cooldown, failover_key_gap."""
         return settings.configure(self, **values)
+
+    def switch_format(self, name: str) -> int:
+        """Capture in log format `name` from the next transaction on, in every process; the LSN it
+        takes effect after (settings.switch_format)."""
+        return settings.switch_format(self, name)
 
     def truncate_log(self) -> int:
         """Apply the retention policy now; return the number of entries removed."""

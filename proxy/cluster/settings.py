@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import logformats
+
 from ..errors import ClusterError
 from ..store import config as cfg
+from ..store import log as entries
 from ..store import node as store
 from . import modes
 from .core import ClusterCore
@@ -63,6 +66,46 @@ def configure(cluster: ClusterCore, *, mode: str | None = None, sync_followers: 
     return cluster.change_config(change)
 
 
+def switch_format(cluster: ClusterCore, name: str) -> int:
+    """Capture in log format `name` from the next transaction on, in every process (as MySQL's
+    binlog_format can change). Returns the LSN it takes effect after: entries up to it keep their
+    format, later ones have the new one; followers apply each entry by its own format.
+
+    cluster.toml changes while this holds the leader's write lock, and the meta record written in
+    that transaction moves every other connection's data_version: a writer that gets the lock
+    after it reads cluster.toml again before it captures (driver/leader.py `fence_check`)."""
+    if name not in logformats.names():
+        raise ClusterError(f"unknown log format {name!r}; choose one of {', '.join(logformats.names())}")
+    old = cluster.config.format
+    if "trigger" in (old, name) and old != name:
+        raise ClusterError(
+            f"switching from {old} to {name} is not supported: the trigger format keeps capture tables and "
+            "triggers on the leader that the other formats do not have. Seed a new cluster from this one "
+            "instead: `replproxy init NEW --format " + name + " --from LEADER_FILE`")
+    if cluster.leader_down:
+        raise ClusterError(f"the leader {cluster.leader} is stopped: switch the format once it runs")
+    with cfg.lock(cluster.directory), cluster.node(cluster.leader) as conn:
+        config = cfg.read(cluster.directory)
+        if config.format == name:
+            return entries.last_lsn(conn)
+        with store.write_transaction(conn):  # BEGIN IMMEDIATE: no writer is between two statements
+            lsn = entries.last_lsn(conn)
+            store.set_meta(conn, store.FORMAT_SWITCH_KEY, f"{config.format}>{name}@{lsn}")
+            cfg.write(cluster.directory, replace(config, format=name))
+    cluster.refresh_config()
+    return lsn
+
+
+def format_switch(conn: Any) -> dict[str, Any] | None:
+    """The leader's record of the last format switch: from, to and the LSN it took effect after."""
+    row = conn.execute("SELECT value FROM _replproxy_meta WHERE key = ?", (store.FORMAT_SWITCH_KEY,)).fetchone()
+    if row is None:
+        return None
+    formats, _, lsn = str(row[0]).partition("@")
+    before, _, after = formats.partition(">")
+    return {"from": before, "to": after, "after_lsn": int(lsn or 0)}
+
+
 def replication_status(cluster: ClusterCore) -> dict[str, Any]:
     cluster.refresh_config()
     config = cluster.config
@@ -72,9 +115,11 @@ def replication_status(cluster: ClusterCore) -> dict[str, Any]:
             "SELECT min(lsn), max(lsn), count(*), coalesce(sum(length(payload)), 0) FROM _replproxy_log"
         ).fetchone()
         holds = store.retention_holds(conn)
+        switched = format_switch(conn)
     now = cluster.wall_clock()
     followers = {node.name for node in config.followers}
     return {
+        "format_switch": switched,
         "mode": config.mode,
         "semi_sync_k": config.semi_sync_k,
         "sync_timeout": config.sync_timeout,

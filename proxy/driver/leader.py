@@ -146,6 +146,10 @@ class LeaderSide:
         version = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if version == self._fence_version:
             return None
+        # Another connection wrote: maybe `config --format`, which changes cluster.toml while it
+        # holds this write lock. From here on, this transaction captures in the format it set.
+        self.cluster.refresh_config()
+        self.format = self.cluster.format
         fence = store.read_fence(self.conn)
         self.cluster.note_epoch(fence.epoch)
         self._lease_until = fence.lease_until

@@ -68,6 +68,7 @@ DEPOSED_KEY = "deposed_by_epoch"  # the fence: a failover to this epoch deposed 
 # A distributed leader (docs/distributed.md): wall-clock time until which its lease is surely its
 # own; writers refuse to write after it. Absent on the embedded default.
 LEASE_UNTIL_KEY = "lease_until"
+FORMAT_SWITCH_KEY = "format_switch"  # leader: "OLD>NEW@LSN" of the last `config --format`
 DEGRADED_KEY = "semi_sync_degraded"  # leader: when semi-sync degraded to async (absent: it did not)
 DEGRADED_REASON_KEY = "semi_sync_degraded_reason"
 HOLD_PREFIX = "retention_hold:"  # leader: a snapshot in progress keeps the entries after an LSN

@@ -343,7 +343,10 @@ def _mode_line(r: dict[str, Any]) -> str:
     if r.get("auto_resync"):
         limit += ", auto-resync"
     holds = "".join(f", hold {name} at {lsn}" for name, lsn in r["retention_holds"].items())
-    lines = [f"mode {mode}", f"log retained: {r['retained_entries']} entries, {r['retained_bytes']:,} bytes "
+    switched = r.get("format_switch")
+    lines = [f"format switched from {switched['from']} to {switched['to']} after LSN {switched['after_lsn']}"
+             ] if switched else []
+    lines += [f"mode {mode}", f"log retained: {r['retained_entries']} entries, {r['retained_bytes']:,} bytes "
              f"({span}; limit {limit}{holds})"]
     return "\n".join(textwrap.fill(line, 80, subsequent_indent="  ", break_on_hyphens=False) for line in lines)
 
@@ -369,8 +372,12 @@ def _mode_line(r: dict[str, Any]) -> str:
               help="No automatic failover within this many seconds of the last one (default 60).")
 @click.option("--failover-key-gap", type=click.IntRange(0),
               help="AUTOINCREMENT counters jump by this much when the old leader was unreachable.")
+@click.option("--format", "log_format", type=click.Choice(logformats.names()),
+              help="Switch the log format from the next transaction on (row, statement and mixed; entries "
+                   "keep the format they were written in).")
 @click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON for machines.")
-def config_(directory: str, mode: str | None, sync_followers: str | None, semi_sync_k: int | None,
+def config_(directory: str, log_format: str | None, mode: str | None, sync_followers: str | None,
+            semi_sync_k: int | None,
             sync_timeout: float | None, retain_min_entries: int | None, retain_max_bytes: int | None,
             retain_max_age: float | None, auto_resync: bool | None, auto_failover: bool | None,
             failover_timeout: float | None, failover_cooldown: float | None,
@@ -378,6 +385,11 @@ def config_(directory: str, mode: str | None, sync_followers: str | None, semi_s
     """Show or change replication and failover settings; running clients pick them up at their
     next commit."""
     with _cluster(directory, replicate=False) as cluster:
+        if log_format is not None and log_format != cluster.config.format:
+            before = cluster.config.format
+            lsn = cluster.switch_format(log_format)
+            if not as_json:
+                click.echo(f"log format {before} -> {log_format} after LSN {lsn}")
         names = None
         if sync_followers is not None:
             names = [n.strip() for n in sync_followers.split(",") if n.strip()]
