@@ -10,7 +10,17 @@ from typing import Any
 
 from .cluster import Cluster, NodeStatus, create_cluster
 from .cluster.verify import VerifyReport, verify
-from .driver import Connection, Cursor, apilevel, paramstyle, sqlite_version, sqlite_version_info, threadsafety
+from .driver import (
+    LEGACY_TRANSACTION_CONTROL,
+    Connection,
+    Cursor,
+    Row,
+    apilevel,
+    paramstyle,
+    sqlite_version,
+    sqlite_version_info,
+    threadsafety,
+)
 from .driver import connect as _connect_local
 from .driver.consistency import LEVELS as CONSISTENCY_LEVELS
 from .driver.consistency import POLICIES as STALE_POLICIES
@@ -93,6 +103,7 @@ __all__ = [
     "IntegrityError",
     "InterfaceError",
     "InternalError",
+    "LEGACY_TRANSACTION_CONTROL",
     "LogEntry",
     "NUMBER",
     "NodeStatus",
@@ -103,6 +114,7 @@ __all__ = [
     "ReadOnlyNodeError",
     "ReplicationError",
     "ReplicationTimeout",
+    "Row",
     "STALE_POLICIES",
     "STRING",
     "SyncReplicationTimeout",

@@ -5,17 +5,19 @@ the log entry is appended in the same SQLite transaction. Reads outside a write 
 follower that has applied this connection's last write, otherwise to the leader.
 Transactions follow Python's sqlite3 module: a DML statement opens a transaction that lasts until
 commit() or rollback(); DDL outside a transaction commits by itself; `autocommit=True` commits
-every statement.
+every statement (sqlite3's isolation_level=None); the `isolation_level` and `autocommit` attributes
+take sqlite3's values (3.12's included).
 
 This module holds the Connection and its transaction state; leader.py the leader side (fence,
-failover, COMMIT with the log entry), routing.py the read routing, cursor.py the Cursor.
+failover, COMMIT with the log entry), routing.py the read routing, cursor.py the Cursor;
+surface.py the rest of sqlite3's connection surface.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import apsw
@@ -44,6 +46,7 @@ from .cursor import Cursor
 from .leader import LeaderSide
 from .local import LocalState
 from .routing import Followers, Router
+from .surface import LEGACY_TRANSACTION_CONTROL, Sqlite3Surface, check_autocommit, check_isolation_level
 
 apilevel = "2.0"
 threadsafety = 1  # threads may share the module, not connections
@@ -74,15 +77,19 @@ def shared_cluster(directory: str | os.PathLike[str]) -> Cluster:
         return cluster
 
 
-def connect(directory: str | os.PathLike[str], *, autocommit: bool = False, node: str | None = None,
+def connect(directory: str | os.PathLike[str], *, autocommit: bool | int = False, node: str | None = None,
             consistency: str = DEFAULT_LEVEL, max_lag: int | None = None,
             max_staleness: float | None = None, on_stale: str = DEFAULT_POLICY,
             wait_timeout: float = DEFAULT_WAIT, session_token: str | None = None,
-            user: str | None = None, cluster: Cluster | None = None) -> Connection:
+            user: str | None = None, cluster: Cluster | None = None,
+            isolation_level: str | None = "") -> Connection:
     """Open a DB-API connection to the cluster in `directory`.
 
-    `autocommit`: commit every statement by itself (default False: DML opens a transaction that
-    lasts until commit() or rollback(), as in Python's sqlite3).
+    `autocommit`: True commits every statement outside an explicit BEGIN by itself (sqlite3's
+    isolation_level=None); False (the default) or LEGACY_TRANSACTION_CONTROL: DML opens a
+    transaction that lasts until commit() or rollback(), as in Python's sqlite3. sqlite3 3.12's
+    autocommit=True/False modes are set with the `autocommit` attribute (docs/dbapi.md).
+    `isolation_level`: as sqlite3's ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE" or None).
     `node`: read from this node only; writes are then refused unless it is the leader.
     `consistency`: "strong", "session" (default), "read-your-writes", "monotonic" or "eventual".
     `max_lag` (entries) and `max_staleness` (seconds): a follower further behind the leader than
@@ -95,7 +102,7 @@ def connect(directory: str | os.PathLike[str], *, autocommit: bool = False, node
     return Connection(cluster or shared_cluster(directory), autocommit=autocommit, node=node,
                       consistency=consistency, max_lag=max_lag, max_staleness=max_staleness,
                       on_stale=on_stale, wait_timeout=wait_timeout, session_token=session_token,
-                      user=user)
+                      user=user, isolation_level=isolation_level)
 
 
 class _Transaction:
@@ -112,8 +119,8 @@ class _Transaction:
         self.snapshot_lsn: int | None = None  # for a read-only transaction on a follower
 
 
-class Connection:
-    """A PEP 249 connection to a replproxy cluster."""
+class Connection(Sqlite3Surface):
+    """A PEP 249 connection to a replproxy cluster, with Python's sqlite3 connection surface."""
 
     Warning = Warning
     Error = Error
@@ -126,13 +133,18 @@ class Connection:
     ProgrammingError = ProgrammingError
     NotSupportedError = NotSupportedError
 
-    def __init__(self, cluster: Cluster, *, autocommit: bool = False, node: str | None = None,
+    def __init__(self, cluster: Cluster, *, autocommit: bool | int = False, node: str | None = None,
                  consistency: str = DEFAULT_LEVEL, max_lag: int | None = None,
                  max_staleness: float | None = None, on_stale: str = DEFAULT_POLICY,
                  wait_timeout: float = DEFAULT_WAIT, session_token: str | None = None,
-                 user: str | None = None):
+                 user: str | None = None, isolation_level: str | None = ""):
         self.cluster = cluster
-        self.autocommit = autocommit
+        # connect(autocommit=True) is sqlite3's isolation_level=None, under legacy control.
+        legacy = type(autocommit) is int and autocommit == LEGACY_TRANSACTION_CONTROL
+        self._autocommit_mode: bool | int = LEGACY_TRANSACTION_CONTROL
+        self._isolation_level = None if (autocommit and not legacy) else check_isolation_level(isolation_level)
+        self.row_factory: Any = None  # as sqlite3: each new cursor takes it
+        self.text_factory: Any = str
         if node is not None:
             cluster.config.node(node)
         self.pinned_node = node
@@ -208,19 +220,73 @@ class Connection:
 
     # -- PEP 249 ------------------------------------------------------------------------------
 
-    def cursor(self) -> Cursor:
+    def cursor(self, factory: Callable[[Connection], Cursor] | None = None) -> Cursor:
+        """A new cursor (`factory(connection)` makes it, as in sqlite3), with the connection's
+        row_factory."""
         self._check_open()
-        return Cursor(self)
+        cursor = Cursor(self) if factory is None else factory(self)
+        if not isinstance(cursor, Cursor):
+            raise TypeError(f"factory must return a cursor, not {type(cursor).__name__}")
+        if self.row_factory is not None:
+            cursor.row_factory = self.row_factory
+        return cursor
 
     def commit(self) -> None:
-        self._check_open()
-        if self._txn is not None:
-            self._finish_txn(commit=True)
+        """Commit the open transaction (nothing with autocommit=True; with autocommit=False a new
+        transaction opens, as in sqlite3 3.12)."""
+        self._end_by_method(commit=True)
 
     def rollback(self) -> None:
+        self._end_by_method(commit=False)
+
+    def _end_by_method(self, commit: bool) -> None:
         self._check_open()
+        if self._autocommit_mode is True:
+            return
         if self._txn is not None:
-            self._finish_txn(commit=False)
+            self._trace("COMMIT" if commit else "ROLLBACK")
+            self._finish_txn(commit=commit)
+        if self._autocommit_mode is False:
+            self._begin_implicitly()
+
+    def _begin_implicitly(self) -> None:
+        """autocommit=False: a transaction is always open; the first statement decides its node."""
+        self._trace("BEGIN")
+        self._begin_deferred()
+
+    # -- transaction control, as sqlite3 ------------------------------------------------------
+
+    @property
+    def isolation_level(self) -> str | None:
+        """sqlite3's: "" (the default), "DEFERRED", "IMMEDIATE" or "EXCLUSIVE": DML outside a
+        transaction opens one (on the leader, always with BEGIN IMMEDIATE); None: every statement
+        outside an explicit BEGIN commits by itself (what connect(autocommit=True) gives). Setting
+        None commits a pending transaction. Applies while `autocommit` is LEGACY_TRANSACTION_CONTROL."""
+        return self._isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, level: str | None) -> None:
+        self._isolation_level = check_isolation_level(level)
+        if self._isolation_level is None:
+            self.commit()
+
+    @property
+    def autocommit(self) -> bool | int:
+        """sqlite3 3.12's transaction control: LEGACY_TRANSACTION_CONTROL (-1, the default, also
+        after connect(autocommit=True): see isolation_level); True: SQLite's autocommit, commit() and
+        rollback() do nothing; False: a transaction is always open (PEP 249)."""
+        return self._autocommit_mode
+
+    @autocommit.setter
+    def autocommit(self, value: bool | int) -> None:
+        mode = check_autocommit(value)
+        self._check_open()
+        self._autocommit_mode = mode
+        if mode is True and self._txn is not None:
+            self._trace("COMMIT")
+            self._finish_txn(commit=True)
+        elif mode is False and self._txn is None:
+            self._begin_implicitly()
 
     def close(self) -> None:
         if self._closed:

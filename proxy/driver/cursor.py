@@ -22,6 +22,8 @@ from ..errors import (
 )
 from . import pragmas
 from .consistency import check_level
+from .functions import raised_by_user_code
+from .rows import shaper
 from .types import adapt_params
 
 if TYPE_CHECKING:
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
 
 
 class Cursor:
-    """A PEP 249 cursor. `node` names the node that served the last statement."""
+    """A PEP 249 cursor. `node` names the node that served the last statement; `row_factory`
+    shapes the rows it hands out, as in sqlite3 (`sqlite3.Row` is answered by `proxy.Row`)."""
 
     def __init__(self, connection: Connection):
         self.connection = connection
@@ -41,6 +44,7 @@ class Cursor:
         self.lsn: int | None = None
         # Read consistency for this cursor's statements; None: the connection's.
         self.consistency: str | None = None
+        self.row_factory: Any = None
         self._rows: Iterator[tuple[Any, ...]] | None = None
         self._closed = False
 
@@ -66,7 +70,9 @@ class Cursor:
         level = consistency or self.consistency or conn.consistency
         if consistency is not None or self.consistency is not None:
             check_level(level)
-        self._run(stmt, operation, _params(parameters), level=level)
+        params = _params(parameters)
+        conn._trace_statement(stmt, operation, params)
+        self._run(stmt, operation, params, level=level)
         # As sqlite3: after every execute() (not executemany), the connection's last_insert_rowid().
         self.lastrowid = conn._local.last_rowid
         return self
@@ -80,8 +86,10 @@ class Cursor:
         self._reset()
         total = 0
         for parameters in seq_of_parameters:
+            params = _params(parameters)
+            conn._trace_statement(stmt, operation, params)
             # The first row may check the statement again under the write lock: keep its verdict.
-            stmt = self._run(stmt, operation, _params(parameters), many=True)
+            stmt = self._run(stmt, operation, params, many=True)
             total += max(self.rowcount, 0)
         self.rowcount = total
         self._rows = None
@@ -99,11 +107,12 @@ class Cursor:
             raise ValueError("script argument must be unicode.")
         if "\0" in script:
             raise ProgrammingError("the query contains a null character")
-        if conn._txn is not None and not conn.autocommit:
+        if conn._txn is not None and conn._implicit_begin:
             conn.commit()
         for sql in _split_statements(conn._leader, script):
             stmt = conn._leader_side.analyze(sql)
             self._reset()
+            conn._trace_statement(stmt, sql, (), autocommit=True)
             self._run(stmt, sql, (), level=self.consistency or conn.consistency, autocommit=True)
             if self._rows is not None:
                 try:
@@ -114,33 +123,29 @@ class Cursor:
                 self._rows = None
         return self
 
-    def fetchone(self) -> tuple[Any, ...] | None:
+    def fetchone(self) -> Any:
         self._check_open()
         self._check_result()
-        if self._rows is None:
+        row = self._next_row()
+        if row is None:
             return None
-        try:
-            return next(self._rows)
-        except StopIteration:
-            self._rows = None
-            return None
-        except (apsw.Error, UnicodeDecodeError) as exc:
-            self._rows = None
-            raise _translate(exc, self.description) from exc
+        shape = shaper(self, self.row_factory, self.connection.text_factory)
+        return row if shape is None else shape(row)
 
-    def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+    def fetchmany(self, size: int | None = None) -> list[Any]:
         self._check_open()
         self._check_result()
         count = self.arraysize if size is None else size
         rows = []
         for _ in range(max(count, 0)):
-            row = self.fetchone()
+            row = self._next_row()
             if row is None:
                 break
             rows.append(row)
-        return rows
+        shape = shaper(self, self.row_factory, self.connection.text_factory)
+        return rows if shape is None else [shape(row) for row in rows]
 
-    def fetchall(self) -> list[tuple[Any, ...]]:
+    def fetchall(self) -> list[Any]:
         self._check_open()
         self._check_result()
         if self._rows is None:
@@ -151,16 +156,33 @@ class Cursor:
             raise _translate(exc, self.description) from exc
         finally:
             self._rows = None
-        return rows
+        shape = shaper(self, self.row_factory, self.connection.text_factory)
+        return rows if shape is None else [shape(row) for row in rows]
 
     def __iter__(self) -> Cursor:
         return self
 
-    def __next__(self) -> tuple[Any, ...]:
-        row = self.fetchone()
+    def __next__(self) -> Any:
+        self._check_open()
+        self._check_result()
+        row = self._next_row()
         if row is None:
             raise StopIteration
-        return row
+        shape = shaper(self, self.row_factory, self.connection.text_factory)
+        return row if shape is None else shape(row)
+
+    def _next_row(self) -> tuple[Any, ...] | None:
+        """The next row as SQLite gave it, None when there is none."""
+        if self._rows is None:
+            return None
+        try:
+            return next(self._rows)
+        except StopIteration:
+            self._rows = None
+            return None
+        except (apsw.Error, UnicodeDecodeError) as exc:
+            self._rows = None
+            raise _translate(exc, self.description) from exc
 
     def __enter__(self) -> Cursor:
         return self
@@ -256,7 +278,7 @@ class Cursor:
                 cursor = self._execute_on(target, sql, params)
             except OperationalError as exc:
                 if (node == conn._leader_name or node == conn.pinned_node
-                        or exc.sqlite_errorcode == apsw.SQLITE_INTERRUPT):
+                        or exc.sqlite_errorcode == apsw.SQLITE_INTERRUPT or raised_by_user_code(exc)):
                     raise
                 # The follower may not have the schema this statement needs yet: the leader has it.
                 node, target = conn._leader_name, conn._leader
@@ -348,7 +370,7 @@ class Cursor:
         if txn is None:
             txn = conn._begin(explicit=False)
             # sqlite3 semantics: DML opens a transaction; DDL outside one commits by itself.
-            own_txn = autocommit or conn.autocommit or stmt.kind != "dml"
+            own_txn = autocommit or not conn._implicit_begin or stmt.kind != "dml"
         else:
             txn = conn._writable_txn()
         assert txn.capture is not None
@@ -361,6 +383,8 @@ class Cursor:
                     stmt = fresh
                     _check_format(conn, stmt)
             run_sql, run_params = txn.capture.prepare(stmt, sql, params)
+            if stmt.kind == "ddl":
+                _check_schema_functions(conn, stmt)
         except (errors.Error, logformats.UnsafeStatementError, logformats.CaptureError) as exc:
             # Refused before it ran: a transaction opened for it alone is closed again.
             if opened_here and conn._txn is not None:
@@ -488,6 +512,20 @@ def _check_format(conn: Connection, stmt: StatementInfo) -> None:
         conn._leader_side.format.check_statement(stmt)
     except logformats.UnsafeStatementError as exc:
         raise errors.UnsafeStatementError(str(exc)) from exc
+
+
+def _check_schema_functions(conn: Connection, stmt: StatementInfo) -> None:
+    """A table or index whose definition calls a function this connection defined (a CHECK, an
+    index expression, a generated column): followers replay schema changes as statements, in
+    appliers that do not have the function, and would stop. (The statement and mixed formats
+    refuse it themselves, in their own words, before this check.) Views and triggers only name
+    functions: SQLite does not report them, and they are accepted."""
+    used = sorted(stmt.functions & conn._local.definitions.function_names())
+    if used:
+        raise errors.UnsafeStatementError(
+            f"this schema change uses the function {used[0]!r}, which this connection defined "
+            "(create_function and the like): followers replay schema changes in appliers that do not "
+            "have it, and would stop. Compute the value in the application, or use a built-in function")
 
 
 def _translate(exc: BaseException, description: Any) -> errors.Error:

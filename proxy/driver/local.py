@@ -10,7 +10,9 @@ values and settings for the session and puts them on each of its connections:
   and `last_insert_rowid()` (on followers; the leader's own value is put back before each of the
   session's statements, so it is SQLite's inside triggers too);
 - the PRAGMA settings (pragmas.py) are replayed on a new leader connection after a failover and,
-  when they change what a read returns, on each follower connection the session reads.
+  when they change what a read returns, on each follower connection the session reads;
+- the functions, aggregates and collations the application defined (functions.py) are made on
+  each of its connections before it serves the session.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import weakref
 
 import apsw
 
+from .functions import Definitions
 from .pragmas import mirrored
 
 
@@ -32,6 +35,7 @@ class LocalState:
         # name -> (the statement that set it, replayed as written; its value), in the order set
         self.settings: dict[str, tuple[str, str]] = {}
         self.version = 0  # bumped when a setting changes: connections catch up before their next read
+        self.definitions = Definitions()  # create_function() and the like
         self._applied: weakref.WeakKeyDictionary[apsw.Connection, int] = weakref.WeakKeyDictionary()
         self._total_before = 0
         self._internal = 0
@@ -80,7 +84,9 @@ class LocalState:
 
     def apply_settings(self, conn: apsw.Connection, *, leader: bool) -> None:
         """Bring `conn` to the session's settings (on a follower, those that change what a read
-        returns). Raises apsw.Error when SQLite refuses now (a statement of `conn` still active)."""
+        returns), and to the application's definitions. Raises apsw.Error when SQLite refuses now
+        (a statement of `conn` still active)."""
+        self.definitions.apply(conn)
         if self._applied.get(conn) == self.version:
             return
         for name, (sql, value) in self.settings.items():

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..driver.consistency import DEFAULT_LEVEL, DEFAULT_POLICY, DEFAULT_WAIT, Session, check_level, check_policy
+from ..driver.rows import shaper
 from ..errors import (
     DatabaseError,
     DataError,
@@ -95,6 +96,41 @@ def connect(url: str, *, autocommit: bool = False, node: str | None = None, cons
                             timeout=timeout, idle_timeout=idle_timeout, failover_wait=failover_wait, prefer=prefer)
 
 
+# What only a node's process could do: the sqlite3 surface the remote driver refuses, and why.
+_ON_THE_NODES = (
+    "{name}() is not supported by the remote driver: statements run in the node processes (serve), "
+    "where {what}; use proxy.connect(DIR) on a machine with a node")
+_REFUSED = {
+    "create_function": "a function would have to be defined in every node process",
+    "create_aggregate": "an aggregate would have to be defined in every node process",
+    "create_window_function": "a window function would have to be defined in every node process",
+    "create_collation": "a collation would have to be defined in every node process",
+    "iterdump": "the leader's file is read",
+    "backup": "the leader's file is read",
+    "serialize": "the leader's file is read",
+    "deserialize": "the leader's file would be replaced behind the log (the embedded driver refuses it too)",
+    "blobopen": "a blob handle would hold a read transaction open in a node process",
+    "enable_load_extension": "an extension would have to be loaded in every node process (the embedded driver "
+                             "refuses it too)",
+    "load_extension": "an extension would have to be loaded in every node process",
+    "set_authorizer": "replproxy's own authorizers guard the node connections",
+    "set_progress_handler": "the handler would run in a node process; interrupt() stops a statement",
+    "getlimit": "the limits are the leader connection's",
+    "setlimit": "the limits are the leader connection's",
+    "getconfig": "the options are the leader connection's",
+    "setconfig": "the options are the leader connection's",
+}
+
+
+def _refuse(name: str) -> Any:
+    def refused(self: RemoteConnection, *args: Any, **kwargs: Any) -> Any:
+        raise NotSupportedError(_ON_THE_NODES.format(name=name, what=_REFUSED[name]))
+
+    refused.__name__ = name
+    refused.__doc__ = f"Not supported over NATS (NotSupportedError): {_REFUSED[name]}."
+    return refused
+
+
 class RemoteConnection:
     """A PEP 249 connection to a distributed cluster over NATS (see the module docstring)."""
 
@@ -154,6 +190,9 @@ class RemoteConnection:
         self._turn = itertools.count()
         self.last_node: str | None = None
         self._reading: tuple[str, str] | None = None  # (node, request id) of a read under way
+        self.row_factory: Any = None  # applied by the cursors, on this machine (as sqlite3's)
+        self.text_factory: Any = str
+        self._trace_callback: Any = None
 
     # -- settings -------------------------------------------------------------------------------
 
@@ -208,11 +247,63 @@ class RemoteConnection:
         """The node this connection's session runs on (None before its first write)."""
         return self._leader
 
+    # -- sqlite3's surface --------------------------------------------------------------------
+
+    create_function = _refuse("create_function")
+    create_aggregate = _refuse("create_aggregate")
+    create_window_function = _refuse("create_window_function")
+    create_collation = _refuse("create_collation")
+    iterdump = _refuse("iterdump")
+    backup = _refuse("backup")
+    serialize = _refuse("serialize")
+    deserialize = _refuse("deserialize")
+    blobopen = _refuse("blobopen")
+    enable_load_extension = _refuse("enable_load_extension")
+    load_extension = _refuse("load_extension")
+    set_authorizer = _refuse("set_authorizer")
+    set_progress_handler = _refuse("set_progress_handler")
+    getlimit = _refuse("getlimit")
+    setlimit = _refuse("setlimit")
+    getconfig = _refuse("getconfig")
+    setconfig = _refuse("setconfig")
+
+    @property
+    def isolation_level(self) -> str | None:
+        """sqlite3's view of `autocommit`: None with autocommit=True, else ""."""
+        return None if self.autocommit else ""
+
+    @isolation_level.setter
+    def isolation_level(self, level: str | None) -> None:
+        if (level is None) != bool(self.autocommit):
+            raise NotSupportedError("the remote driver's transaction control is set once, by "
+                                    "connect(autocommit=...): the leader's session is opened with it")
+
+    @property
+    def total_changes(self) -> int:
+        """Rows this session's statements changed (asked of its session on the leader)."""
+        self._check_open()
+        if self._sid is None:
+            return 0
+        reply = self._leader_call({"op": "execute", "sql": "SELECT total_changes()", "params": []}, what="statement")
+        return int(protocol.decode_rows(reply.get("rows") or [[0]])[0][0])
+
+    def set_trace_callback(self, trace_callback: Any, /) -> None:
+        """Call `trace_callback(sql)` with the text of each statement this connection sends."""
+        self._check_open()
+        self._trace_callback = trace_callback
+
+    def _trace(self, sql: str) -> None:
+        if self._trace_callback is not None:
+            with contextlib.suppress(Exception):
+                self._trace_callback(sql)
+
     # -- PEP 249 --------------------------------------------------------------------------------
 
     def cursor(self) -> RemoteCursor:
         self._check_open()
-        return RemoteCursor(self)
+        cursor = RemoteCursor(self)
+        cursor.row_factory = self.row_factory
+        return cursor
 
     def commit(self) -> None:
         self._check_open()
@@ -497,6 +588,7 @@ class RemoteCursor:
         self.node: str | None = None
         self.lsn: int | None = None
         self.consistency: str | None = None
+        self.row_factory: Any = None
         self._rows: list[tuple[Any, ...]] = []
         self._pos = 0
         self._more: tuple[str, str | None, str] | None = None  # (node, session, cursor id)
@@ -522,6 +614,7 @@ class RemoteCursor:
         level = check_level(consistency or self.consistency or conn.consistency)
         params = protocol.encode_params(parameters)
         self._reset()
+        conn._trace(operation)
         if conn._routable(operation, level):
             reply = conn._read(operation, params, level)
             if reply is not None:
@@ -549,6 +642,7 @@ class RemoteCursor:
             self.node = reply.get("node")
 
         for parameters in seq_of_parameters:
+            conn._trace(operation)
             encoded = protocol.encode_params(parameters)
             batch.append(encoded)
             size += len(repr(encoded))
@@ -568,20 +662,25 @@ class RemoteCursor:
         self._reset()
         if _TEMP.search(script) or re.search(r"\bCREATE\s+TEMP", script, re.I):
             self.connection._temp = True
+        self.connection._trace(script)
         reply = self.connection._leader_call({"op": "script", "sql": script}, what="script")
         self.node = reply.get("node")
         return self
 
-    def fetchone(self) -> tuple[Any, ...] | None:
+    def fetchone(self) -> Any:
         self._check_open()
         self._check_result()
         if self._pos >= len(self._rows) and not self._fill():
             return None
         row = self._rows[self._pos]
         self._pos += 1
-        return row
+        return self._shaped([row])[0]
 
-    def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+    def _shaped(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        shape = shaper(self, self.row_factory, self.connection.text_factory)
+        return rows if shape is None else [shape(row) for row in rows]
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
         self._check_open()
         self._check_result()
         count = self.arraysize if size is None else size
@@ -592,9 +691,9 @@ class RemoteCursor:
             take = self._rows[self._pos:self._pos + count - len(out)]
             self._pos += len(take)
             out.extend(take)
-        return out
+        return self._shaped(out)
 
-    def fetchall(self) -> list[tuple[Any, ...]]:
+    def fetchall(self) -> list[Any]:
         self._check_open()
         self._check_result()
         out = self._rows[self._pos:]
@@ -602,16 +701,17 @@ class RemoteCursor:
         while self._fill():
             out.extend(self._rows)
             self._pos = len(self._rows)
-        return out
+        return self._shaped(out)
 
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+    def __iter__(self) -> Iterator[Any]:
         return self
 
-    def __next__(self) -> tuple[Any, ...]:
-        row = self.fetchone()
-        if row is None:
+    def __next__(self) -> Any:
+        self._check_open()
+        self._check_result()
+        if self._pos >= len(self._rows) and not self._fill():
             raise StopIteration
-        return row
+        return self.fetchone()
 
     def __enter__(self) -> RemoteCursor:
         return self
