@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import apsw
@@ -27,22 +27,17 @@ from logformats import StatementInfo
 
 from ..cluster import Cluster
 from ..errors import (
-    DatabaseError,
-    DataError,
     Error,
     IntegrityError,
-    InterfaceError,
-    InternalError,
-    NotSupportedError,
     OperationalError,
     ProgrammingError,
     ReadOnlyNodeError,
-    Warning,
     translate,
 )
 from ..store import node as store
 from .consistency import DEFAULT_LEVEL, DEFAULT_POLICY, DEFAULT_WAIT, Session, check_level, check_policy
 from .cursor import Cursor
+from .dbapi import DBAPIConnection
 from .leader import LeaderSide
 from .local import LocalState
 from .routing import Followers, Router
@@ -119,19 +114,8 @@ class _Transaction:
         self.snapshot_lsn: int | None = None  # for a read-only transaction on a follower
 
 
-class Connection(Sqlite3Surface):
+class Connection(Sqlite3Surface, DBAPIConnection):
     """A PEP 249 connection to a replproxy cluster, with Python's sqlite3 connection surface."""
-
-    Warning = Warning
-    Error = Error
-    InterfaceError = InterfaceError
-    DatabaseError = DatabaseError
-    DataError = DataError
-    OperationalError = OperationalError
-    IntegrityError = IntegrityError
-    InternalError = InternalError
-    ProgrammingError = ProgrammingError
-    NotSupportedError = NotSupportedError
 
     def __init__(self, cluster: Cluster, *, autocommit: bool | int = False, node: str | None = None,
                  consistency: str = DEFAULT_LEVEL, max_lag: int | None = None,
@@ -181,24 +165,6 @@ class Connection(Sqlite3Surface):
         return self._followers.open(name)
 
     # -- consistency --------------------------------------------------------------------------
-
-    @property
-    def consistency(self) -> str:
-        """The read consistency level of this connection (cursors may override it)."""
-        return self._consistency
-
-    @consistency.setter
-    def consistency(self, level: str) -> None:
-        self._consistency = check_level(level)
-
-    @property
-    def on_stale(self) -> str:
-        """What a read does when no follower qualifies: "wait", "leader" or "error"."""
-        return self._on_stale
-
-    @on_stale.setter
-    def on_stale(self, policy: str) -> None:
-        self._on_stale = check_policy(policy)
 
     @property
     def session_token(self) -> str:
@@ -308,19 +274,6 @@ class Connection(Sqlite3Surface):
         """True while a transaction is open (BEGIN, or DML not yet committed)."""
         return self._txn is not None
 
-    def __enter__(self) -> Connection:
-        self._check_open()
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        # Like sqlite3: commit on success, roll back on error; the connection stays open.
-        if self._closed:
-            return
-        if exc_type is None:
-            self.commit()
-        else:
-            self.rollback()
-
     def interrupt(self) -> None:
         """Stop the statements running on this connection, on any node (sqlite3_interrupt); they
         fail with OperationalError "interrupted". Safe to call from another thread."""
@@ -328,15 +281,6 @@ class Connection(Sqlite3Surface):
         self._followers.interrupt()
 
     # sqlite3-style shortcuts
-    def execute(self, sql: str, parameters: Any = ()) -> Cursor:
-        return self.cursor().execute(sql, parameters)
-
-    def executemany(self, sql: str, seq_of_parameters: Iterable[Any]) -> Cursor:
-        return self.cursor().executemany(sql, seq_of_parameters)
-
-    def executescript(self, script: str) -> Cursor:
-        return self.cursor().executescript(script)
-
     # -- transactions (used by the cursor) ----------------------------------------------------
 
     def _check_open(self) -> None:

@@ -22,6 +22,7 @@ from ..errors import (
 )
 from . import pragmas
 from .consistency import check_level
+from .dbapi import DBAPICursor
 from .functions import raised_by_user_code
 from .rows import shaper
 from .types import adapt_params
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 
-class Cursor:
+class Cursor(DBAPICursor):
     """A PEP 249 cursor. `node` names the node that served the last statement; `row_factory`
     shapes the rows it hands out, as in sqlite3 (`sqlite3.Row` is answered by `proxy.Row`)."""
 
@@ -53,12 +54,6 @@ class Cursor:
     def close(self) -> None:
         self._rows = None
         self._closed = True
-
-    def setinputsizes(self, sizes: Any) -> None:
-        self._check_open()
-
-    def setoutputsize(self, size: Any, column: Any = None) -> None:
-        self._check_open()
 
     def execute(self, operation: str, parameters: Any = (), *, consistency: str | None = None
                 ) -> Cursor:
@@ -159,9 +154,6 @@ class Cursor:
         shape = shaper(self, self.row_factory, self.connection.text_factory)
         return rows if shape is None else [shape(row) for row in rows]
 
-    def __iter__(self) -> Cursor:
-        return self
-
     def __next__(self) -> Any:
         self._check_open()
         self._check_result()
@@ -184,24 +176,12 @@ class Cursor:
             self._rows = None
             raise _translate(exc, self.description) from exc
 
-    def __enter__(self) -> Cursor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- internals ----------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed cursor.")
         self.connection._check_open()
-
-    def _check_result(self) -> None:
-        # PEP 249: fetching is an error when the last statement produced no result set.
-        if self.description is None:
-            raise ProgrammingError("no result set to fetch from: execute a statement that returns "
-                                   "rows (a SELECT, or a write with RETURNING) first")
 
     def _reset(self) -> None:
         self._rows = None

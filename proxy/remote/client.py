@@ -17,25 +17,21 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from ..driver.consistency import DEFAULT_LEVEL, DEFAULT_POLICY, DEFAULT_WAIT, Session, check_level, check_policy
+from ..driver.dbapi import DBAPIConnection, DBAPICursor
 from ..driver.rows import shaper
 from ..errors import (
-    DatabaseError,
     DataError,
-    Error,
-    IntegrityError,
     InterfaceError,
-    InternalError,
     NotSupportedError,
     OperationalError,
     ProgrammingError,
     ReadOnlyNodeError,
     ReplicationError,
     TransportError,
-    Warning,
 )
 from ..jetstream.bridge import Bridge, NoReply, NoResponders, PeerGone
 from ..jetstream.kv import ClusterKV
@@ -131,19 +127,8 @@ def _refuse(name: str) -> Any:
     return refused
 
 
-class RemoteConnection:
+class RemoteConnection(DBAPIConnection):
     """A PEP 249 connection to a distributed cluster over NATS (see the module docstring)."""
-
-    Warning = Warning
-    Error = Error
-    InterfaceError = InterfaceError
-    DatabaseError = DatabaseError
-    DataError = DataError
-    OperationalError = OperationalError
-    IntegrityError = IntegrityError
-    InternalError = InternalError
-    ProgrammingError = ProgrammingError
-    NotSupportedError = NotSupportedError
 
     def __init__(self, servers: list[str], cluster: str, *, creds: str | None = None, autocommit: bool = False,
                  node: str | None = None, consistency: str = DEFAULT_LEVEL, max_lag: int | None = None,
@@ -213,22 +198,6 @@ class RemoteConnection:
                 self._request(self._leader or "", {"op": "close", "session": self._sid}, timeout=5.0)
             self._sid = None
         self._autocommit = value
-
-    @property
-    def consistency(self) -> str:
-        return self._consistency
-
-    @consistency.setter
-    def consistency(self, level: str) -> None:
-        self._consistency = check_level(level)
-
-    @property
-    def on_stale(self) -> str:
-        return self._on_stale
-
-    @on_stale.setter
-    def on_stale(self, policy: str) -> None:
-        self._on_stale = check_policy(policy)
 
     @property
     def session_token(self) -> str:
@@ -344,18 +313,6 @@ class RemoteConnection:
     def in_transaction(self) -> bool:
         return self._tx
 
-    def __enter__(self) -> RemoteConnection:
-        self._check_open()
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._closed:
-            return
-        if exc_type is None:
-            self.commit()
-        else:
-            self.rollback()
-
     def interrupt(self) -> None:
         """Stop the statement this connection runs, on the leader or a follower (safe from another
         thread); it fails with OperationalError "interrupted"."""
@@ -366,15 +323,6 @@ class RemoteConnection:
         if self._sid is not None and self._leader is not None:
             with contextlib.suppress(TransportError):
                 self._request(self._leader, {"op": "interrupt", "session": self._sid}, timeout=5.0)
-
-    def execute(self, sql: str, parameters: Any = ()) -> RemoteCursor:
-        return self.cursor().execute(sql, parameters)
-
-    def executemany(self, sql: str, seq_of_parameters: Iterable[Any]) -> RemoteCursor:
-        return self.cursor().executemany(sql, seq_of_parameters)
-
-    def executescript(self, script: str) -> RemoteCursor:
-        return self.cursor().executescript(script)
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -576,7 +524,7 @@ class RemoteConnection:
         return None
 
 
-class RemoteCursor:
+class RemoteCursor(DBAPICursor):
     """A PEP 249 cursor of a RemoteConnection. `node` names the node that served the last statement."""
 
     def __init__(self, connection: RemoteConnection):
@@ -599,12 +547,6 @@ class RemoteCursor:
     def close(self) -> None:
         self._reset()
         self._closed = True
-
-    def setinputsizes(self, sizes: Any) -> None:
-        self._check_open()
-
-    def setoutputsize(self, size: Any, column: Any = None) -> None:
-        self._check_open()
 
     def execute(self, operation: str, parameters: Any = (), *, consistency: str | None = None) -> RemoteCursor:
         self._check_open()
@@ -703,9 +645,6 @@ class RemoteCursor:
             self._pos = len(self._rows)
         return self._shaped(out)
 
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
     def __next__(self) -> Any:
         self._check_open()
         self._check_result()
@@ -713,23 +652,12 @@ class RemoteCursor:
             raise StopIteration
         return self.fetchone()
 
-    def __enter__(self) -> RemoteCursor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- internals ------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed cursor.")
         self.connection._check_open()
-
-    def _check_result(self) -> None:
-        if self.description is None:
-            raise ProgrammingError("no result set to fetch from: execute a statement that returns "
-                                   "rows (a SELECT, or a write with RETURNING) first")
 
     def _reset(self) -> None:
         self._rows, self._pos, self._more = [], 0, None
