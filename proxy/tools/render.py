@@ -91,13 +91,49 @@ def sql_literal(value: Any) -> str:
             return "9.0e+999" if value > 0 else "-9.0e+999"
         if value.is_integer() and abs(value) < 2 ** 63:
             return f"{'-' if math.copysign(1, value) < 0 and value == 0 else ''}{int(value)}.0"
-        return f"{value:.20g}"
+        return _real_literal(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "X'" + bytes(value).hex() + "'"
     text = str(value)
     if "\0" in text or "\r" in text:
         return "CAST(X'" + text.encode("utf-8", "surrogatepass").hex() + "' AS TEXT)"
     return "'" + text.replace("'", "''") + "'"
+
+
+_READERS: list[Any] = []  # in-memory databases of the SQLite libraries in this process
+_STEP = 1 << 62  # a power of two SQLite reads exactly, as an integer literal
+
+
+def _reads_back(text: str, value: float) -> bool:
+    if not _READERS:
+        import sqlite3  # only in memory: no file is shared with apsw's SQLite
+
+        import apsw
+
+        _READERS.extend([apsw.Connection(":memory:"), sqlite3.connect(":memory:", check_same_thread=False)])
+    for reader in _READERS:
+        back = next(iter(reader.execute(f"SELECT {text}")))[0]
+        if not isinstance(back, float) or back.hex() != value.hex():
+            return False
+    return True
+
+
+def _real_literal(value: float) -> str:
+    """A REAL that reads back to the bit: 20 significant digits as the sqlite3 shell writes it,
+    when SQLite parses that exactly (some SQLite versions round very large or small exponents off
+    by one unit); otherwise the exact arithmetic m * 2^e with m an integer of 53 bits and powers of
+    two as integer literals, as the sqlite3 shell falls back to ieee754()."""
+    text = f"{value:.20g}"
+    if _reads_back(text, value):
+        return text
+    fraction, exponent = math.frexp(value)
+    mantissa, power = int(math.ldexp(fraction, 53)), exponent - 53
+    parts = [f"{mantissa} * 1.0"]
+    while power:
+        step = min(abs(power), 62)
+        parts.append(("* " if power > 0 else "/ ") + str(1 << step))
+        power += -step if power > 0 else step
+    return "(" + " ".join(parts) + ")"
 
 
 # -- grids ------------------------------------------------------------------------------------
