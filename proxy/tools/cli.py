@@ -697,13 +697,10 @@ def shell(directory: str, create: bool, history_file: str | None, mode: str, log
               help="Only measure a distributed cluster: relay commit cost, lag, apply rate through the "
                    "stream, failover time (starts local nats-servers unless --nats is given).")
 @click.option("--nats", "nats_urls", metavar="URL[,URL...]", help="With --distributed: use these NATS servers.")
-@click.option("--breakdown", "breakdown_only", is_flag=True,
-              help="Only show where one commit's time goes, per log format: SQLite's statements and the "
-                   "parts of replproxy (with --synchronous, the first level given).")
 @log_options("warning")
 def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None, log_format: str,
-          imports_only: bool, distributed_only: bool, nats_urls: str | None, breakdown_only: bool,
-          log_level: str | None, verbose: int) -> None:
+          imports_only: bool, distributed_only: bool, nats_urls: str | None, log_level: str | None,
+          verbose: int) -> None:
     """Measure the leader's cost against plain apsw, the follower apply rate, reads, modes and start-up."""
     from .bench import run_bench
     from .bench.imports import report
@@ -711,13 +708,6 @@ def bench(transactions: int, sync_levels: tuple[str, ...], workdir: str | None, 
     set_log_level(log_level, verbose, "warning")
     if imports_only:
         click.echo("\n".join(report()).lstrip("\n"))
-        sys.exit(0)
-    if breakdown_only:
-        from .bench import breakdown
-
-        for line in breakdown.report(Path(workdir) if workdir else None, (sync_levels or ("normal",))[0],
-                                     transactions):
-            click.echo(line)
         sys.exit(0)
     if distributed_only:
         from .bench import distributed
