@@ -69,19 +69,13 @@ def connect(target: str | os.PathLike[str], **options: Any) -> Any:
     leader, over NATS. Options: see `proxy.driver.connect` (directories) and
     `proxy.remote.client.connect` (URLs: also `timeout`, `idle_timeout`, `failover_wait`, `creds`).
     """
+    from .dist import local
     from .remote.protocol import is_url
 
-    if is_url(target):
-        from .remote.client import connect as connect_remote
-
-        return connect_remote(str(target), **options)
-    if os.path.isfile(os.path.join(target, "distributed.toml")) and options.get("cluster") is None:
-        from .dist import local
-
-        config = local.read(target)
-        if config.role != "leader":
-            return local.connect_follower(target, config, **options)
+    if is_url(target) or (options.get("cluster") is None and local.is_remote(target)):
+        return local.connect_remote(target, **options)
     return _connect_local(target, **options)
+
 
 __version__ = "0.1.0"
 

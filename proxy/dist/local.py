@@ -6,11 +6,13 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterError
-from ..jetstream.bridge import Bridge, split_urls
 from ..jetstream.names import Names, check_name
+
+if TYPE_CHECKING:
+    from ..jetstream.bridge import Bridge
 
 FILE_NAME = "distributed.toml"
 DEFAULT_LEASE_TTL = 5.0
@@ -30,6 +32,8 @@ class DistConfig:
         return Names(self.cluster)
 
     def bridge(self, *, timeout: float = 5.0) -> Bridge:
+        from ..jetstream.bridge import Bridge  # asyncio and nats load only when NATS is used
+
         return Bridge(self.nats, creds=self.creds, name=f"replproxy {self.cluster}/{self.node}", timeout=timeout)
 
 
@@ -42,6 +46,8 @@ def is_distributed(directory: str | os.PathLike[str]) -> bool:
 
 
 def read(directory: str | os.PathLike[str]) -> DistConfig:
+    from ..jetstream.bridge import split_urls
+
     path = path_of(directory)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -76,10 +82,22 @@ def write(directory: str | os.PathLike[str], config: DistConfig) -> None:
     os.replace(tmp, path)
 
 
-def connect_follower(directory: str | os.PathLike[str], config: DistConfig, **options: Any) -> Any:
-    """A DB-API connection from a follower's directory: over NATS, reads on this follower first,
-    writes on the leader (proxy/remote/client.py)."""
-    from ..remote.client import RemoteConnection
+def is_remote(target: str | os.PathLike[str]) -> bool:
+    """A cluster URL, or a distributed follower's directory: a cluster reached over NATS (a
+    distributed leader's directory opens its own file, as an embedded cluster's does)."""
+    from ..remote.protocol import is_url
 
+    return is_url(target) or (is_distributed(target) and read(target).role != "leader")
+
+
+def connect_remote(target: str | os.PathLike[str], **options: Any) -> Any:
+    """A DB-API connection over NATS (proxy/remote/client.py) to the cluster at a URL, or from a
+    follower's directory: its reads on that follower first, its writes on the leader."""
+    from ..remote.client import RemoteConnection, connect
+    from ..remote.protocol import is_url
+
+    if is_url(target):
+        return connect(str(target), **options)
+    config = read(target)
     options.setdefault("prefer", config.node)
     return RemoteConnection(list(config.nats), config.cluster, creds=config.creds, **options)

@@ -412,7 +412,8 @@ def _temp_only(actions: list[_Action]) -> bool:
 
 def split_statements(script: str) -> list[str]:
     """A script's statements, split where SQLite's parser would split them (sqlite3_complete: a
-    ';' inside a string, a comment or a trigger's body does not end a statement)."""
+    ';' inside a string, a comment or a trigger's body does not end a statement); a last one
+    without ';' is kept, pieces with only whitespace and comments are not."""
     statements, start, at = [], 0, script.find(";")
     while at >= 0:
         if apsw.complete(script[start:at + 1]):
@@ -420,8 +421,24 @@ def split_statements(script: str) -> list[str]:
             start = at + 1
         at = script.find(";", at + 1)
     statements.append(script[start:])
-    return [s for s in statements if s.strip() and not _only_comments(s)]
+    return [s for s in statements if not is_blank(s)]
 
 
-def _only_comments(text: str) -> bool:
-    return not re.sub(r"--[^\n]*|/\*.*?(\*/|$)|;", "", text, flags=re.S).strip()
+def is_blank(text: str) -> bool:
+    """Only whitespace and comments: nothing to run (sqlite3's shell skips these too)."""
+    index, end = 0, len(text)
+    while index < end:
+        if text[index].isspace():
+            index += 1
+        elif text.startswith("--", index):
+            index = text.find("\n", index)
+            if index < 0:
+                return True
+        elif text.startswith("/*", index):
+            index = text.find("*/", index + 2)
+            if index < 0:
+                return True  # an unfinished comment is still only a comment
+            index += 2
+        else:
+            return False
+    return True

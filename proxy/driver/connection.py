@@ -166,23 +166,8 @@ class Connection(Sqlite3Surface, DBAPIConnection):
 
     # -- consistency --------------------------------------------------------------------------
 
-    @property
-    def session_token(self) -> str:
-        """An opaque string holding what this session has written and read; pass it to
-        `connect(..., session_token=...)` to continue the session elsewhere."""
+    def _settle(self) -> None:
         self._router.settle()
-        return self.session.token()
-
-    @property
-    def last_write_lsn(self) -> int:
-        """LSN of the last write this session committed (0 if none)."""
-        return self.session.last_write_lsn
-
-    @property
-    def last_read_lsn(self) -> int:
-        """Highest log position this session has read (an upper bound once it has read followers)."""
-        self._router.settle()
-        return self.session.last_read_lsn
 
     # -- PEP 249 ------------------------------------------------------------------------------
 

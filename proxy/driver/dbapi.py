@@ -57,6 +57,30 @@ class DBAPIConnection:
     def on_stale(self, policy: str) -> None:
         self._on_stale = check_policy(policy)
 
+    # -- the session's positions (`session`, a consistency.Session, set by the subclass)
+
+    def _settle(self) -> None:
+        """Bring the session's positions up to date before they are read (nothing to do unless
+        reads in flight can still raise them)."""
+
+    @property
+    def session_token(self) -> str:
+        """An opaque string holding what this session has written and read; pass it to
+        `connect(..., session_token=...)` to continue the session elsewhere."""
+        self._settle()
+        return self.session.token()  # type: ignore[attr-defined]
+
+    @property
+    def last_write_lsn(self) -> int:
+        """LSN of the last write this session committed (0 if none)."""
+        return self.session.last_write_lsn  # type: ignore[attr-defined]
+
+    @property
+    def last_read_lsn(self) -> int:
+        """Highest log position this session has read (an upper bound once it has read followers)."""
+        self._settle()
+        return self.session.last_read_lsn  # type: ignore[attr-defined]
+
     # sqlite3-style shortcuts
     def execute(self, sql: str, parameters: Any = ()) -> Any:
         return self.cursor().execute(sql, parameters)  # type: ignore[attr-defined]

@@ -200,18 +200,6 @@ class RemoteConnection(DBAPIConnection):
         self._autocommit = value
 
     @property
-    def session_token(self) -> str:
-        return self.session.token()
-
-    @property
-    def last_write_lsn(self) -> int:
-        return self.session.last_write_lsn
-
-    @property
-    def last_read_lsn(self) -> int:
-        return self.session.last_read_lsn
-
-    @property
     def leader(self) -> str | None:
         """The node this connection's session runs on (None before its first write)."""
         return self._leader

@@ -215,8 +215,8 @@ def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, m
     Each statement commits by itself unless the SQL opens a transaction with BEGIN; the first error
     stops the run (exit 1). Ctrl-C stops a running statement. DIRECTORY may also be a distributed
     cluster's URL, nats://HOST:PORT[,HOST:PORT]/CLUSTER, or a distributed follower's directory."""
+    from ..dist.local import connect_remote, is_remote
     from .execute import run_statements
-    from .nodes import is_remote, open_remote
     from .shell.repl import CtrlC
 
     text = sys.stdin.read() if sql == "-" else sql
@@ -228,7 +228,7 @@ def exec_(directory: str, sql: str, params: tuple[str, ...], node: str | None, m
     try:
         with ctrl_c.armed():
             if is_remote(directory):
-                conn = open_remote(directory, autocommit=True, node=node)
+                conn = connect_remote(directory, autocommit=True, node=node)
             else:
                 cluster = _open(directory)
                 conn = connect(directory, cluster=cluster, autocommit=True, node=node)

@@ -110,22 +110,3 @@ def serve_node(directory: str, lease_ttl: float | None) -> None:
         service.run()
     except KeyboardInterrupt:
         service.stop()
-
-
-def is_remote(target: str) -> bool:
-    """A cluster URL, or a distributed follower's directory: statements go over NATS."""
-    from ..dist import local
-    from ..remote.protocol import is_url
-
-    return is_url(target) or (local.is_distributed(target) and local.read(target).role != "leader")
-
-
-def open_remote(target: str, **options: Any) -> Any:
-    """A remote DB-API connection to the cluster at a URL or from a follower's directory."""
-    from ..dist import local
-    from ..remote.client import connect
-    from ..remote.protocol import is_url
-
-    if is_url(target):
-        return connect(target, **options)
-    return local.connect_follower(target, local.read(target), **options)

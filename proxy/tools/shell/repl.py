@@ -30,7 +30,8 @@ from prompt_toolkit.document import Document
 import logformats
 
 from ...cluster import Cluster
-from ...driver import Connection, Cursor, connect
+from ...driver import Connection, Cursor, analyze, connect
+from ...driver.analyze import is_blank
 from ...errors import Error
 from ...store import config as cfg
 from ...store.decode import bad_input, not_utf8
@@ -58,26 +59,6 @@ def default_history_path() -> Path:
 
 # -- reading SQL --------------------------------------------------------------------------------
 
-def is_blank(text: str) -> bool:
-    """Only whitespace and comments: nothing to run (sqlite3's shell skips these too)."""
-    index, end = 0, len(text)
-    while index < end:
-        if text[index].isspace():
-            index += 1
-        elif text.startswith("--", index):
-            index = text.find("\n", index)
-            if index < 0:
-                return True
-        elif text.startswith("/*", index):
-            index = text.find("*/", index + 2)
-            if index < 0:
-                return True  # an unfinished comment is still only a comment
-            index += 2
-        else:
-            return False
-    return True
-
-
 def is_dot_command(text: str) -> bool:
     return text.lstrip().startswith(".")
 
@@ -90,14 +71,9 @@ def is_complete(text: str) -> bool:
 
 
 def split_statements(text: str) -> list[str]:
-    """The statements of a complete input, split where SQLite's parser would end them."""
-    out, start = [], 0
-    for index, char in enumerate(text):
-        if char == ";" and apsw.complete(text[start:index + 1]):
-            out.append(text[start:index + 1])
-            start = index + 1
-    out.append(text[start:])  # a last statement without `;` still runs, as in sqlite3
-    return [s.strip() for s in out if not is_blank(s)]
+    """The statements of a complete input, split where SQLite's parser would end them (a last
+    statement without `;` still runs, as in sqlite3)."""
+    return [statement.strip() for statement in analyze.split_statements(text)]
 
 
 # -- the shell ----------------------------------------------------------------------------------
@@ -658,20 +634,6 @@ def _offer_cluster(directory: Path, create: bool, interactive: bool, stdin: Text
     return answer.strip().lower() in ("", "y", "yes")
 
 
-def is_remote(target: str | os.PathLike[str]) -> bool:
-    """A cluster URL, or a distributed follower's directory: a cluster with no local leader file,
-    reached over NATS. (A distributed leader's directory opens as an embedded cluster's does.)"""
-    from ...remote.protocol import is_url
-
-    if is_url(target):
-        return True
-    if not (Path(target) / "distributed.toml").is_file():  # dist/local.py; NATS's side loads only then
-        return False
-    from ...dist import local
-
-    return local.read(target).role != "leader"
-
-
 def _open_cluster(path: Path, create: bool, interactive: bool, stdin: TextIO, stderr: TextIO) -> Cluster | None:
     """The embedded cluster in `path`, created there if it holds none and the user agrees."""
     if not cfg.config_path(path).exists() and (not path.exists() or (path.is_dir() and not any(path.iterdir()))):
@@ -690,7 +652,7 @@ def run_shell(directory: str | os.PathLike[str], *, create: bool = False, histor
     """Open the cluster in `directory` (offering to create one), or connect to the distributed
     cluster at a URL or from a follower's directory, and run the shell; return the exit status:
     1 when a script had errors or the cluster could not be opened, else 0."""
-    from ... import connect as connect_to
+    from ...dist.local import connect_remote, is_remote
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
@@ -701,7 +663,7 @@ def run_shell(directory: str | os.PathLike[str], *, create: bool = False, histor
     cluster: Cluster | None = None
     try:
         if is_remote(target):
-            conn = connect_to(target, autocommit=True)
+            conn = connect_remote(target, autocommit=True)
         else:
             cluster = _open_cluster(Path(target), create, interactive, stdin, stderr)
             if cluster is None:
