@@ -92,6 +92,12 @@ def test_a_leader_without_its_relay_stops_writing_when_its_lease_lapses(dist: Cl
     a = dist.init("a", "--lease-ttl", TTL)
     a.serve()
     dist.wait_serving(a)
+
+    def lease_in_file() -> float | None:  # the holder in the bucket writes it into its file next
+        with store.opened(a.path, name="a") as db:
+            return store.read_fence(db).lease_until
+
+    wait_until(lease_in_file, HANG, poll=0.02, message=a.logs())
     conn = proxy.connect(a.directory)
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
     conn.commit()
