@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from ..cluster.create import create_cluster
 from ..errors import ClusterError, TransportError
-from ..jetstream.bridge import split_urls
+from ..jetstream.bridge import NoResponders, split_urls
 from ..jetstream.kv import ClusterKV
 from ..jetstream.names import EPOCHS_KEY, LEASE_KEY, SETTINGS_KEY, check_name, node_key
 from ..jetstream.stream import LogStream
@@ -24,6 +24,7 @@ from .shared import load_settings
 log = logging.getLogger("replproxy.dist")
 
 SNAPSHOT_TIMEOUT = 600.0
+SERVE_START_WAIT = 30.0  # how long `join` asks again a lease holder whose `serve` has not subscribed yet
 T = TypeVar("T")
 
 
@@ -109,6 +110,28 @@ def init_distributed(directory: str | os.PathLike[str], *, nats: str, cluster: s
     return created
 
 
+def _request_snapshot(bridge: Any, kv: ClusterKV, config: local.DistConfig, cluster: str, name: str,
+                      timeout: float) -> tuple[str, dict[str, Any]]:
+    """Ask the lease holder for a snapshot. A holder whose `serve` is starting (or restarting
+    within its lease) has not subscribed yet: asked again until `timeout`, as the request was not
+    delivered."""
+    start = time.monotonic()
+    deadline, starting = start + timeout, start + min(timeout, SERVE_START_WAIT)
+    while True:
+        lease = kv.get(LEASE_KEY)
+        if lease is None or not isinstance(lease.value, dict):
+            raise ClusterError(f"cluster {cluster!r} has no leader serving (no lease): start `replproxy serve` "
+                               "on the leader's directory first")
+        leader = str(lease.value["node"])
+        try:
+            return leader, bridge.request(config.names.request_subject("snapshot", leader), {"node": name},
+                                          timeout=max(0.1, deadline - time.monotonic()))
+        except NoResponders:
+            if time.monotonic() >= starting:
+                raise
+            time.sleep(0.1)
+
+
 def join(directory: str | os.PathLike[str], *, nats: str, cluster: str, name: str,
          creds: str | None = None, timeout: float = SNAPSHOT_TIMEOUT) -> int:
     """Create follower `name` of `cluster` in `directory` from a snapshot the leader puts in the
@@ -127,12 +150,7 @@ def join(directory: str | os.PathLike[str], *, nats: str, cluster: str, name: st
         _settings, record = load_settings(kv, cluster)
         if kv.node(name) is not None:
             raise ClusterError(f"cluster {cluster!r} already has a node named {name!r}")
-        lease = kv.get(LEASE_KEY)
-        if lease is None or not isinstance(lease.value, dict):
-            raise ClusterError(f"cluster {cluster!r} has no leader serving (no lease): start `replproxy serve` "
-                               "on the leader's directory first")
-        leader = str(lease.value["node"])
-        reply = bridge.request(config.names.request_subject("snapshot", leader), {"node": name}, timeout=timeout)
+        leader, reply = _request_snapshot(bridge, kv, config, cluster, name, timeout)
         directory.mkdir(parents=True, exist_ok=True)
         stream = LogStream(bridge, config.names, str(record["cluster_id"]))
 
