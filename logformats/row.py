@@ -113,6 +113,9 @@ class RowCapture(Capture):
         # rolled-back transaction's versions come round again with other schemas), so the caches
         # keyed by it are used only while this transaction has not changed the schema.
         self._start_version = _schema_version(conn)
+        # Only a statement of this capture moves the schema (this connection holds the write
+        # lock): without a schema change or replicated PRAGMA it is the same at COMMIT.
+        self._schema_may_move = False
         self._sequence = read_sequence_at(conn, self._start_version)
         self._touched: set[str] = set()
         self._session: apsw.Session | None = self._new_session()
@@ -159,6 +162,8 @@ class RowCapture(Capture):
             session.close()
 
     def prepare(self, stmt: StatementInfo, sql: str, params: Any) -> tuple[str, Any]:
+        if stmt.kind != "dml":
+            self._schema_may_move = True
         if stmt.kind == "ddl" or stmt.replicated_pragma:
             # Images before a schema change must be taken against the old schema.
             self._flush()
@@ -275,7 +280,7 @@ class RowCapture(Capture):
         self._flush()
         # COMMIT may still be refused (deferred foreign keys) and the transaction go on: prepare()
         # then opens a new session, and the chunks stay as they were so finish() can run again.
-        schema_version = _schema_version(self.conn)
+        schema_version = _schema_version(self.conn) if self._schema_may_move else self._start_version
         if schema_version == self._start_version:
             refuse_null_keys(self.conn, schema_version, tables=self._checked_tables())
             sequence = read_sequence_at(self.conn, schema_version)

@@ -246,9 +246,15 @@ def set_policy(conn: apsw.Connection, policy: str) -> None:
 
 # -- inside the proxy's write transactions ---------------------------------------------------------
 
-# The header each proxy connection last left or checked: while it is unchanged at BEGIN, nothing
-# else changed the schema (that moves schema_version) or the header PRAGMAs: nothing to compare.
-_seen: weakref.WeakKeyDictionary[apsw.Connection, str] = weakref.WeakKeyDictionary()
+# (PRAGMA data_version, header) each proxy connection last left or checked: while no other
+# connection has committed since (its data_version is the same), the header is the one it left;
+# while the header is unchanged at BEGIN, nothing else changed the schema (that moves
+# schema_version) or the header PRAGMAs: nothing to compare.
+_seen: weakref.WeakKeyDictionary[apsw.Connection, tuple[int, str]] = weakref.WeakKeyDictionary()
+
+
+def _data_version(conn: apsw.Connection) -> int:
+    return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
 class GuardedCapture(Capture):
@@ -256,18 +262,31 @@ class GuardedCapture(Capture):
     before COMMIT, if the transaction changed the header, it guards the new tables and records the
     new header (after checking that the header it started from was the recorded one)."""
 
-    def __init__(self, inner: Capture):
-        super().__init__(inner.conn, inner.options)
-        self.inner = inner
-        self._start = header(inner.conn)
-        if _seen.get(inner.conn) != self._start:
-            self._check_start()
+    def __init__(self, conn: apsw.Connection, make_inner: Any):
+        # The start check may change the schema (guards): the inner capture starts after it.
+        self.conn = conn
+        self._version = _data_version(conn)
+        # Only a statement other than a row change can move the header (a schema change, a
+        # header PRAGMA): without one the header at COMMIT is the one at BEGIN.
+        self._may_move = False
+        seen = _seen.get(conn)
+        if seen is not None and seen[0] == self._version:
+            self._start = seen[1]
+        else:
+            self._start = header(conn)
+            if seen is None or seen[1] != self._start:
+                self._check_start()
+            else:
+                _seen[conn] = (self._version, self._start)
+        self.inner = make_inner(conn)
+        super().__init__(conn, self.inner.options)
 
     def _check_start(self) -> None:
         """The header is not the last one this connection left or checked: compare with the record
         before this transaction changes anything."""
         conn = self.conn
         found = findings(conn)
+        wrote = True
         if found.needs_baseline:
             baseline(conn)
         elif found.changed and found.alarm is None:
@@ -277,10 +296,17 @@ class GuardedCapture(Capture):
             log.error("leader %s: %s", conn.filename, message)
         elif found.moved and not found.changed:
             record_header(conn, found.epoch)  # a VACUUM: same schema
+        else:
+            wrote = False
         self._start = header(conn)
-        _seen[conn] = self._start
+        if wrote:
+            _seen.pop(conn, None)  # this transaction may still be rolled back: check again next time
+        else:
+            _seen[conn] = (self._version, self._start)
 
     def prepare(self, stmt: Any, sql: str, params: Any) -> tuple[str, Any]:
+        if getattr(stmt, "kind", None) != "dml":
+            self._may_move = True
         return self.inner.prepare(stmt, sql, params)
 
     def executed(self, stmt: Any, sql: str, params: Any) -> None:
@@ -298,17 +324,22 @@ class GuardedCapture(Capture):
     def finish(self) -> bytes | None:
         payload = self.inner.finish()
         conn = self.conn
+        if not self._may_move:
+            return payload
         end = header(conn)
         if end != self._start:
             install_guards(conn)  # the tables it created, before anyone else can write to them
             end = record_header(conn, store.meta_epoch(conn))
-        _seen[conn] = end
+        # Read again next time: this transaction may still be rolled back.
+        _seen.pop(conn, None)
         return payload
 
     def close(self) -> None:
         self.inner.close()
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)  # not made yet
         return getattr(self.inner, name)
 
 
@@ -320,7 +351,7 @@ def guard_captures(cluster: ClusterCore) -> None:
     plain = fmt.capture
 
     def capture(conn: apsw.Connection) -> Capture:
-        return GuardedCapture(plain(conn))
+        return GuardedCapture(conn, plain)
 
     fmt.capture = capture  # type: ignore[method-assign]
     fmt._replproxy_guarded = True  # type: ignore[attr-defined]

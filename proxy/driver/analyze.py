@@ -56,6 +56,8 @@ class MultipleStatementsError(ProgrammingError):
 # nothing), and reads, which write nothing whatever the schema (they are judged again only when a
 # TEMP object of the connection changes, which decides where they are served).
 _SCHEMA_FREE = frozenset({"read", "pragma", "transaction", "savepoint", "empty"})
+# Verdicts whose statements cannot change the TEMP schema (a failure that rolls back calls observe).
+_TEMP_NEUTRAL = frozenset({"read", "dml"})
 
 
 class Analyzer:
@@ -66,8 +68,9 @@ class Analyzer:
         self._cache: dict[str, StatementInfo] = {}
         self._main: int | None = None  # main.schema_version the verdicts were made under
         self._temp: int | None = None  # temp.schema_version the verdicts were made under
-        # The last verdict was a read: only this connection changes its TEMP schema, and a read
-        # cannot, so the next statement need not read it again (rollbacks call observe()).
+        # The last verdict was a read or a row change: only this connection changes its TEMP
+        # schema, and neither can, so the next statement need not read it again (rollbacks call
+        # observe()).
         self._settled = False
 
     def clear(self) -> None:
@@ -80,15 +83,30 @@ class Analyzer:
         connection changed it, this one did, or a ROLLBACK took a change back (a schema may then
         come back to a number it had, with other content: observing after each rollback keeps an
         old verdict from matching it)."""
+        self._settled = False
         self._observe(main=True)
 
-    def _observe(self, main: bool) -> bool:
-        """Empty the cache if the TEMP schema (and with `main`, the leader's schema) moved since
-        its verdicts were made; True if it did."""
+    def confirm(self, sql: str, info: StatementInfo) -> StatementInfo:
+        """The verdict `info` for `sql`, made before this connection took the write lock, judged
+        again under it: another connection may have changed the schema in between (a trigger);
+        now nobody else can. Nothing ran on this connection in between, so its TEMP schema is
+        the one the verdict saw."""
+        if info.kind in _SCHEMA_FREE:
+            return info
+        if self._observe(main=True, temp=False):
+            return self._lookup(sql)
+        return info
+
+    def _observe(self, main: bool, temp: bool = True) -> bool:
+        """Empty the cache if the TEMP schema (unless `temp` is false: it cannot have moved), and
+        with `main` the leader's schema, moved since its verdicts were made; True if it did."""
         conn = self.conn
         try:
-            temp = conn.execute("PRAGMA temp.schema_version").fetchone()[0]
-            changed = temp != self._temp
+            if temp:
+                temp_version = conn.execute("PRAGMA temp.schema_version").fetchone()[0]
+                changed = temp_version != self._temp
+            else:
+                temp_version, changed = self._temp, False
             if main:
                 version = conn.execute("PRAGMA main.schema_version").fetchone()[0]
                 if version != self._main:
@@ -104,7 +122,7 @@ class Analyzer:
             raise translate(exc) from exc
         if changed:
             self._cache.clear()
-            self._temp = temp
+            self._temp = temp_version
         return changed
 
     def __call__(self, sql: str) -> StatementInfo:
@@ -115,9 +133,9 @@ class Analyzer:
         if not self._settled:
             self._observe(main=False)
         info = self._lookup(sql)
-        if info.kind not in _SCHEMA_FREE and self._observe(main=True):
+        if info.kind not in _SCHEMA_FREE and self._observe(main=True, temp=False):
             info = self._lookup(sql)  # judged again, under the schema as it is now
-        self._settled = info.kind == "read"
+        self._settled = info.kind in _TEMP_NEUTRAL
         return info
 
     def _lookup(self, sql: str) -> StatementInfo:

@@ -358,7 +358,7 @@ class Cursor(DBAPICursor):
             if took_lock:
                 # The verdict was made before this transaction held the write lock: another
                 # connection may have changed the schema since (a trigger). Now nobody else can.
-                fresh = conn._leader_side.analyze(sql)
+                fresh = conn._leader_side.analyze.confirm(sql, stmt)
                 if fresh is not stmt:
                     stmt = fresh
                     _check_format(conn, stmt)
