@@ -30,6 +30,12 @@ if _PROFILE not in ("ci", "thorough"):
     raise pytest.UsageError(f"REPLPROXY_HYPOTHESIS={_PROFILE!r}: expected 'ci' (the default) or 'thorough'")
 settings.load_profile(_PROFILE)
 
+# Clusters opened by the tests move their followers in a thread, unless the environment says
+# otherwise: a replicator process per cluster (the default, store/child.py) costs a Python start-up
+# per cluster, which doubles the suite's time. test_replicator_process.py tests the process;
+# `REPLPROXY_REPLICATOR=process python -m pytest` runs everything with it.
+os.environ.setdefault("REPLPROXY_REPLICATOR", "thread")
+
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[Callable[..., proxy.Cluster]]:

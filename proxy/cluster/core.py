@@ -9,6 +9,7 @@ gathers them and registers the replicator's per-round work as hooks.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import time
 import weakref
@@ -24,12 +25,14 @@ from ..errors import ClusterError, ReplicationTimeout
 from ..store import config as cfg
 from ..store import log, node
 from ..store.applier import Applier
+from ..store.child import ReplicatorProcess
 from ..store.decode import DecodedEntry, decode_entries
 from ..store.log import LogEntry
 from ..store.replicator import Replicator, Watcher
 from ..store.source import DownSource, LeaderFileSource, LogSource
 
 RoundHook = Callable[[int, dict[str, int]], None]
+logger = logging.getLogger("replproxy.replication")
 
 _live: weakref.WeakSet[ClusterCore] = weakref.WeakSet()
 
@@ -66,7 +69,7 @@ class ClusterCore:
             if require_leader:
                 raise
             self._identify_from_followers()
-        self.replicator: Replicator | None = None
+        self.replicator: Replicator | ReplicatorProcess | None = None
         self._poll_interval = poll_interval
         # The clocks the cluster operations compare with (replaceable, e.g. by tests): `clock`
         # measures timeouts (monotonic seconds); `wall_clock` is compared with the times stored
@@ -164,12 +167,24 @@ class ClusterCore:
 
     # -- background replication ---------------------------------------------------------------
 
-    def start_replication(self) -> None:
-        if self.replicator is None or not self.replicator.is_alive():
-            self.replicator = Replicator(self.log_source, self._make_appliers,
-                                         poll_interval=self._poll_interval, watcher=self.watcher_factory(),
-                                         after_round=self._after_round)
-            self.replicator.start()
+    def start_replication(self, where: str = "thread") -> None:
+        """Move the followers in the background: in a thread of this process, or ("process") in
+        a process of its own (store/child.py), falling back to a thread where none can start."""
+        if self.replicator is not None and self.replicator.is_alive():
+            return
+        if where == "process":
+            child = ReplicatorProcess(self.directory)
+            try:
+                child.start()
+            except OSError as exc:
+                logger.warning("cannot start a replicator process (%s): replicating in a thread", exc)
+            else:
+                self.replicator = child
+                return
+        self.replicator = Replicator(self.log_source, self._make_appliers,
+                                     poll_interval=self._poll_interval, watcher=self.watcher_factory(),
+                                     after_round=self._after_round)
+        self.replicator.start()
 
     def _make_appliers(self, source: LogSource) -> list[Applier]:
         appliers: list[Applier] = []

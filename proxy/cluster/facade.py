@@ -21,16 +21,34 @@ from .failover import FailoverResult, failover
 from .retention import Maintenance, truncate_log
 from .status import NodeStatus, status
 
+# Where `replicate=True` moves the followers: "process" (the default: the application's writers do
+# not share the interpreter lock with the followers' work) or "thread".
+REPLICATOR_ENV = "REPLPROXY_REPLICATOR"
+REPLICATORS = ("process", "thread")
+
+
+def replicator_kind(replicate: bool | str) -> str | None:
+    """Where the followers are moved for `Cluster(replicate=...)`: "process", "thread" or None."""
+    if replicate is False or replicate is None:
+        return None
+    if replicate is True:
+        replicate = os.environ.get(REPLICATOR_ENV) or "process"
+    if replicate not in REPLICATORS:
+        raise ValueError(f"replicate must be True, False, 'process' or 'thread', not {replicate!r}"
+                         + (f" (from {REPLICATOR_ENV})" if os.environ.get(REPLICATOR_ENV) else ""))
+    return str(replicate)
+
 
 class Cluster(ClusterCore):
     """A replproxy cluster opened from its directory.
 
-    Opening a cluster starts a background thread that moves its followers forward (pass
-    `replicate=False` to only inspect it). `pause` and `resume` act on the follower's own file, so they
+    Opening a cluster starts a replicator that moves its followers forward: in a process of its
+    own by default (store/child.py), `replicate="thread"` in a thread of this one, or none with
+    `replicate=False` (to only inspect it). `pause` and `resume` act on the follower's own file, so they
     hold a follower's position for every process that has the cluster open.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, replicate: bool = True,
+    def __init__(self, directory: str | os.PathLike[str], *, replicate: bool | str = True,
                  poll_interval: float = 0.01, require_leader: bool = True):
         super().__init__(directory, poll_interval=poll_interval, require_leader=require_leader)
         if self.format.captures_outside_writers:
@@ -47,14 +65,15 @@ class Cluster(ClusterCore):
         self._maintenance = Maintenance(self)
         self.round_hooks.append(self._after_round_hook)
         self.on_close(self._maintenance.close)
-        if replicate:
-            self.start_replication()
+        where = replicator_kind(replicate)
+        if where is not None:
+            self.start_replication(where)
 
     @classmethod
     def init(cls, directory: str | os.PathLike[str], *, followers: int = 2, format: str = "row",
              row_image: str = "full", from_db: str | os.PathLike[str] | None = None,
              synchronous: str = "full", follower_synchronous: str = "normal",
-             replicate: bool = True, options: dict[str, Any] | None = None) -> Cluster:
+             replicate: bool | str = True, options: dict[str, Any] | None = None) -> Cluster:
         """Create a new cluster in `directory` and open it. `options`: format options kept in
         cluster.toml's [cluster] table (e.g. no_rewrite=True for the statement format)."""
         create_cluster(directory, followers=followers, format=format, row_image=row_image,

@@ -33,21 +33,24 @@ from ...cluster import Cluster
 from ...driver import connect
 from ...store import log as entries_log
 from ...store import node as store
+from . import targets
 from .common import (
     FOLLOWERS,
     INSERT,
     MIN_REPETITIONS,
     ROWS_PER_TXN,
     SCHEMA,
-    TARGET_SINGLE,
     WARMUP_OPS,
     Samples,
     bench_rows,
     paired_ratio,
     plain_single,
+    ratios,
     settle,
     timed_plain,
+    verdict,
 )
+from .targets import bound_text
 
 LEVEL_BUDGET_SECONDS = 20.0
 
@@ -158,13 +161,13 @@ def report(base: Path, transactions: int, sync_levels: tuple[str, ...], repetiti
         plain = samples["plain"]
         for key, name in _LINES:
             ratio = paired_ratio(samples[key], plain)
-            target = verdict = ""
-            if key == "trigger_proxy":
-                target = f"<={TARGET_SINGLE:.1f}x"
-                verdict = verdict(ratio, TARGET_SINGLE, at_least=False)
-            noise = max(samples[key].spread, plain.spread)
+            target = result = ""
+            bound = targets.SINGLE.get((level, "trigger"))
+            if key == "trigger_proxy" and bound is not None:
+                target, result = bound_text(bound), verdict(ratio, bound, at_least=False)
+            noise = ratios(samples[key], plain).spread
             lines.append(f"{level:7} {name:44} {samples[key].median:10.1f} {ratio:8.2f}x {target:>7} "
-                         f"{verdict:>6} {noise:5.0%}")
+                         f"{result:>6} {noise:5.0%}")
         med = {key: samples[key].median for key, _ in _LINES}
         lines.append(
             f"{level:7}   trigger capture overhead {med['trigger_capture'] - med['plain']:.1f} µs, log append "

@@ -74,18 +74,18 @@ def _catch_up_rate(base: Path, entries: int) -> tuple[float, float, int]:
         cluster.close()
 
 
-def report(workdir: Path | None, transactions: int = 2000) -> list[str]:
+def report(workdir: Path | None, transactions: int = 2000, repetitions: int = REPETITIONS) -> list[str]:
     """Lines for the bench report."""
     commits = max(100, min(transactions, 500))
     entries = max(1000, transactions * 2)
     with tempfile.TemporaryDirectory(prefix="replproxy-bench-modes-", dir=workdir) as tmp:
-        times = _commit_costs(Path(tmp), commits, REPETITIONS)
+        times = _commit_costs(Path(tmp), commits, repetitions)
         rate, snapshot_s, lsn = _catch_up_rate(Path(tmp), entries)
     base = times["async"]
     lines = [
         "",
         f"replication modes: single-row autocommit INSERT, leader synchronous=full, 2 followers; "
-        f"{commits} commits per mode, modes interleaved, median of {REPETITIONS}",
+        f"{commits} commits per mode, modes interleaved, median of {repetitions}",
         "  (sync waits for node2 to apply each commit; semi-sync for any 1 follower; acknowledging "
         "followers apply with synchronous=full)",
         f"{'mode':>10} {'µs/commit':>10} {'vs async':>9}",

@@ -4,26 +4,26 @@ Every figure comes from one run on one machine: plain apsw is measured in the sa
 same pragmas (journal_mode=WAL, the same PRAGMA synchronous), the same table and the same rows, in
 a fresh database file for every measurement, in a directory on the same disk (default: a temporary
 directory under the current directory, or under the system temporary directory when the current one
-is in memory; `--dir` to choose). Each measurement is repeated, interleaved (plain, proxy, proxy,
-...), and medians are reported; a ratio is the median of the per-repetition ratios. A discarded
-warm-up round runs first, every measurement warms its own statement caches and flushes the page
-cache's dirty pages (os.sync) before its clock starts, and a 4 KiB write + fsync probe per
-repetition shows how fast the disk was at the time.
+is in memory; `--dir` to choose). Each measurement is repeated, interleaved, and medians are
+reported; every proxy figure is paired with the plain apsw figure measured just before it, and a
+ratio is the median of the per-repetition ratios. A discarded warm-up round runs first, every
+measurement warms its own statement caches and flushes the page cache's dirty pages (os.sync)
+before its clock starts, and a 4 KiB write + fsync probe per repetition shows how fast the disk was.
 
-Measurements, for each synchronous level:
+Measurements, for each synchronous level, for every log format at normal (the formats take turns
+going first) and for the row format at the other levels (or only the format of `--format`):
 
 1. single-row autocommit INSERTs: plain `conn.execute(INSERT, params)` in autocommit against
    `proxy.connect(dir, cluster=..., autocommit=True)` + `cursor.execute`, with the cluster's
-   background replicator running (leader + 2 followers, as `replproxy init` creates), and again
-   with the replicator stopped (`Cluster(dir, replicate=False)`) to show the background thread's
-   share;
+   background replicator running (leader + 2 followers, as `replproxy init` creates); for the
+   first format also with the replicator stopped (`replicate=False`), the background thread's share;
 2. 10-row transactions: BEGIN, 10 INSERTs, COMMIT against 10 `cursor.execute` + `commit()`;
-3. follower apply rate: the entries written by (1) with replication off are applied by one
-   follower from LSN 0 with `Applier.catch_up`; compared with the leader's
-   commit rate from (1) with the replicator stopped (the leader's own speed).
+3. follower apply rate (first format): the entries written by (1) with replication off are applied
+   by one follower from LSN 0 with `Applier.catch_up`; compared with the leader's commit rate from
+   (1) with the replicator stopped (the leader's own speed).
 
-It is a report, not a test: the exit code is 0 even when a target is missed.
-"""
+The run ends with the targets (targets.py), each PASS or MISS. It is a report, not a test: the exit
+code is 0 even when a target is missed."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import apsw
 from ...cluster import Cluster
 from ...driver import connect
 from ...store.source import LeaderFileSource
+from . import targets
 from .common import (
     CATCHUP_TIMEOUT,
     FOLLOWERS,
@@ -51,21 +53,18 @@ from .common import (
     REPETITIONS,
     ROWS_PER_TXN,
     SCHEMA,
-    TARGET_APPLY,
-    TARGET_MULTI,
-    TARGET_SINGLE,
-    TARGET_SINGLE_BY_FORMAT,
     WARMUP_OPS,
     WARMUP_ROUND,
     Samples,
     bench_rows,
-    paired_ratio,
     plain_multi,
     plain_single,
+    ratios,
     remove_tree,
     settle,
     verdict,
 )
+from .targets import bound_text
 
 _MEMORY_FS = {"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"}
 
@@ -137,13 +136,9 @@ def _choose_base(workdir: str | None) -> Path:
 # -- measurements ---------------------------------------------------------------------------------
 
 
-# The log format of the proxy's clusters in this run (`replproxy bench --format`).
-_LOG_FORMAT = "row"
-
-
-def _new_cluster(directory: Path, synchronous: str, replicate: bool) -> Cluster:
+def _new_cluster(directory: Path, synchronous: str, log_format: str, replicate: bool) -> Cluster:
     return Cluster.init(directory, followers=FOLLOWERS, synchronous=synchronous, replicate=replicate,
-                        format=_LOG_FORMAT)
+                        format=log_format)
 
 
 def _check_replicated(cluster: Cluster, expected_rows: int) -> None:
@@ -156,10 +151,10 @@ def _check_replicated(cluster: Cluster, expected_rows: int) -> None:
             raise RuntimeError(f"follower {name} holds {count} rows, expected {expected_rows}")
 
 
-def _proxy_single(directory: Path, synchronous: str, rows: list[tuple], warm: list[tuple],
+def _proxy_single(directory: Path, synchronous: str, log_format: str, rows: list[tuple], warm: list[tuple],
                   replicate: bool) -> tuple[float, Cluster]:
     """µs per autocommit INSERT through the proxy; the cluster is returned open (caller closes)."""
-    cluster = _new_cluster(directory, synchronous, replicate)
+    cluster = _new_cluster(directory, synchronous, log_format, replicate)
     conn = connect(directory, cluster=cluster, autocommit=True)
     try:
         cur = conn.cursor()
@@ -181,9 +176,9 @@ def _proxy_single(directory: Path, synchronous: str, rows: list[tuple], warm: li
     return elapsed / len(rows) * 1e6, cluster
 
 
-def _proxy_multi(directory: Path, synchronous: str, batches: list[list[tuple]], warm: list[list[tuple]],
-                 replicate: bool) -> float:
-    cluster = _new_cluster(directory, synchronous, replicate)
+def _proxy_multi(directory: Path, synchronous: str, log_format: str, batches: list[list[tuple]],
+                 warm: list[list[tuple]], replicate: bool) -> float:
+    cluster = _new_cluster(directory, synchronous, log_format, replicate)
     try:
         conn = connect(directory, cluster=cluster, autocommit=False)
         try:
@@ -236,23 +231,40 @@ def _apply_rate(cluster: Cluster) -> float:
 
 
 @dataclass
+class FormatResult:
+    """One log format at one level; each proxy figure is paired with the plain one measured just before."""
+
+    plain_single: Samples = field(default_factory=Samples)
+    single: Samples = field(default_factory=Samples)
+    plain_multi: Samples = field(default_factory=Samples)
+    multi: Samples = field(default_factory=Samples)
+
+
+@dataclass
 class LevelResult:
     synchronous: str
-    plain_single: Samples = field(default_factory=Samples)
-    proxy_single: Samples = field(default_factory=Samples)
-    proxy_single_norepl: Samples = field(default_factory=Samples)
-    plain_multi: Samples = field(default_factory=Samples)
-    proxy_multi: Samples = field(default_factory=Samples)
-    proxy_multi_norepl: Samples = field(default_factory=Samples)
+    formats: tuple[str, ...]  # the first one also gets the diagnostics below
+    by_format: dict[str, FormatResult] = field(default_factory=dict)
+    single_norepl: Samples = field(default_factory=Samples)
+    multi_norepl: Samples = field(default_factory=Samples)
     apply: Samples = field(default_factory=Samples)
     fsync: Samples = field(default_factory=Samples)
     repetitions: int = 0
 
+    def __post_init__(self) -> None:
+        self.by_format = {fmt: FormatResult() for fmt in self.formats}
 
-def _one_round(base: Path, synchronous: str, transactions: int, result: LevelResult | None,
-               tag: str) -> None:
-    """One repetition of every measurement at one level (result None: warm-up, discarded)."""
-    if result is not None:
+    @property
+    def main(self) -> str:
+        return self.formats[0]
+
+
+def _one_round(base: Path, result: LevelResult, transactions: int, keep: bool, tag: str,
+               rotate: int = 0) -> None:
+    """One repetition of every measurement at one level (keep False: warm-up, discarded). The formats
+    take turns going first (`rotate`), so that none is always measured right after a slow neighbour."""
+    synchronous = result.synchronous
+    if keep:
         result.fsync.add(_fsync_probe(base))
     single_rows = bench_rows(transactions, WARMUP_OPS)
     single_warm = bench_rows(WARMUP_OPS)
@@ -261,53 +273,52 @@ def _one_round(base: Path, synchronous: str, transactions: int, result: LevelRes
     groups = [multi_all[i:i + ROWS_PER_TXN] for i in range(0, len(multi_all), ROWS_PER_TXN)]
     multi_warm, multi_rows = groups[:warm_groups], groups[warm_groups:]
 
-    def place(name: str) -> Path:
+    def measure(samples: Samples, name: str, run: Callable[[Path], float]) -> None:
         path = base / f"{tag}-{synchronous}-{name}"
         remove_tree(path)
         path.mkdir(parents=True)
-        return path
-
-    def keep(samples: Samples, value: float) -> None:
-        if result is not None:
+        try:
+            value = run(path)
+        finally:
+            remove_tree(path)
+        if keep:
             samples.add(value)
 
-    # 1. single-row autocommit INSERTs
-    path = place("plain1")
-    keep(result.plain_single if result else Samples(),
-         plain_single(path / "plain.db", synchronous, single_rows, single_warm))
-    remove_tree(path)
+    def single_and_apply(path: Path) -> float:
+        us, cluster = _proxy_single(path, synchronous, result.main, single_rows, single_warm, replicate=False)
+        try:
+            # the entries just written with replication off: one follower applies them from 0
+            value = _apply_rate(cluster)
+            if keep:
+                result.apply.add(value)
+        finally:
+            cluster.close()
+        return us
 
-    path = place("proxy1")
-    us, cluster = _proxy_single(path, synchronous, single_rows, single_warm, replicate=True)
-    cluster.close()
-    keep(result.proxy_single if result else Samples(), us)
-    remove_tree(path)
+    def single_replicated(fmt: str) -> Callable[[Path], float]:
+        def run(path: Path) -> float:
+            us, cluster = _proxy_single(path, synchronous, fmt, single_rows, single_warm, replicate=True)
+            cluster.close()
+            return us
+        return run
 
-    path = place("proxy1-norepl")
-    us, cluster = _proxy_single(path, synchronous, single_rows, single_warm, replicate=False)
-    try:
-        keep(result.proxy_single_norepl if result else Samples(), us)
-        # 3. the entries just written with replication off: one follower applies them from 0
-        keep(result.apply if result else Samples(), _apply_rate(cluster))
-    finally:
-        cluster.close()
-    remove_tree(path)
-
-    # 2. 10-row transactions
-    path = place("plain10")
-    keep(result.plain_multi if result else Samples(),
-         plain_multi(path / "plain.db", synchronous, multi_rows, multi_warm))
-    remove_tree(path)
-
-    path = place("proxy10")
-    keep(result.proxy_multi if result else Samples(),
-         _proxy_multi(path, synchronous, multi_rows, multi_warm, replicate=True))
-    remove_tree(path)
-
-    path = place("proxy10-norepl")
-    keep(result.proxy_multi_norepl if result else Samples(),
-         _proxy_multi(path, synchronous, multi_rows, multi_warm, replicate=False))
-    remove_tree(path)
+    turn = rotate % len(result.formats)
+    for fmt in result.formats[turn:] + result.formats[:turn]:
+        res = result.by_format[fmt]
+        # 1. single-row autocommit INSERTs
+        measure(res.plain_single, f"{fmt}-plain1",
+                lambda p: plain_single(p / "plain.db", synchronous, single_rows, single_warm))
+        measure(res.single, f"{fmt}-proxy1", single_replicated(fmt))
+        if fmt == result.main:
+            measure(result.single_norepl, f"{fmt}-proxy1-norepl", single_and_apply)
+        # 2. 10-row transactions
+        measure(res.plain_multi, f"{fmt}-plain10",
+                lambda p: plain_multi(p / "plain.db", synchronous, multi_rows, multi_warm))
+        measure(res.multi, f"{fmt}-proxy10",
+                lambda p, fmt=fmt: _proxy_multi(p, synchronous, fmt, multi_rows, multi_warm, replicate=True))
+        if fmt == result.main:
+            measure(result.multi_norepl, f"{fmt}-proxy10-norepl",
+                    lambda p: _proxy_multi(p, synchronous, result.main, multi_rows, multi_warm, replicate=False))
 
 
 def _fsync_probe(directory: Path, count: int = 20) -> float:
@@ -329,47 +340,44 @@ def _fsync_probe(directory: Path, count: int = 20) -> float:
 
 
 def _table(results: list[LevelResult], transactions: int) -> list[str]:
-    header = (f"{'sync':7} {'measurement':46} {'plain apsw µs/op':>16} {'proxy µs/op':>12} "
-              f"{'ratio':>7} {'target':>8} {'result':>6} {'noise':>6}")
+    header = (f"{'sync':7} {'format':10} {'measurement':46} {'plain apsw µs/op':>16} {'proxy µs/op':>12} "
+              f"{'ratio':>7} {'target':>7} {'result':>6} {'noise':>6}")
     lines = [header, "-" * len(header)]
 
-    def row(level: str, name: str, base: Samples, proxied: Samples, ratio: float, target: str,
-            verdict: str) -> None:
-        noise = max(base.spread, proxied.spread)
-        lines.append(f"{level:7} {name:46} {base.median:16.1f} {proxied.median:12.1f} "
-                     f"{ratio:6.2f}x {target:>8} {verdict:>6} {noise:5.0%}")
+    def row(level: str, fmt: str, name: str, base: Samples, proxied: Samples, pairs: Samples,
+            bound: float | None, at_least: bool = False) -> None:
+        result = verdict(pairs.median, bound, at_least) if bound is not None else ""
+        lines.append(f"{level:7} {fmt:10} {name:46} {base.median:16.1f} {proxied.median:12.1f} "
+                     f"{pairs.median:6.2f}x {bound_text(bound, at_least):>7} {result:>6} {pairs.spread:5.0%}")
 
     for res in results:
-        lvl = res.synchronous
-        for name, plain, prox in (
-            ("single-row INSERT, autocommit (µs/commit)", res.plain_single, res.proxy_single),
-            ("  same, follower replicator stopped", res.plain_single, res.proxy_single_norepl),
-        ):
-            ratio = paired_ratio(prox, plain)
-            target = TARGET_SINGLE_BY_FORMAT.get(_LOG_FORMAT, TARGET_SINGLE)
-            row(lvl, name, plain, prox, ratio, f"<={target:.1f}x", verdict(ratio, target, at_least=False))
-        for name, plain, prox in (
-            (f"{ROWS_PER_TXN}-row transaction (µs/transaction)", res.plain_multi, res.proxy_multi),
-            ("  same, follower replicator stopped", res.plain_multi, res.proxy_multi_norepl),
-        ):
-            ratio = paired_ratio(prox, plain)
-            row(lvl, name, plain, prox, ratio, f"<={TARGET_MULTI:.1f}x",
-                verdict(ratio, TARGET_MULTI, at_least=False))
-        ratio = paired_ratio(res.proxy_single_norepl, res.apply)
-        row(lvl, "follower apply µs/entry vs leader µs/commit *", res.proxy_single_norepl, res.apply,
-            ratio, f">={TARGET_APPLY:.1f}x", verdict(ratio, TARGET_APPLY, at_least=True))
+        lvl, main = res.synchronous, res.main
+        for fmt, fr in res.by_format.items():
+            row(lvl, fmt, "single-row INSERT, autocommit (µs/commit)", fr.plain_single, fr.single,
+                ratios(fr.single, fr.plain_single), targets.SINGLE.get((lvl, fmt)))
+            if fmt == main:
+                row(lvl, fmt, "  same, follower replicator stopped", fr.plain_single, res.single_norepl,
+                    ratios(res.single_norepl, fr.plain_single), None)
+        for fmt, fr in res.by_format.items():
+            row(lvl, fmt, f"{ROWS_PER_TXN}-row transaction (µs/transaction)", fr.plain_multi, fr.multi,
+                ratios(fr.multi, fr.plain_multi), targets.MULTI.get((lvl, fmt)))
+            if fmt == main:
+                row(lvl, fmt, "  same, follower replicator stopped", fr.plain_multi, res.multi_norepl,
+                    ratios(res.multi_norepl, fr.plain_multi), None)
+        row(lvl, main, "follower apply µs/entry vs leader µs/commit *", res.single_norepl, res.apply,
+            ratios(res.single_norepl, res.apply), targets.APPLY, at_least=True)
         lines.append("")
     lines.append(
-        "* apply row: the 'plain apsw' column holds the proxy leader's µs per single-row commit with "
-        "the replicator\n  stopped (the leader's own speed), the 'proxy' column one follower's µs per "
-        "entry catching up from LSN 0\n  with Applier.catch_up; ratio = apply rate / leader commit rate "
-        "(higher is better).")
+        "* apply row: the 'plain apsw' column holds the proxy leader's µs per single-row commit with the "
+        "replicator\n  stopped (the leader's own speed), the 'proxy' column one follower's µs per entry "
+        "catching up from LSN 0\n  with Applier.catch_up; ratio = apply rate / leader commit rate (higher "
+        "is better).")
     reps = ", ".join(f"{res.repetitions} at {res.synchronous}" for res in results)
     lines.append(
-        f"ratio = proxy / plain apsw (lower is better) for the other rows. µs: medians over repetitions "
-        f"of {transactions}\ntransactions ({reps}), each in fresh files; ratio: median of the "
-        "per-repetition ratios (both sides\nrun in the same repetition, seconds apart); noise = "
-        "(max - min) / median of the noisier side.")
+        f"ratio = proxy / plain apsw (lower is better) for the other rows. µs: medians over repetitions of "
+        f"{transactions}\ntransactions ({reps}), each in fresh files; every proxy figure is paired with "
+        "the plain apsw one measured\njust before it; ratio: median of the per-repetition ratios; noise = "
+        "(max - min) / median of those ratios.")
     for res in results:
         rounds = ", ".join(f"{value:.0f}" for value in res.fsync.values)
         lines.append(f"fsync probe at {res.synchronous} (4 KiB write + fsync, median µs per repetition): "
@@ -377,12 +385,54 @@ def _table(results: list[LevelResult], transactions: int) -> list[str]:
     return lines
 
 
+def _outcomes(results: list[LevelResult], levels: tuple[str, ...], formats: tuple[str, ...]) -> list[targets.Outcome]:
+    """Every write target of the levels asked for, measured or not (a level that failed is listed as ERROR)."""
+    done = {res.synchronous: res for res in results if res.repetitions}
+    outcomes = []
+    for lvl in levels:
+        res = done.get(lvl)
+        for kind, table, label in (("single", targets.SINGLE, "single-row autocommit INSERT"),
+                                   ("multi", targets.MULTI, f"{ROWS_PER_TXN}-row transaction")):
+            for fmt in formats:
+                bound = table.get((lvl, fmt))
+                if bound is None:
+                    continue
+                name = f"{lvl:7} {fmt:10} {label}, proxy / apsw"
+                if res is None or fmt not in res.by_format:
+                    outcomes.append(targets.missing(name, bound))
+                    continue
+                fr = res.by_format[fmt]
+                pairs = (ratios(fr.single, fr.plain_single) if kind == "single"
+                         else ratios(fr.multi, fr.plain_multi))
+                outcomes.append(targets.Outcome(name, pairs, bound))
+    return outcomes
+
+
+def _apply_outcomes(results: list[LevelResult], levels: tuple[str, ...], main: str) -> list[targets.Outcome]:
+    done = {res.synchronous: res for res in results if res.repetitions}
+    outcomes = []
+    for lvl in levels:
+        name = f"{lvl:7} {main:10} follower apply rate / leader commit rate"
+        res = done.get(lvl)
+        outcomes.append(targets.Outcome(name, ratios(res.single_norepl, res.apply), targets.APPLY, True)
+                        if res else targets.missing(name, targets.APPLY, True))
+    return outcomes
+
+
+def _level_formats(level: str, formats: tuple[str, ...]) -> tuple[str, ...]:
+    """Every format at normal, where each has its own targets; the first one elsewhere."""
+    return formats if level == "normal" else formats[:1]
+
+
 def run_bench(transactions: int = 2000, sync_levels: tuple[str, ...] = ("full", "normal"),
-              workdir: str | None = None, repetitions: int = REPETITIONS, log_format: str = "row") -> int:
-    """Run every measurement, print the table, return 0 (a report, not a test)."""
-    global _LOG_FORMAT
-    _LOG_FORMAT = log_format
+              workdir: str | None = None, repetitions: int = REPETITIONS, log_format: str | None = None) -> int:
+    """Run every measurement, print the tables and the targets, return 0 (a report, not a test).
+
+    `log_format`: measure only that format (default: every format at normal, row elsewhere).
+    `repetitions`: at most this many repetitions of every measurement (fewer: a quick run)."""
     sync_levels = tuple(dict.fromkeys(sync_levels or ("full", "normal")))
+    formats = (log_format,) if log_format else targets.formats()
+    min_repetitions = min(MIN_REPETITIONS, repetitions)
     base_parent = _choose_base(workdir)
     base = Path(tempfile.mkdtemp(prefix="replproxy-bench-", dir=base_parent))
     out = sys.stdout
@@ -394,8 +444,10 @@ def run_bench(transactions: int = 2000, sync_levels: tuple[str, ...] = ("full", 
         print(text, file=sys.stderr, flush=True)
 
     fstype = _mount_of(base)[2]
-    say(f"replproxy bench: proxy ({log_format} format, leader + "
-        f"{FOLLOWERS} followers) against plain apsw, same run, same pragmas")
+    measured = (f"{formats[0]} format" if len(formats) == 1
+                else f"{formats[0]} format, and every log format at synchronous=normal")
+    say(f"replproxy bench: proxy (leader + {FOLLOWERS} followers; {measured}) against plain apsw, same run, "
+        "same pragmas")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     say(f"  machine: {os.cpu_count()} CPUs (nproc {usable}), {_cpu_model()}")
     say(f"  disk: {base} on {_disk_description(base)}")
@@ -405,7 +457,7 @@ def run_bench(transactions: int = 2000, sync_levels: tuple[str, ...] = ("full", 
     say(f"  python {platform.python_version()}, apsw {apsw.apsw_version()}, "
         f"SQLite {apsw.sqlite_lib_version()}")
     say(f"  journal_mode=WAL, synchronous in {', '.join(sync_levels)}; {transactions} transactions per "
-        f"measurement, {MIN_REPETITIONS} to {repetitions} repetitions (time budget), median")
+        f"measurement, {min_repetitions} to {repetitions} repetitions (time budget), median")
     say("")
 
     started = time.perf_counter()
@@ -413,17 +465,17 @@ def run_bench(transactions: int = 2000, sync_levels: tuple[str, ...] = ("full", 
     failure = None
     try:
         for level in sync_levels:
-            result = LevelResult(level)
+            result = LevelResult(level, _level_formats(level, formats))
             results.append(result)
             progress(f"[bench] synchronous={level}: warm-up round")
-            _one_round(base, level, min(WARMUP_ROUND, transactions), None, "warmup")
+            _one_round(base, result, min(WARMUP_ROUND, transactions), False, "warmup")
             level_start = time.perf_counter()
             for rep in range(repetitions):
                 spent = time.perf_counter() - level_start
-                if rep >= MIN_REPETITIONS and spent + spent / rep > LEVEL_BUDGET_SECONDS:
-                    break  # keep the default run near a minute; slow disks get fewer repetitions
+                if rep >= min_repetitions and spent + spent / rep > LEVEL_BUDGET_SECONDS:
+                    break
                 progress(f"[bench] synchronous={level}: repetition {rep + 1}/{repetitions}")
-                _one_round(base, level, transactions, result, f"rep{rep}")
+                _one_round(base, result, transactions, True, f"rep{rep}", rotate=rep)
                 result.repetitions += 1
     except Exception:  # a report, not a test: show what was measured, and why it stopped
         failure = traceback.format_exc()
@@ -436,36 +488,47 @@ def run_bench(transactions: int = 2000, sync_levels: tuple[str, ...] = ("full", 
     if failure is not None:
         say("\nERROR: the benchmark stopped early; the table holds what was measured before:")
         say(failure.rstrip())
-    progress("[bench] reads")
-    from .reads import report as read_report
+    outcomes = _outcomes(complete, sync_levels, formats)
 
-    for line in read_report(base_parent):
-        say(line)
-    from . import formats as bench_trigger
+    progress("[bench] reads")
+    from . import reads
+
+    try:
+        lines, read_outcomes = reads.report(base_parent, repetitions=min(repetitions, reads.REPETITIONS))
+        for line in lines:
+            say(line)
+    except Exception:  # a report, not a test
+        say("\nERROR: the read measurement stopped:\n" + traceback.format_exc().rstrip())
+        read_outcomes = reads.missing()
+    outcomes += read_outcomes + _apply_outcomes(complete, sync_levels, formats[0])
+
+    from . import formats as bench_formats
 
     extra = Path(tempfile.mkdtemp(prefix="replproxy-bench-", dir=base_parent))
     try:
         if log_format == "trigger":
             progress("[bench] trigger format breakdown")
-            for line in bench_trigger.report(extra, transactions, sync_levels, repetitions):
+            for line in bench_formats.report(extra, transactions, sync_levels, repetitions):
                 say(line)
         progress("[bench] log bytes per transaction")
-        for line in bench_trigger.log_bytes(extra):
+        for line in bench_formats.log_bytes(extra):
             say(line)
     finally:
         remove_tree(extra)
     progress("[bench] replication modes")
-    from .modes import report as modes_report
+    from . import modes
 
     try:
-        for line in modes_report(base_parent, transactions):
+        for line in modes.report(base_parent, transactions, min(repetitions, modes.REPETITIONS)):
             say(line)
     except Exception:  # a report, not a test
         say("\nERROR: the replication modes measurement stopped:\n" + traceback.format_exc().rstrip())
     progress("[bench] start-up cost")
-    from .imports import report as imports_report
+    from . import imports
 
-    for line in imports_report():
+    for line in imports.report(imports.RUNS if repetitions >= REPETITIONS else repetitions):
         say(line)
     say(f"\n(total {time.perf_counter() - started:.0f} s)")
+    for line in targets.summary(outcomes):
+        say(line)
     return 0
