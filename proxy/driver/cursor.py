@@ -58,15 +58,19 @@ class Cursor(DBAPICursor):
     def execute(self, operation: str, parameters: Any = (), *, consistency: str | None = None
                 ) -> Cursor:
         """Run one statement. `consistency` overrides the cursor's and connection's level for it."""
-        self._check_open()
         conn = self.connection
+        if self._closed or conn._closed:
+            self._check_open()
         stmt = conn._leader_side.analyze(operation)
-        self._reset()
+        self._rows = None  # self._reset(), inline: this is every statement's path
+        self.description = None
+        self.rowcount = -1
         level = consistency or self.consistency or conn.consistency
         if consistency is not None or self.consistency is not None:
             check_level(level)
         params = _params(parameters)
-        conn._trace_statement(stmt, operation, params)
+        if conn._trace_callback is not None:
+            conn._trace_statement(stmt, operation, params)
         self._run(stmt, operation, params, level=level)
         # As sqlite3: after every execute() (not executemany), the connection's last_insert_rowid().
         self.lastrowid = conn._local.last_rowid
@@ -119,12 +123,17 @@ class Cursor(DBAPICursor):
         return self
 
     def fetchone(self) -> Any:
-        self._check_open()
-        self._check_result()
+        conn = self.connection
+        if self._closed or conn._closed:
+            self._check_open()
+        if self.description is None:
+            self._check_result()
         row = self._next_row()
         if row is None:
             return None
-        shape = shaper(self, self.row_factory, self.connection.text_factory)
+        if self.row_factory is None and conn.text_factory is str:
+            return row  # as SQLite gave it (shaper() would say so, one call later)
+        shape = shaper(self, self.row_factory, conn.text_factory)
         return row if shape is None else shape(row)
 
     def fetchmany(self, size: int | None = None) -> list[Any]:

@@ -167,6 +167,11 @@ class Definitions:
         self._entries[definition.key] = (self._seq, definition)
         self._applied[leader] = self._seq
 
+    @property
+    def seq(self) -> int:
+        """Bumped by every definition: a connection that has seen this number has them all."""
+        return self._seq
+
     def function_names(self) -> frozenset[str]:
         """The (lower-case) names of the functions, aggregates and window functions defined."""
         return frozenset(name for (family, name, _narg), (_seq, definition) in self._entries.items()

@@ -63,11 +63,18 @@ class Followers:
         self.local = local
         self.conns: dict[str, apsw.Connection] = {}
         self.states: dict[str, FollowerState] = {}
+        # name -> (settings version, definitions) its connection was brought to: one comparison
+        # per read instead of two weak-dictionary lookups
+        self._stamps: dict[str, tuple[int, int]] = {}
 
     def open(self, name: str) -> apsw.Connection:
         conn = self.conns.get(name)
         if conn is None:
             return self._open(name)
+        local = self.local
+        stamp = (local.version, local.definitions.seq)
+        if self._stamps.get(name) == stamp:
+            return conn
         try:
             self.local.apply_settings(conn, leader=False)
         except apsw.Error:
@@ -77,9 +84,11 @@ class Followers:
             # reads go on through a new connection; the old one closes with its last cursor.
             del self.conns[name]
             return self._open(name)
+        self._stamps[name] = stamp
         return conn
 
     def _open(self, name: str) -> apsw.Connection:
+        self._stamps.pop(name, None)
         conn = self.cluster.open_node(name)
         try:
             conn.execute("PRAGMA query_only=1")
@@ -124,6 +133,7 @@ class Followers:
         return known
 
     def drop(self, name: str) -> None:
+        self._stamps.pop(name, None)
         conn = self.conns.pop(name, None)
         self.states.pop(name, None)
         if conn is not None:
@@ -145,6 +155,7 @@ class Followers:
         for conn in self.conns.values():
             conn.close()
         self.conns.clear()
+        self._stamps.clear()
 
 
 class Router:
@@ -154,6 +165,9 @@ class Router:
         # Weak: the connection owns the router; a strong reference back would be a cycle, keeping a
         # connection dropped without close() (and its node connections) alive until a gc pass.
         self.connection = weakref.proxy(connection)
+        # The hot paths take the connection itself once per call: every attribute read through a
+        # proxy costs a lookup more.
+        self._connection = weakref.ref(connection)
         self.cluster = connection.cluster
         self.leader = leader
         self.followers = followers
@@ -167,13 +181,13 @@ class Router:
     def target(self, stmt: StatementInfo, level: str) -> str:
         """The node a read outside a transaction runs on, checked to be reachable."""
         node = self.route(stmt, level)
-        if node == self.leader.name or node == self.connection.pinned_node:
+        if node == self.leader.name or node == self._connection().pinned_node:
             node = self.reachable(node)
         return node
 
     def route(self, stmt: StatementInfo, level: str) -> str:
         """Where a read outside a transaction goes."""
-        conn = self.connection
+        conn = self._connection()
         if conn.pinned_node is not None:
             return conn.pinned_node
         if level == "strong":
@@ -226,7 +240,7 @@ class Router:
 
     def needed(self, level: str) -> int:
         """The lowest applied LSN a follower needs to serve this session a read at `level`."""
-        conn = self.connection
+        conn = self._connection()
         user_lsn = 0
         if conn.user is not None and level in ("session", "read-your-writes"):
             user_lsn = entries_log.user_write_lsn(self.leader.conn, conn.user)
@@ -314,7 +328,7 @@ class Router:
         if self.unsettled not in (None, node):
             self.settle()
         self.unsettled = node
-        self.connection.last_node = node
+        self._connection().last_node = node
         state = self.followers.states.get(node)
         return state.applied_lsn if state is not None else None
 
