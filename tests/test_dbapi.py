@@ -691,7 +691,11 @@ def test_vacuum_refused_with_table_without_primary_key(cluster: proxy.Cluster,
     assert proxy.verify(cluster).identical
 
 
-def test_deferred_foreign_key_violation_at_commit(cluster: proxy.Cluster, conn: proxy.Connection) -> None:
+# The entry of a refused COMMIT is taken back: by its LSN, or with a user's last-write position
+# (user=) by a savepoint around both.
+@pytest.mark.parametrize("user", [None, "alice"])
+def test_deferred_foreign_key_violation_at_commit(cluster: proxy.Cluster, user: str | None) -> None:
+    conn = proxy.connect(cluster.directory, cluster=cluster, user=user)
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("CREATE TABLE parent(id INTEGER PRIMARY KEY)")
     conn.execute("CREATE TABLE child(id INTEGER PRIMARY KEY, "
@@ -717,6 +721,11 @@ def test_deferred_foreign_key_violation_at_commit(cluster: proxy.Cluster, conn: 
         assert node_rows(cluster, node, "SELECT * FROM parent") == [(42,)]
         assert node_rows(cluster, node, "SELECT * FROM child") == [(1, 42)]
     assert proxy.verify(cluster).identical
+    if user is not None:
+        with cluster.node(cluster.leader) as leader:
+            assert leader.execute("SELECT last_write_lsn FROM _replproxy_users WHERE user = ?",
+                                  (user,)).fetchall() == [(lsn + 1,)]
+    conn.close()
 
 
 def test_deferred_foreign_key_violation_then_rollback(cluster: proxy.Cluster,

@@ -191,11 +191,16 @@ class LeaderSide:
         stays open; apsw errors are raised as they are, for the caller to translate.
         """
         leader = self.conn
-        leader.execute("SAVEPOINT replproxy_commit")
+        # A refused COMMIT must take the entry back. Its row alone is deleted by LSN; a user's
+        # last-write position (origin) has no such undo, so then a savepoint holds both.
+        savepoint = origin is not None
+        if savepoint:
+            leader.execute("SAVEPOINT replproxy_commit")
+        appended = None
         try:
             if payload is not None:
-                lsn = entries_log.append(leader, epoch=self.cluster.epoch, format=self.format.name,
-                                         payload=payload, origin=origin)
+                lsn = appended = entries_log.append(leader, epoch=self.cluster.epoch,
+                                                    format=self.format.name, payload=payload, origin=origin)
             else:
                 lsn = entries_log.last_lsn(leader)
             # A leader stopped (or replaced by an automatic failover, which cannot fence a
@@ -207,12 +212,15 @@ class LeaderSide:
                     f"the leader {self.name} went down before this transaction committed; "
                     f"it was rolled back and nothing was written: retry it")
             self.check_lease()
-            # The savepoint stays open through COMMIT, so that a refused COMMIT can drop the entry.
+            # A savepoint stays open through COMMIT, so that a refused COMMIT can drop the entry.
             leader.execute("COMMIT")
         except apsw.Error:
             if not leader.get_autocommit():
-                leader.execute("ROLLBACK TO replproxy_commit")
-                leader.execute("RELEASE replproxy_commit")
+                if savepoint:
+                    leader.execute("ROLLBACK TO replproxy_commit")
+                    leader.execute("RELEASE replproxy_commit")
+                elif appended is not None:
+                    entries_log.remove(leader, appended)
             raise
         return lsn
 

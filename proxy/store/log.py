@@ -64,6 +64,11 @@ def append(conn: apsw.Connection, *, epoch: int, format: str, payload: bytes,
     return lsn
 
 
+def remove(conn: apsw.Connection, lsn: int) -> None:
+    """Take back the entry `lsn` appended in the caller's transaction (its COMMIT was refused)."""
+    conn.execute("DELETE FROM _replproxy_log WHERE lsn = ?", (lsn,))
+
+
 def copy_entries(conn: apsw.Connection, entries: list[LogEntry]) -> None:
     """Keep `entries` in this node's log, with the users' last-write positions they carry."""
     conn.executemany(COPY_SQL, [(e.lsn, e.epoch, e.format, e.payload, e.checksum, e.committed_at,
