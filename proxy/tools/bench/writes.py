@@ -295,12 +295,10 @@ def _one_round(base: Path, result: LevelResult, transactions: int, keep: bool, t
             cluster.close()
         return us
 
-    def single_replicated(fmt: str) -> Callable[[Path], float]:
-        def run(path: Path) -> float:
-            us, cluster = _proxy_single(path, synchronous, fmt, single_rows, single_warm, replicate=True)
-            cluster.close()
-            return us
-        return run
+    def single_replicated(path: Path, fmt: str) -> float:
+        us, cluster = _proxy_single(path, synchronous, fmt, single_rows, single_warm, replicate=True)
+        cluster.close()
+        return us
 
     turn = rotate % len(result.formats)
     for fmt in result.formats[turn:] + result.formats[:turn]:
@@ -308,7 +306,7 @@ def _one_round(base: Path, result: LevelResult, transactions: int, keep: bool, t
         # 1. single-row autocommit INSERTs
         measure(res.plain_single, f"{fmt}-plain1",
                 lambda p: plain_single(p / "plain.db", synchronous, single_rows, single_warm))
-        measure(res.single, f"{fmt}-proxy1", single_replicated(fmt))
+        measure(res.single, f"{fmt}-proxy1", lambda p, fmt=fmt: single_replicated(p, fmt))
         if fmt == result.main:
             measure(result.single_norepl, f"{fmt}-proxy1-norepl", single_and_apply)
         # 2. 10-row transactions
