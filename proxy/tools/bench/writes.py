@@ -41,6 +41,7 @@ from pathlib import Path
 import apsw
 
 from ...cluster import Cluster
+from ...cluster.facade import REPLICATOR_ENV, replicator_kind
 from ...driver import connect
 from ...store.source import LeaderFileSource
 from . import targets
@@ -454,6 +455,8 @@ def run_bench(transactions: int = 2000, sync_levels: tuple[str, ...] = ("full", 
             "show a real disk")
     say(f"  python {platform.python_version()}, apsw {apsw.apsw_version()}, "
         f"SQLite {apsw.sqlite_lib_version()}")
+    say(f"  replicator running: in a {replicator_kind(True)} of its own, as Cluster(dir) opens it "
+        f"({REPLICATOR_ENV}=process|thread)")
     say(f"  journal_mode=WAL, synchronous in {', '.join(sync_levels)}; {transactions} transactions per "
         f"measurement, {min_repetitions} to {repetitions} repetitions (time budget), median")
     say("")
