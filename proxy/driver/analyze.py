@@ -72,18 +72,21 @@ class Analyzer:
         # schema, and neither can, so the next statement need not read it again (rollbacks call
         # observe()).
         self._settled = False
+        # main.schema_version was read while the caller held the write lock, and every verdict
+        # since was a read or a row change: until the lock is let go nobody can change it.
+        self._stable = False
 
     def clear(self) -> None:
         self._cache.clear()
         self._main = self._temp = None
-        self._settled = False
+        self._settled = self._stable = False
 
     def observe(self) -> None:
         """Empty the cache if the schema is not the one its verdicts were made under: another
         connection changed it, this one did, or a ROLLBACK took a change back (a schema may then
         come back to a number it had, with other content: observing after each rollback keeps an
         old verdict from matching it)."""
-        self._settled = False
+        self._settled = self._stable = False
         self._observe(main=True)
 
     def confirm(self, sql: str, info: StatementInfo) -> StatementInfo:
@@ -93,9 +96,9 @@ class Analyzer:
         the one the verdict saw."""
         if info.kind in _SCHEMA_FREE:
             return info
-        if self._observe(main=True, temp=False):
-            return self._lookup(sql)
-        return info
+        changed = self._observe(main=True, temp=False)
+        self._stable = self._settled
+        return self._lookup(sql) if changed else info
 
     def _observe(self, main: bool, temp: bool = True) -> bool:
         """Empty the cache if the TEMP schema (unless `temp` is false: it cannot have moved), and
@@ -125,17 +128,24 @@ class Analyzer:
             self._temp = temp_version
         return changed
 
-    def __call__(self, sql: str) -> StatementInfo:
+    def __call__(self, sql: str, locked: bool = False) -> StatementInfo:
+        """The verdict on `sql`; `locked`: the caller holds the leader's write lock (a write
+        transaction of its own is open), so only its own statements can change the schema."""
         if not isinstance(sql, str):
             raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
         if "\0" in sql:
             raise ProgrammingError("the query contains a null character")  # sqlite3's words
+        if not locked:
+            self._stable = False  # a lock taken later is another lock
         if not self._settled:
             self._observe(main=False)
         info = self._lookup(sql)
-        if info.kind not in _SCHEMA_FREE and self._observe(main=True, temp=False):
-            info = self._lookup(sql)  # judged again, under the schema as it is now
+        if info.kind not in _SCHEMA_FREE and not (locked and self._stable):
+            if self._observe(main=True, temp=False):
+                info = self._lookup(sql)  # judged again, under the schema as it is now
+            self._stable = locked
         self._settled = info.kind in _TEMP_NEUTRAL
+        self._stable = self._stable and self._settled
         return info
 
     def _lookup(self, sql: str) -> StatementInfo:

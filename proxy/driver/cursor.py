@@ -61,7 +61,8 @@ class Cursor(DBAPICursor):
         conn = self.connection
         if self._closed or conn._closed:
             self._check_open()
-        stmt = conn._leader_side.analyze(operation)
+        txn = conn._txn
+        stmt = conn._leader_side.analyze(operation, txn is not None and txn.capture is not None)
         self._rows = None  # self._reset(), inline: this is every statement's path
         self.description = None
         self.rowcount = -1
