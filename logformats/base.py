@@ -9,6 +9,7 @@ Formats work on plain apsw connections and know nothing about clusters, nodes or
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -49,6 +50,14 @@ class StatementInfo:
     # False when the statement has no result columns (no SELECT, RETURNING or PRAGMA result):
     # a property of its text, so it cannot change with the schema.
     returns_rows: bool = True
+
+    @functools.cached_property
+    def leader_only(self) -> bool:
+        """Runs on the leader only, never on a follower: it uses TEMP objects (a TEMP table or
+        view that shadows a table of the same name included), is not a plain read, or reads
+        replproxy's own tables (which live in the leader's file)."""
+        return self.uses_temp or self.kind != "read" or any(
+            table.lower().startswith(INTERNAL_PREFIX) for table in self.tables_read)
 
     @property
     def writes(self) -> bool:

@@ -474,6 +474,79 @@ def test_session_stays_on_the_follower_it_used_last_while_it_qualifies(cluster, 
         assert node == first
 
 
+def test_the_fast_path_for_staying_decides_as_the_general_routing_does(cluster, conn, monkeypatch):
+    """Router.staying (the common read's shortcut) answers only when route() would stay on the
+    same follower; every setting, position or state that has a say makes it step aside."""
+    start_thread(conn, cluster)
+    reader = connect(cluster)
+    router = reader._router
+    sql = ALL_COMMENTS
+    _, first, _ = read(reader)
+    stmt = reader._leader_side.analyze(sql)
+
+    def agrees(level: str = "session") -> tuple[str, Any, int] | None:
+        stay = router.staying(reader, stmt, level)
+        if stay is not None:
+            assert router.route(stmt, level) == stay[0] == first
+        return stay
+
+    assert agrees() is not None and agrees("eventual") is not None
+    assert agrees("strong") is None
+    state = router.followers.states[first]
+    # Positions: a write the follower has not applied yet.
+    reader.session.last_write_lsn = state.applied_lsn + 1
+    assert agrees() is None and agrees("read-your-writes") is None
+    assert agrees("monotonic") is not None and agrees("eventual") is not None
+    reader.session.last_write_lsn = 0
+    reader.session.last_read_lsn = state.applied_lsn + 1
+    assert agrees() is None and agrees("monotonic") is None and agrees("read-your-writes") is not None
+    reader.session.last_read_lsn = 0
+    # Health, age and generation of what is known of the follower.
+    state.healthy = False
+    assert agrees() is None
+    state.healthy = True
+    clock = time.monotonic()
+    monkeypatch.setattr(proxy.driver.routing.time, "monotonic",
+                        lambda: clock + proxy.driver.routing.STATE_MAX_AGE + 1)
+    assert agrees() is None
+    monkeypatch.undo()
+    cluster.state_generation += 1
+    assert agrees() is None
+    cluster.state_generation -= 1
+    # Settings of the connection, set after it was made (each one is checked again).
+    for name, value in (("max_lag", 5), ("max_staleness", 60.0), ("user", "ann"), ("pinned_node", first)):
+        setattr(reader, name, value)
+        assert agrees() is None, name
+        setattr(reader, name, None)
+        assert agrees() is not None, name
+    # A function defined since the follower's connection last caught up with the session.
+    reader.create_function("twice", 1, lambda x: 2 * x)
+    assert agrees() is None
+    # Another follower read since the position was last settled.
+    assert read(reader)[1] == first  # brings the connection up to date
+    assert agrees() is not None
+    router.unsettled = next(n for n in cluster.followers if n != first)
+    assert agrees() is None
+    # Statements that run on the leader only.
+    reader.execute("CREATE TEMP TABLE scratch(x)")
+    assert router.staying(reader, reader._leader_side.analyze("SELECT * FROM scratch"), "session") is None
+    assert router.staying(reader, reader._leader_side.analyze("SELECT * FROM _replproxy_log"), "session") is None
+
+
+def test_a_bound_set_on_an_open_connection_applies_to_its_next_read(two_positions):
+    held = two_positions
+    held.pause("node3")
+    reader = connect(held, consistency="eventual")
+    for _ in range(3):
+        assert read(reader, "SELECT count(*) FROM comments")[:2] == ([(3,)], "node2")
+    reader.max_lag = 2  # node2 is 3 behind
+    rows, node, _ = read(reader, "SELECT count(*) FROM comments")
+    assert (rows, node) == ([(6,)], "node3")
+    reader.max_lag = None
+    reader.pinned_node = "node2"
+    assert read(reader, "SELECT count(*) FROM comments")[:2] == ([(3,)], "node2")
+
+
 def test_session_moves_when_its_follower_is_paused_and_stays_on_the_new_one(cluster, conn):
     start_thread(conn, cluster)
     reader = connect(cluster)

@@ -133,13 +133,15 @@ class Analyzer:
         transaction of its own is open), so only its own statements can change the schema."""
         if not isinstance(sql, str):
             raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
-        if "\0" in sql:
-            raise ProgrammingError("the query contains a null character")  # sqlite3's words
         if not locked:
             self._stable = False  # a lock taken later is another lock
         if not self._settled:
             self._observe(main=False)
-        info = self._lookup(sql)
+        info = self._cache.get(sql)
+        if info is None:
+            if "\0" in sql:  # never cached
+                raise ProgrammingError("the query contains a null character")  # sqlite3's words
+            info = self._lookup(sql)
         if info.kind not in _SCHEMA_FREE and not (locked and self._stable):
             if self._observe(main=True, temp=False):
                 info = self._lookup(sql)  # judged again, under the schema as it is now

@@ -114,8 +114,32 @@ class _Transaction:
         self.snapshot_lsn: int | None = None  # for a read-only transaction on a follower
 
 
+class _RoutingSetting:
+    """A connection setting that has a say in where reads go (node=, user=, max_lag=,
+    max_staleness=): setting one recomputes `_reads_by_position`, true while none is set, the one
+    flag the common read's fast path (Router.staying) checks instead of four."""
+
+    NAMES = ("pinned_node", "user", "max_lag", "max_staleness")
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else obj.__dict__[self.name]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        values = obj.__dict__
+        values[self.name] = value
+        values["_reads_by_position"] = all(values.get(name) is None for name in self.NAMES)
+
+
 class Connection(Sqlite3Surface, DBAPIConnection):
     """A PEP 249 connection to a replproxy cluster, with Python's sqlite3 connection surface."""
+
+    pinned_node = _RoutingSetting()
+    user = _RoutingSetting()
+    max_lag = _RoutingSetting()
+    max_staleness = _RoutingSetting()
 
     def __init__(self, cluster: Cluster, *, autocommit: bool | int = False, node: str | None = None,
                  consistency: str = DEFAULT_LEVEL, max_lag: int | None = None,

@@ -48,11 +48,15 @@ class Cursor(DBAPICursor):
         self.row_factory: Any = None
         self._rows: Iterator[tuple[Any, ...]] | None = None
         self._closed = False
+        # The SQLite cursor of the last statement and its connection: the next statement on the
+        # same connection runs on it (executing resets what it ran before, as dropping it would).
+        self._sqlite: tuple[apsw.Connection, apsw.Cursor] | None = None
 
     # -- PEP 249 ------------------------------------------------------------------------------
 
     def close(self) -> None:
         self._rows = None
+        self._sqlite = None
         self._closed = True
 
     def execute(self, operation: str, parameters: Any = (), *, consistency: str | None = None
@@ -66,13 +70,16 @@ class Cursor(DBAPICursor):
         self._rows = None  # self._reset(), inline: this is every statement's path
         self.description = None
         self.rowcount = -1
-        level = consistency or self.consistency or conn.consistency
+        level = consistency or self.consistency or conn._consistency
         if consistency is not None or self.consistency is not None:
             check_level(level)
-        params = _params(parameters)
+        params = adapt_params(parameters) if type(parameters) is tuple else _params(parameters)
         if conn._trace_callback is not None:
             conn._trace_statement(stmt, operation, params)
-        self._run(stmt, operation, params, level=level)
+        if txn is None and stmt.kind == "read":
+            self._read(stmt, operation, params, level)  # _run's dispatch, for the most common case
+        else:
+            self._run(stmt, operation, params, level=level)
         # As sqlite3: after every execute() (not executemany), the connection's last_insert_rowid().
         self.lastrowid = conn._local.last_rowid
         return self
@@ -129,9 +136,17 @@ class Cursor(DBAPICursor):
             self._check_open()
         if self.description is None:
             self._check_result()
-        row = self._next_row()
-        if row is None:
+        rows = self._rows  # self._next_row(), inline: every point read comes here
+        if rows is None:
             return None
+        try:
+            row = next(rows)
+        except StopIteration:
+            self._rows = None
+            return None
+        except (apsw.Error, UnicodeDecodeError) as exc:
+            self._rows = None
+            raise _translate(exc, self.description) from exc
         if self.row_factory is None and conn.text_factory is str:
             return row  # as SQLite gave it (shaper() would say so, one call later)
         shape = shaper(self, self.row_factory, conn.text_factory)
@@ -223,10 +238,15 @@ class Cursor(DBAPICursor):
 
     def _execute_on(self, conn: apsw.Connection, sql: str, params: Any,
                     returns_rows: bool = True) -> apsw.Cursor:
-        if conn is self.connection._leader:
+        if conn is self.connection._leader_side.conn:
             # replproxy's own inserts (the log) since the session's last statement do not count
             conn.set_last_insert_rowid(self.connection._local.last_rowid)
-        cursor = conn.cursor()
+        last = self._sqlite
+        if last is not None and last[0] is conn:
+            cursor = last[1]
+        else:
+            cursor = conn.cursor()
+            self._sqlite = (conn, cursor)
         try:
             cursor.execute(sql, params)
         except UnicodeDecodeError as exc:
@@ -247,7 +267,7 @@ class Cursor(DBAPICursor):
             desc = cursor.get_description()  # while the statement has a row to give
         except apsw.ExecutionCompleteError:
             desc = _prepared_description(conn, sql)  # no row: ask the prepared statement
-        self.description = _describe(desc)
+        self.description = _DESCRIPTIONS.get(desc) or _describe(desc)
         return cursor
 
     def _read(self, stmt: StatementInfo, sql: str, params: Any, level: str) -> None:
@@ -262,8 +282,12 @@ class Cursor(DBAPICursor):
             self.lsn = txn.snapshot_lsn if node != conn._leader_name else None
         else:
             router = conn._router
-            node = router.target(stmt, level)
-            target = router.connection_for(node)
+            stay = router.staying(conn, stmt, level)
+            if stay is None:
+                node = router.target(stmt, level)
+                target = router.connection_for(node)
+            else:
+                node, target, lsn = stay
             try:
                 cursor = self._execute_on(target, sql, params)
             except OperationalError as exc:
@@ -271,11 +295,14 @@ class Cursor(DBAPICursor):
                         or exc.sqlite_errorcode == apsw.SQLITE_INTERRUPT or raised_by_user_code(exc)):
                     raise
                 # The follower may not have the schema this statement needs yet: the leader has it.
-                node, target = conn._leader_name, conn._leader
+                node, target, stay = conn._leader_name, conn._leader, None
                 cursor = self._execute_on(target, sql, params)
-            self.lsn = router.served(node, target)
+            if stay is None:
+                self.lsn = router.served(node, target)
+            else:
+                router.unsettled = node  # what served() notes of a read on the last follower
+                self.lsn = lsn
         self.node = node
-        self.rowcount = -1
         self._rows = _rows_ahead(cursor) if self.description else None
         if self._rows is None:
             # Statements that return nothing still run to completion now.
@@ -399,6 +426,7 @@ class Cursor(DBAPICursor):
                 # Stopped half way (RETURNING a text that is not UTF-8): a statement left active
                 # would make the commit fail with "database is locked".
                 cursor.close(True)
+                self._sqlite = None
             conn._sync_txn_state()
             if own_txn and conn._txn is not None:
                 conn._abort()

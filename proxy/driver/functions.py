@@ -155,7 +155,7 @@ class Definitions:
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str, int], tuple[int, Definition]] = {}
-        self._seq = 0
+        self.seq = 0  # bumped by every definition: a connection that has seen it has them all
         self._applied: weakref.WeakKeyDictionary[apsw.Connection, int] = weakref.WeakKeyDictionary()
 
     def define(self, definition: Definition, leader: apsw.Connection) -> None:
@@ -163,14 +163,9 @@ class Definitions:
         made nowhere), and on the session's other connections before they next serve it."""
         self.apply(leader)
         definition.apply(leader)
-        self._seq += 1
-        self._entries[definition.key] = (self._seq, definition)
-        self._applied[leader] = self._seq
-
-    @property
-    def seq(self) -> int:
-        """Bumped by every definition: a connection that has seen this number has them all."""
-        return self._seq
+        self.seq += 1
+        self._entries[definition.key] = (self.seq, definition)
+        self._applied[leader] = self.seq
 
     def function_names(self) -> frozenset[str]:
         """The (lower-case) names of the functions, aggregates and window functions defined."""
@@ -181,9 +176,9 @@ class Definitions:
         """Bring `conn` up to the session's definitions (apsw.Error when SQLite refuses to replace
         one while a statement of `conn` is active; the next call tries again)."""
         seen = self._applied.get(conn, 0)
-        if seen == self._seq:
+        if seen == self.seq:
             return
         for seq, definition in sorted(self._entries.values(), key=lambda entry: entry[0]):
             if seq > seen:
                 definition.apply(conn)
-        self._applied[conn] = self._seq
+        self._applied[conn] = self.seq

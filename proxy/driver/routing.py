@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-import logformats
 from logformats import StatementInfo
 
 from .. import errors
@@ -172,8 +171,47 @@ class Router:
         self.leader = leader
         self.followers = followers
         self.unsettled: str | None = None  # follower read since the session's read LSN was exact
-        # sql -> (the verdict it was decided for, leader only?): valid for that very verdict only
-        self._leader_only: dict[str, tuple[StatementInfo, bool]] = {}
+
+    def staying(self, conn: Connection, stmt: StatementInfo, level: str
+                ) -> tuple[str, apsw.Connection, int] | None:
+        """The common read of `conn` (this router's connection), decided without the general path:
+        the session stays on the follower it read last, which is known (within STATE_MAX_AGE) to
+        be healthy and far enough, and nothing else (pin, strong, user, freshness bounds) has a
+        say. Returns (node, its connection, its applied LSN), None otherwise; once the read ran,
+        the caller notes it in `unsettled` as `served` would. It decides exactly as `route` does,
+        in the one case where route stays on the last node."""
+        node = conn.last_node
+        if node is None or level == "strong" or not conn._reads_by_position:
+            return None
+        if stmt.leader_only:
+            return None
+        followers = self.followers
+        state = followers.states.get(node)
+        if state is None or not state.healthy:
+            return None
+        unsettled = self.unsettled
+        if unsettled is not None and unsettled != node:
+            return None
+        session = conn.session
+        if level == "session":
+            needed = session.last_write_lsn
+            if session.last_read_lsn > needed:
+                needed = session.last_read_lsn
+        elif level == "monotonic":
+            needed = session.last_read_lsn
+        elif level == "read-your-writes":
+            needed = session.last_write_lsn
+        else:
+            needed = 0
+        cluster = self.cluster
+        if (state.applied_lsn < needed or state.generation != cluster.state_generation
+                or time.monotonic() - state.seen_at > STATE_MAX_AGE):
+            return None
+        target = followers.conns.get(node)
+        local = followers.local
+        if target is None or followers._stamps.get(node) != (local.version, local.definitions.seq):
+            return None
+        return node, target, state.applied_lsn
 
     def connection_for(self, name: str) -> apsw.Connection:
         return self.leader.conn if name == self.leader.name else self.followers.open(name)
@@ -192,19 +230,9 @@ class Router:
             return conn.pinned_node
         if level == "strong":
             return self.leader.name
-        # TEMP objects (a TEMP table or view that shadows a table of the same name included) and
-        # replproxy's own tables live on the leader connection or file only. Decided from the
-        # verdict of this statement under the current schema, never from an earlier one of its text.
-        known = self._leader_only.get(stmt.sql)
-        if known is not None and known[0] is stmt:
-            leader_only = known[1]
-        else:
-            if len(self._leader_only) > 4096:
-                self._leader_only.clear()
-            leader_only = (stmt.uses_temp or stmt.kind != "read" or any(
-                t.lower().startswith(logformats.INTERNAL_PREFIX) for t in stmt.tables_read))
-            self._leader_only[stmt.sql] = (stmt, leader_only)
-        if leader_only or not self.cluster.followers:
+        # Decided from the verdict of this statement under the current schema, never from an
+        # earlier one of its text.
+        if stmt.leader_only or not self.cluster.followers:
             return self.leader.name
         needed = self.needed(level)
         last = conn.last_node
