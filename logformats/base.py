@@ -248,7 +248,10 @@ class LogFormat(abc.ABC):
         """Turn a payload into events for humans."""
 
     def check_statement(self, stmt: StatementInfo) -> None:
-        """Raise UnsafeStatementError for statements this format cannot replicate exactly."""
+        """Raise UnsafeStatementError for statements this format cannot replicate exactly. Called
+        before the write lock is taken with a verdict that may predate another connection's
+        schema change (so only on what the statement's text decides), and again under the lock
+        when the verdict changed; what depends on the schema belongs in the capture."""
 
     def install(self, conn: apsw.Connection) -> None:
         """Prepare a leader database for this format (capture tables, triggers)."""

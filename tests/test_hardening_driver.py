@@ -99,6 +99,25 @@ def test_a_trigger_created_between_the_check_and_the_write_lock_is_checked(make_
     other.close()
 
 
+def test_a_write_judged_before_another_connection_dropped_its_table_fails_as_sqlite_says(make_cluster):
+    """A write's verdict is read from the cache without the leader's schema and confirmed once the
+    write lock is held: a table dropped meanwhile gives SQLite's own error, and nothing is left open
+    or logged."""
+    cluster, conn = setup(make_cluster)
+    conn.execute("INSERT INTO t(x) VALUES (2)")  # the verdict is cached
+    logged = node_rows(cluster, cluster.leader, "SELECT max(lsn) FROM _replproxy_log")
+    other = proxy.connect(cluster.directory, cluster=cluster, autocommit=True)
+    other.execute("DROP TABLE t")
+    with pytest.raises(proxy.OperationalError, match="no such table: t"):
+        conn.execute("INSERT INTO t(x) VALUES (2)")
+    assert not conn.in_transaction
+    assert node_rows(cluster, cluster.leader, "SELECT max(lsn) FROM _replproxy_log")[0][0] == logged[0][0] + 1
+    other.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, x)")
+    conn.execute("INSERT INTO t(x) VALUES (3)")  # judged again, under the new table
+    assert same_on_all(cluster, "SELECT x FROM t") == [(3,)]
+    other.close()
+
+
 def test_a_rolled_back_schema_does_not_vouch_for_a_new_one_with_the_same_number(make_cluster):
     cluster, conn = setup(make_cluster)
     version = node_rows(cluster, cluster.leader, "PRAGMA schema_version")[0][0]

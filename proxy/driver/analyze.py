@@ -58,6 +58,8 @@ class MultipleStatementsError(ProgrammingError):
 _SCHEMA_FREE = frozenset({"read", "pragma", "transaction", "savepoint", "empty"})
 # Verdicts whose statements cannot change the TEMP schema (a failure that rolls back calls observe).
 _TEMP_NEUTRAL = frozenset({"read", "dml"})
+# Verdicts whose statements Cursor._write runs, confirming them under the write lock.
+_CONFIRMED = frozenset({"dml", "ddl"})
 
 
 class Analyzer:
@@ -128,9 +130,12 @@ class Analyzer:
             self._temp = temp_version
         return changed
 
-    def __call__(self, sql: str, locked: bool = False) -> StatementInfo:
+    def __call__(self, sql: str, locked: bool = False, confirms: bool = False) -> StatementInfo:
         """The verdict on `sql`; `locked`: the caller holds the leader's write lock (a write
-        transaction of its own is open), so only its own statements can change the schema."""
+        transaction of its own is open), so only its own statements can change the schema.
+        `confirms`: the caller runs a row change or schema change only after taking the write lock
+        and calling confirm() (Cursor._write): such a verdict is not checked against the leader's
+        schema now, which outside a transaction costs a read transaction of its own."""
         if not isinstance(sql, str):
             raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
         if not locked:
@@ -142,7 +147,8 @@ class Analyzer:
             if "\0" in sql:  # never cached
                 raise ProgrammingError("the query contains a null character")  # sqlite3's words
             info = self._lookup(sql)
-        if info.kind not in _SCHEMA_FREE and not (locked and self._stable):
+        if (info.kind not in _SCHEMA_FREE and not (locked and self._stable)
+                and not (confirms and info.kind in _CONFIRMED)):
             if self._observe(main=True, temp=False):
                 info = self._lookup(sql)  # judged again, under the schema as it is now
             self._stable = locked

