@@ -343,6 +343,34 @@ def test_kv_compare_and_set_and_node_positions(bridge: Bridge) -> None:
     assert empty.nodes() == {}
 
 
+def test_node_positions_never_depend_on_a_key_watcher(bridge: Bridge, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nats-py's `KeyValue.keys()` ends its listing on a pending count that races with delivery: on
+    a busy machine it answered with no key (NoKeysError), and stream retention then forgot a
+    follower that was down. Here it loses that race every time; every node must still be listed,
+    deleted ones excepted, and no listing may leave a consumer behind on the bucket."""
+    from nats.js.errors import NoKeysError
+    from nats.js.kv import KeyValue
+
+    kv = ClusterKV(bridge, Names("watchless"))
+    kv.ensure()
+    for name, lsn in (("a", 151), ("b", 151), ("c", 51), ("gone", 7)):
+        kv.put(f"node.{name}", {"role": "follower", "lsn": lsn})
+    kv.delete("node.gone")  # `remove-follower`
+    kv.put("settings", {"config": ""})
+
+    async def lost_race(self: Any, *args: Any, **kwargs: Any) -> list[str]:
+        raise NoKeysError
+
+    monkeypatch.setattr(KeyValue, "keys", lost_race)
+    for _ in range(3):
+        assert {n: p["lsn"] for n, p in kv.nodes().items()} == {"a": 151, "b": 151, "c": 51}
+
+    async def consumers() -> int:
+        return (await bridge.js.stream_info(f"KV_{kv.names.bucket}")).state.consumer_count
+
+    assert bridge.call(consumers(), what="stream info") == 0
+
+
 # -- server failures ----------------------------------------------------------------------------
 
 RETRY_POLL = 0.05  # seconds between two tries while a cluster recovers (the wait is bounded by HANG)

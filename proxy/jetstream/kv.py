@@ -107,21 +107,24 @@ class ClusterKV:
         self.bridge.call(run(), what=f"deleting {key}")
 
     def nodes(self) -> dict[str, dict[str, Any]]:
-        """Every node's last published position, by name."""
-        async def run() -> dict[str, dict[str, Any]]:
-            from nats.js.errors import NoKeysError
+        """Every node's last published position, by name: every `node.*` key the bucket's stream
+        holds when it is asked (one stream-info request lists them), each read at its last value.
 
-            bucket = await self._bucket(self.names.bucket)
-            try:
-                keys = await bucket.keys()
-            except NoKeysError:
-                return {}
+        Not nats-py's `KeyValue.keys()`: its watcher decides it has seen every key from a pending
+        count that races with delivery (under load it answers with no key at all, or without a key
+        being rewritten meanwhile), and it leaves a consumer on the bucket for five minutes. A node
+        left out here would be left out of stream retention, sync waits, status and verify."""
+        async def run() -> dict[str, dict[str, Any]]:
+            bucket = self.names.bucket
+            await self._bucket(bucket)  # no such bucket: the error every other read gives
+            prefix = f"$KV.{bucket}."  # the key-value subjects of a bucket (ADR-8), as nats-py names them
+            info = await self.bridge.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}{node_key('>')}")
             out = {}
-            for key in keys:
-                if key.startswith("node."):
-                    found = await self._get(key)
-                    if found is not None and isinstance(found.value, dict):
-                        out[key[len("node."):]] = found.value
+            for subject in sorted(info.state.subjects or {}):  # deleted keys too: their reads give None
+                key = subject[len(prefix):]
+                found = await self._get(key)
+                if found is not None and isinstance(found.value, dict):
+                    out[key[len(node_key("")):]] = found.value
             return out
 
         return self.bridge.call(run(), what="reading node positions")
