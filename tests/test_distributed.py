@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from distnodes import Cluster, Node
-from helpers import HANG, node_state, run_replproxy, wait_until
+from helpers import HANG, node_state, open_plain, run_replproxy, wait_until
 
 import proxy
 from proxy.dist import local
@@ -413,6 +413,16 @@ def test_stream_retention_keeps_what_a_follower_has_not_applied(dist: Cluster) -
     b = dist.join("b").serve()
     c = dist.join("c").serve()
     dist.wait_reporting(b, c)
+
+    def holds() -> dict[str, tuple[int, float]]:  # the joins' snapshot holds, on the leader
+        conn = open_plain(a.path)
+        try:
+            return {h: v for h, v in store.retention_holds(conn).items() if h.startswith("join:")}
+        finally:
+            conn.close()
+
+    # Each join held the stream at its snapshot; registered, its node's position holds it instead.
+    dist.eventually(lambda: holds() == {}, "the leader drops the holds of joins that are registered")
     run_replproxy("config", a.directory, "--retain-min-entries", "10")
     for i in range(50):
         conn.execute("INSERT INTO t VALUES (?)", (i,))
@@ -460,6 +470,19 @@ def test_stream_retention_keeps_what_a_follower_has_not_applied(dist: Cluster) -
     c.serve()
     wait_until(lambda: node_state(c.path).error, HANG, poll=0.05, message=c.logs())
     assert "needs a new snapshot" in node_state(c.path).error and c.applied() == behind
+    # A join killed while it downloads its snapshot (it asked for one, never registered): the
+    # entries after the snapshot stay, as they would for a slow download.
+    c.kill()
+    with config.bridge() as bridge:
+        reply = bridge.request(config.names.request_subject("snapshot", "a"), {"node": "ghost"}, timeout=HANG)
+    held = holds()["join:ghost"][0]
+    assert held <= int(reply["lsn"])
+    for i in range(200, 250):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    dist.wait_caught_up(a, b)
+    written = time.time()
+    assert dist.eventually(retention_pass, "a retention pass after the writes")["first_lsn"] == held - 10 + 1
+    assert first() == held - 10 + 1
     conn.close()
 
 

@@ -371,6 +371,32 @@ def test_node_positions_never_depend_on_a_key_watcher(bridge: Bridge, monkeypatc
     assert bridge.call(consumers(), what="stream info") == 0
 
 
+def test_stream_retention_keeps_what_any_other_node_or_a_join_in_progress_needs() -> None:
+    """The leader (a) may purge up to the lowest position of any other node, a deposed leader's
+    included, and of a snapshot a join is still downloading, keeping the last `keep` entries."""
+    from proxy.dist.service import stream_floor
+    from proxy.store.node import HOLD_ORPHAN
+
+    now = 1_000_000.0
+    nodes = {"a": {"role": "leader", "lsn": 500}, "b": {"role": "follower", "lsn": 400}}
+    assert stream_floor(500, nodes, {}, me="a", keep=10, now=now) == 390
+    assert stream_floor(500, nodes, {}, me="a", keep=0, now=now) == 399  # the last entry always stays
+    assert stream_floor(300, nodes, {}, me="a", keep=10, now=now) == 290  # not past what is published
+    # A leader deposed while down: its record still says leader, and it holds the stream.
+    deposed = {**nodes, "a": {"role": "follower", "lsn": 500}, "old": {"role": "leader", "lsn": 120}}
+    assert stream_floor(500, deposed, {}, me="a", keep=10, now=now) == 110
+    # A join downloading its snapshot at 200 is not registered yet: its hold counts...
+    holds = {"new": (200, now - 300.0)}
+    assert stream_floor(500, nodes, holds, me="a", keep=10, now=now) == 190
+    # ...until its node is registered (its own position counts from then on)...
+    registered = {**nodes, "new": {"role": "follower", "lsn": 200, "state": "joined"}}
+    assert stream_floor(500, registered, holds, me="a", keep=10, now=now) == 190
+    registered["new"]["lsn"] = 450
+    assert stream_floor(500, registered, holds, me="a", keep=10, now=now) == 390
+    # ...or, its join killed, for HOLD_ORPHAN seconds.
+    assert stream_floor(500, nodes, {"new": (200, now - HOLD_ORPHAN - 1)}, me="a", keep=10, now=now) == 390
+
+
 # -- server failures ----------------------------------------------------------------------------
 
 RETRY_POLL = 0.05  # seconds between two tries while a cluster recovers (the wait is bounded by HANG)

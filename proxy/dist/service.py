@@ -46,7 +46,20 @@ log = logging.getLogger("replproxy.dist")
 
 STREAM_RETENTION_INTERVAL = 1.0  # seconds between two retention passes over the stream
 FORGET_CHECK = 2.0  # seconds between two looks at which followers the cluster still has
+JOIN_HOLD = "join:"  # the leader's retention hold for a join downloading its snapshot (no node name has ':')
 ACK_EVERY = 1.0  # seconds: a follower acknowledges its position at least this often
+
+
+def stream_floor(published: int, nodes: dict[str, dict[str, Any]], holds: dict[str, tuple[int, float]],
+                 *, me: str, keep: int, now: float) -> int:
+    """The last LSN stream retention may remove: below every other node's position (followers,
+    and a deposed leader until it comes back as one) and every join's snapshot hold (node ->
+    (LSN, when set)) whose node is not yet registered, keeping the last `keep` entries published."""
+    positions = [int(p.get("lsn") or 0) for n, p in nodes.items()
+                 if n != me and p.get("role") in ("follower", "leader")]
+    positions += [lsn for n, (lsn, at) in holds.items()
+                  if n not in nodes and not store.hold_expired(at, False, now)]
+    return min([published, *positions]) - max(1, keep)
 
 
 class _Capped(LogSource):
@@ -248,17 +261,22 @@ class NodeService:
                 self.stopping.wait(idle)
 
     def _trim_stream(self) -> int:
-        """Stream retention, as the embedded log's: entries every follower applied go, but the
-        last `retain_min_entries` published stay. A follower that is down holds them (its last
-        position counts) until `remove-follower` forgets it; new followers start from snapshots."""
+        """Stream retention, as the embedded log's: entries every other node applied go, but the
+        last `retain_min_entries` published stay. A node that is down holds them (its last
+        position counts, a deposed leader's too) until `remove-follower` forgets it, and a join in
+        progress holds the entries after its snapshot until its node is registered."""
         relay, cluster = self.relay, self.cluster
         if relay is None or cluster is None:
             return 0
         cluster.refresh_config()
-        keep = max(1, cluster.config.retain_min_entries)
-        positions = [int(p.get("lsn") or 0) for n, p in self.kv.nodes().items()
-                     if n != self.name and p.get("role") == "follower"]
-        upto = min([relay.published, *positions]) - keep
+        nodes = self.kv.nodes()
+        with cluster.node(cluster.leader) as conn:
+            holds = {holder[len(JOIN_HOLD):]: hold for holder, hold in store.retention_holds(conn).items()
+                     if holder.startswith(JOIN_HOLD)}
+            for name in holds.keys() & nodes.keys():  # registered: its own position holds from now on
+                store.set_hold(conn, JOIN_HOLD + name, None)
+        upto = stream_floor(relay.published, nodes, holds, me=self.name,
+                            keep=cluster.config.retain_min_entries, now=time.time())
         state = self.stream.state()
         if upto < max(state.first_seq, 1):
             self._retention = (self.wall_clock(), state.first_seq)
@@ -636,6 +654,10 @@ class NodeService:
             raise ClusterError(f"{self.name} is not the leader")
         node = check_name("node", str(request.get("node", "")))
         tmp = self.directory / f".snapshot-{node}-{os.getpid()}-{threading.get_ident()}.db"
+        # The stream keeps the entries after the snapshot while `join` downloads it: the hold
+        # goes once the node is registered (its position holds them) or, join killed, in an hour.
+        with cluster.node(cluster.leader) as conn:
+            store.set_hold(conn, JOIN_HOLD + node, cluster.leader_lsn())
         try:
             lsn = snapshots.snapshot(cluster, tmp, node)
             with store.opened(tmp, name=node) as conn:
@@ -650,6 +672,10 @@ class NodeService:
                     await objects.put(name, handle)
 
             self.bridge.call(upload(), timeout=600, what=f"uploading snapshot {name}")
+        except BaseException:
+            with cluster.node(cluster.leader) as conn:
+                store.set_hold(conn, JOIN_HOLD + node, None)
+            raise
         finally:
             store.remove_files(tmp)
         log.info("%s: snapshot at LSN %d for new follower %s", self.name, lsn, node)
