@@ -54,6 +54,7 @@ class Bridge:
     def __init__(self, urls: str | Sequence[str], *, creds: str | None = None, name: str = "replproxy",
                  timeout: float = DEFAULT_TIMEOUT):
         import nats  # lazily: the embedded default never pays for it
+        from nats.errors import AuthorizationError
 
         self.urls = split_urls(urls)
         self.timeout = timeout
@@ -66,7 +67,10 @@ class Bridge:
 
         async def connect() -> Any:
             async def quiet(exc: Exception) -> None:
-                self._last_error = exc
+                # A refusal says more than the reset that follows it (the server closes the
+                # socket after -ERR; on a busy machine the client may see the reset first).
+                if not isinstance(self._last_error, AuthorizationError) or isinstance(exc, AuthorizationError):
+                    self._last_error = exc
                 log.debug("NATS: %s", exc)
 
             options: dict[str, Any] = dict(
