@@ -14,6 +14,7 @@ from helpers import HANG, node_state, open_plain, run_replproxy, wait_until
 import proxy
 from proxy.dist import local
 from proxy.jetstream.kv import ClusterKV
+from proxy.jetstream.names import LEASE_KEY
 from proxy.jetstream.stream import LogStream
 from proxy.store import node as store
 from proxy.tools.workloads import WORKLOADS
@@ -111,6 +112,39 @@ def test_a_leader_without_its_relay_stops_writing_when_its_lease_lapses(dist: Cl
     with pytest.raises(proxy.OperationalError, match="lease lapsed"):
         conn.execute("INSERT INTO t VALUES (1)")
     assert _rows(a, "SELECT count(*) FROM t") == [(0,)]
+    conn.close()
+
+
+def test_a_transaction_open_longer_than_the_lease_keeps_the_leader_leading(dist: Cluster) -> None:
+    """While a transaction holds the leader's write lock, renewals cannot write the node's file:
+    they must go on all the same (the lease file beside it), or the leader loses its lease and a
+    follower takes over; the transaction then commits on the leader it began on."""
+    a = dist.init("a", "--lease-ttl", TTL)
+    a.serve()
+    dist.wait_serving(a)
+    b = dist.join("b").serve()
+    dist.wait_reporting(b)
+    conn = proxy.connect(a.directory)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.execute("INSERT INTO t VALUES (1)")  # holds the write lock from here on
+    first = dist.holder()
+    config = local.read(a.directory)
+
+    def renewals() -> int:  # the lease's revisions since the transaction began, while a holds it
+        with config.bridge() as bridge:
+            found = ClusterKV(bridge, config.names).get(LEASE_KEY)
+        assert found is not None and found.value["node"] == "a" and found.value["epoch"] == first["epoch"]
+        return found.revision
+
+    start = renewals()
+    # Renewed every TTL/4: 8 renewals span twice the lease's length.
+    dist.eventually(lambda: renewals() >= start + 8, "a renews its lease while the transaction is open\n" + a.logs())
+    conn.execute("INSERT INTO t VALUES (2)")
+    conn.commit()
+    assert dist.holder()["node"] == "a"
+    dist.wait_caught_up(a, b)
+    assert _rows(b, "SELECT id FROM t ORDER BY id") == [(1,), (2,)]
     conn.close()
 
 

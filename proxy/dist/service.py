@@ -385,8 +385,17 @@ class NodeService:
             log.warning("semi-sync restored: %s caught up with LSN %d", ", ".join(caught_up), last)
 
     def _write_lease(self, until: float | None) -> None:
+        """Tell the leader's writers until when the lease surely holds: in the lease file at once,
+        in the node's file if its write lock is free now. Never waits for the lock: a renewal
+        stuck behind a client's long transaction would let the lease lapse (and fail over)."""
+        store.write_lease_file(self.path, until)
         with store.opened(self.path, name=self.name) as conn:
-            store.set_lease(conn, until)
+            conn.set_busy_timeout(0)
+            try:
+                store.set_lease(conn, until)
+            except apsw.BusyError:
+                log.debug("%s: lease renewed in %s only (a transaction holds the write lock)",
+                          self.name, store.lease_file(self.path).name)
 
     def _safe_holder(self) -> Any:
         try:
@@ -403,6 +412,7 @@ class NodeService:
         self.demotions += 1
         self.sql.close_sessions(f"{self.name} is no longer the leader ({reason})")  # they hold its write lock
         log.error("%s is no longer the leader (%s): fenced at epoch %d", self.name, reason, epoch)
+        store.write_lease_file(self.path, None)  # first: writers find the lease lapsed from here on
         with store.opened(self.path, name=self.name) as conn:
             with store.write_transaction(conn):
                 store.fence(conn, epoch)
@@ -465,6 +475,7 @@ class NodeService:
             lease_ttl=self.local.lease_ttl))
         if role == "follower":
             cfg.config_path(self.directory).unlink(missing_ok=True)
+            store.write_lease_file(self.path, None)
         self._published_at = (0.0, "")
 
     # -- follower -------------------------------------------------------------------------------

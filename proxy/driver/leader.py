@@ -162,8 +162,12 @@ class LeaderSide:
         serve` renews it); the embedded default has no lease."""
         until = self._lease_until
         if until is not None and time.time() >= until:
-            # Cached at the last fence check: it may have been renewed since.
-            until = self._lease_until = store.read_fence(self.conn).lease_until
+            # Cached at the last fence check: it may have been renewed since, in the node's file
+            # or, while a transaction held the write lock, in the lease file beside it.
+            until = store.read_fence(self.conn).lease_until
+            if until is not None:
+                until = max(until, store.read_lease_file(self.conn.filename) or until)
+            self._lease_until = until
         if until is not None and time.time() >= until:
             raise LeaseLost(
                 f"{self.name} cannot write: its leader lease lapsed at "

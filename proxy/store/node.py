@@ -294,6 +294,35 @@ def set_lease(conn: apsw.Connection, until: float | None) -> None:
             set_meta(conn, LEASE_UNTIL_KEY, until)
 
 
+# A renewal cannot wait for the write lock (a client's transaction may hold it longer than the
+# lease lasts): it goes to a file beside the node's, which writers read when the lease recorded
+# in the node's file has lapsed. Only a node whose file records a lease reads it.
+LEASE_FILE_SUFFIX = ".lease"
+
+
+def lease_file(path: str | os.PathLike[str]) -> Path:
+    return Path(str(path) + LEASE_FILE_SUFFIX)
+
+
+def write_lease_file(path: str | os.PathLike[str], until: float | None) -> None:
+    """Record a renewal (until `until`, wall clock) beside the node file at `path`, atomically;
+    None removes it (a leader stepping down removes it before anything else)."""
+    target = lease_file(path)
+    if until is None:
+        target.unlink(missing_ok=True)
+        return
+    temp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    temp.write_text(repr(float(until)))
+    os.replace(temp, target)
+
+
+def read_lease_file(path: str | os.PathLike[str]) -> float | None:
+    try:
+        return float(lease_file(path).read_text())
+    except (OSError, ValueError):
+        return None  # none, or being replaced: the lease in the node file stands
+
+
 def set_hold(conn: apsw.Connection, holder: str, lsn: int | None) -> None:
     """Leader: keep the entries after `lsn` for `holder` (a snapshot in progress); None: release."""
     with write_transaction(conn):
