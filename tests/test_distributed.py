@@ -528,7 +528,8 @@ def test_a_server_that_requires_credentials(tmp_path: Path) -> None:
     servers = NatsCluster(tmp_path / "nats", 1, auth=("replproxy", "s3cret"))
     try:
         refused = run_replproxy("init", tmp_path / "x", "--nats", servers.plain_url, check=False)
-        assert refused.returncode == 1 and "authorization" in refused.stderr.lower(), refused.stderr
+        assert refused.returncode == 1 and "refused the connection's credentials" in refused.stderr, refused.stderr
+        assert "authorization" in refused.stderr.lower(), refused.stderr
         assert not (tmp_path / "x" / "cluster.toml").exists()  # nothing created
         dist = Cluster(tmp_path, servers.url)  # user and password in the URL
         try:

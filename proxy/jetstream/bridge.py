@@ -48,13 +48,24 @@ class PeerGone(NoReply):
     """The request was sent, then the process it went to stopped listening before answering."""
 
 
+def _is_refusal(exc: BaseException | None) -> bool:
+    """The server refused the credentials (while connecting nats-py reports the server's -ERR
+    text as a plain error, after it as AuthorizationError)."""
+    from nats.errors import AuthorizationError
+
+    return isinstance(exc, AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
+class _Refused(Exception):
+    """The server refused the credentials while connecting."""
+
+
 class Bridge:
     """One NATS connection (with JetStream) usable from any thread."""
 
     def __init__(self, urls: str | Sequence[str], *, creds: str | None = None, name: str = "replproxy",
                  timeout: float = DEFAULT_TIMEOUT):
         import nats  # lazily: the embedded default never pays for it
-        from nats.errors import AuthorizationError
 
         self.urls = split_urls(urls)
         self.timeout = timeout
@@ -66,10 +77,15 @@ class Bridge:
         self._tasks: set[asyncio.Task[Any]] = set()  # requests being answered (kept from the GC)
 
         async def connect() -> Any:
+            refused = asyncio.Event()
+
             async def quiet(exc: Exception) -> None:
                 # A refusal says more than the reset that follows it (the server closes the
                 # socket after -ERR; on a busy machine the client may see the reset first).
-                if not isinstance(self._last_error, AuthorizationError) or isinstance(exc, AuthorizationError):
+                if _is_refusal(exc):
+                    self._last_error = exc
+                    refused.set()
+                elif not _is_refusal(self._last_error):
                     self._last_error = exc
                 log.debug("NATS: %s", exc)
 
@@ -79,10 +95,22 @@ class Bridge:
                 disconnected_cb=None, ping_interval=5, max_outstanding_pings=3)
             if creds:
                 options["user_credentials"] = creds
-            return await nats.connect(**options)
+            # Retrying does not change credentials: a refusal ends the wait at once.
+            connecting = asyncio.ensure_future(nats.connect(**options))
+            waiting = asyncio.ensure_future(refused.wait())
+            await asyncio.wait({connecting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            if connecting.done():
+                return connecting.result()
+            connecting.cancel()
+            raise _Refused(str(self._last_error))
 
         try:
             self.nc = self.call(connect(), timeout=timeout + 1, what="connecting")
+        except _Refused as exc:
+            self._stop_loop()
+            raise TransportError(f"the NATS server refused the connection's credentials (servers "
+                                 f"{', '.join(self.urls)}): {exc}") from None
         except TransportError as exc:
             # The client retries every server until our wait ends: say so, with its last error.
             self._stop_loop()
