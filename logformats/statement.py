@@ -315,11 +315,12 @@ class StatementCapture(Capture):
         if pending is None:
             return
         for table, by_trigger in pending.post_checks:
-            top = fetch_scalar(self.conn, f"SELECT max(rowid) FROM main.{_quoted(table)}")
             # Taking the largest rowid is itself exact; an automatic rowid after it in the same
             # statement is not, and only a statement that inserted several rows can have one.
-            several = by_trigger or self.conn.changes() > 1
-            if top == MAX_ROWID and pending.before.get(table) != MAX_ROWID and several:
+            if not (by_trigger or self.conn.changes() > 1):
+                continue
+            top = fetch_scalar(self.conn, f"SELECT max(rowid) FROM main.{_quoted(table)}")
+            if top == MAX_ROWID and pending.before.get(table) != MAX_ROWID:
                 self._errors.append((len(self._items), (
                     f"the statement gave table {table!r} the largest rowid ({MAX_ROWID}); SQLite picks "
                     "any later automatic rowid at random, which a statement-based log cannot reproduce, "
