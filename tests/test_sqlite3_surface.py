@@ -309,6 +309,43 @@ def test_errors_in_the_applications_code_read_as_sqlite3s(cluster, conn, plain) 
     assert isinstance(got.value.__cause__.__cause__, ZeroDivisionError)  # the application's exception
 
 
+def test_a_reads_rows_are_stepped_as_sqlite3_steps_them(cluster, conn, plain) -> None:
+    """execute() steps the first row and every fetch the one after the row it hands out (so the
+    last row handed out leaves no statement open): an error in row N surfaces at the same call
+    as with sqlite3, and the rows before it are handed out."""
+    def fails_on(bad: int) -> Callable[[int], int]:
+        def check(n: int) -> int:
+            if n == bad:
+                raise ValueError(n)
+            return n
+        return check
+
+    def where_it_fails(db: Any, bad: int, fetch: str) -> list[Any]:
+        """What each call gave, up to the error's type: ["executed", (1,), ..., "OperationalError"]."""
+        seen: list[Any] = []
+        try:
+            cur = db.execute(f"SELECT fails_{bad}(n) FROM t")
+            seen.append("executed")
+            while True:
+                got = cur.fetchone() if fetch == "one" else next(iter(cur.fetchmany(1)), None)
+                if got is None:
+                    return seen
+                seen.append(tuple(got))
+        except Exception as exc:
+            return [*seen, type(exc).__name__]
+
+    for db in (conn, plain):
+        fill(db, rows=4)
+        for bad in (1, 2, 4, 5):
+            db.create_function(f"fails_{bad}", 1, fails_on(bad))
+    cluster.wait_for_catchup(10)
+    for bad in (1, 2, 4, 5):
+        for fetch in ("one", "many"):
+            assert where_it_fails(conn, bad, fetch) == where_it_fails(plain, bad, fetch), (bad, fetch)
+    assert conn.execute("SELECT fails_5(n) FROM t").fetchall() == [(1,), (2,), (3,), (4,)]
+    assert where_it_fails(conn, 4, "one")[:4] == ["executed", (1,), (2,), "OperationalError"]
+
+
 def test_a_definition_is_removed_with_none_everywhere(cluster, conn) -> None:
     fill(conn)
     conn.create_function("shout", 1, shout)

@@ -136,14 +136,14 @@ class Analyzer:
         `confirms`: the caller runs a row change or schema change only after taking the write lock
         and calling confirm() (Cursor._write): such a verdict is not checked against the leader's
         schema now, which outside a transaction costs a read transaction of its own."""
-        if not isinstance(sql, str):
-            raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
         if not locked:
             self._stable = False  # a lock taken later is another lock
         if not self._settled:
             self._observe(main=False)
-        info = self._cache.get(sql)
+        info = self._cache.get(sql) if type(sql) is str else None
         if info is None:
+            if not isinstance(sql, str):
+                raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
             if "\0" in sql:  # never cached
                 raise ProgrammingError("the query contains a null character")  # sqlite3's words
             info = self._lookup(sql)

@@ -46,7 +46,13 @@ class Cursor(DBAPICursor):
         # Read consistency for this cursor's statements; None: the connection's.
         self.consistency: str | None = None
         self.row_factory: Any = None
+        # As sqlite3 steps: while _rows is not None, _ahead is the next row to hand out (already
+        # stepped) and _rows yields the ones after it; None: no more rows. Handing out the last
+        # row has stepped the statement to its end, so it no longer holds a read snapshot (held,
+        # it made the connection's next write fail with SQLITE_BUSY_SNAPSHOT, and its follower's
+        # position look older than it is).
         self._rows: Iterator[tuple[Any, ...]] | None = None
+        self._ahead: tuple[Any, ...] = ()
         self._closed = False
         # The SQLite cursor of the last statement and its connection: the next statement on the
         # same connection runs on it (executing resets what it ran before, as dropping it would).
@@ -79,7 +85,11 @@ class Cursor(DBAPICursor):
         if conn._trace_callback is not None:
             conn._trace_statement(stmt, operation, params)
         if txn is None and stmt.kind == "read":
-            self._read(stmt, operation, params, level)  # _run's dispatch, for the most common case
+            stay = conn._router.staying(conn, stmt, level)
+            if stay is None:
+                self._read(stmt, operation, params, level)  # _run's dispatch, for a read
+            else:
+                self._read_staying(stay, operation, params)
         else:
             self._run(stmt, operation, params, level=level)
         # As sqlite3: after every execute() (not executemany), the connection's last_insert_rowid().
@@ -123,13 +133,13 @@ class Cursor(DBAPICursor):
             self._reset()
             conn._trace_statement(stmt, sql, (), autocommit=True)
             self._run(stmt, sql, (), level=self.consistency or conn.consistency, autocommit=True)
-            if self._rows is not None:
+            rows, self._rows = self._rows, None
+            if rows is not None:
                 try:
-                    for _ in self._rows:
+                    for _ in rows:
                         pass
                 except (apsw.Error, UnicodeDecodeError) as exc:
                     raise _translate(exc, self.description) from exc
-                self._rows = None
         return self
 
     def fetchone(self) -> Any:
@@ -141,14 +151,16 @@ class Cursor(DBAPICursor):
         rows = self._rows  # self._next_row(), inline: every point read comes here
         if rows is None:
             return None
+        row = self._ahead
         try:
-            row = next(rows)
-        except StopIteration:
-            self._rows = None
-            return None
+            following = next(rows, None)
         except (apsw.Error, UnicodeDecodeError) as exc:
             self._rows = None
             raise _translate(exc, self.description) from exc
+        if following is None:
+            self._rows = None
+        else:
+            self._ahead = following
         if self.row_factory is None and conn.text_factory is str:
             return row  # as SQLite gave it (shaper() would say so, one call later)
         shape = shaper(self, self.row_factory, conn.text_factory)
@@ -172,8 +184,9 @@ class Cursor(DBAPICursor):
         self._check_result()
         if self._rows is None:
             return []
+        rows = [self._ahead]
         try:
-            rows = list(self._rows)
+            rows.extend(self._rows)
         except (apsw.Error, UnicodeDecodeError) as exc:
             raise _translate(exc, self.description) from exc
         finally:
@@ -192,16 +205,33 @@ class Cursor(DBAPICursor):
 
     def _next_row(self) -> tuple[Any, ...] | None:
         """The next row as SQLite gave it, None when there is none."""
-        if self._rows is None:
+        rows = self._rows
+        if rows is None:
             return None
+        row = self._ahead
         try:
-            return next(self._rows)
-        except StopIteration:
-            self._rows = None
-            return None
+            following = next(rows, None)
         except (apsw.Error, UnicodeDecodeError) as exc:
             self._rows = None
             raise _translate(exc, self.description) from exc
+        if following is None:
+            self._rows = None
+        else:
+            self._ahead = following
+        return row
+
+    def _start_rows(self, rows: Iterator[tuple[Any, ...]]) -> None:
+        """Hand out `rows` from now on; the first is stepped now, as sqlite3's execute() does."""
+        try:
+            first = next(rows, None)
+        except (apsw.Error, UnicodeDecodeError) as exc:
+            self._rows = None
+            raise _translate(exc, self.description) from exc
+        if first is None:
+            self._rows = None
+        else:
+            self._ahead = first
+            self._rows = rows
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -251,25 +281,16 @@ class Cursor(DBAPICursor):
             self._sqlite = (conn, cursor)
         try:
             cursor.execute(sql, params)
-        except UnicodeDecodeError as exc:
-            # the first row holds text that is not UTF-8
-            raise _translate(exc, None) from exc
-        except apsw.Error as exc:
-            raise translate(exc) from exc
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise translate(exc) from exc
-        except KeyError as exc:
-            # apsw looks named parameters up in the mapping; a missing one is the caller's mistake.
-            raise ProgrammingError(
-                f"You did not supply a value for binding parameter :{exc.args[0]}.") from exc
+        except _EXECUTE_ERRORS as exc:
+            raise _execution_error(exc) from exc
         if not returns_rows:
             self.description = None
             return cursor
         try:
-            desc = cursor.get_description()  # while the statement has a row to give
-        except apsw.ExecutionCompleteError:
-            desc = _prepared_description(conn, sql)  # no row: ask the prepared statement
-        self.description = _DESCRIPTIONS.get(desc) or _describe(desc)
+            # apsw's (name, declared type, None x 5), as PEP 249 has it
+            self.description = cursor.description or None  # while the statement has a row to give
+        except apsw.ExecutionCompleteError:  # no row: ask the prepared statement
+            self.description = _describe(_prepared_description(conn, sql))
         return cursor
 
     def _read(self, stmt: StatementInfo, sql: str, params: Any, level: str) -> None:
@@ -284,35 +305,66 @@ class Cursor(DBAPICursor):
             self.lsn = txn.snapshot_lsn if node != conn._leader_name else None
         else:
             router = conn._router
-            stay = router.staying(conn, stmt, level)
-            if stay is None:
-                node = router.target(stmt, level)
-                target = router.connection_for(node)
-            else:
-                node, target, lsn = stay
+            node = router.target(stmt, level)
+            target = router.connection_for(node)
             try:
                 cursor = self._execute_on(target, sql, params)
             except OperationalError as exc:
-                if (node == conn._leader_name or node == conn.pinned_node
-                        or exc.sqlite_errorcode == apsw.SQLITE_INTERRUPT or raised_by_user_code(exc)):
+                if not self._leader_may_answer(exc, node):
                     raise
-                # The follower may not have the schema this statement needs yet: the leader has it.
-                node, target, stay = conn._leader_name, conn._leader, None
+                node, target = conn._leader_name, conn._leader
                 cursor = self._execute_on(target, sql, params)
-            if stay is None:
-                self.lsn = router.served(node, target)
-            else:
-                router.unsettled = node  # what served() notes of a read on the last follower
-                self.lsn = lsn
+            self.lsn = router.served(node, target)
         self.node = node
-        self._rows = _rows_ahead(cursor) if self.description else None
-        if self._rows is None:
-            # Statements that return nothing still run to completion now.
+        self._hand_out(cursor)
+
+    def _read_staying(self, stay: tuple[str, apsw.Connection, int], sql: str, params: Any) -> None:
+        """A read that stays on the session's last follower (Router.staying): _read and
+        _execute_on in one step, for the most common statement of all."""
+        node, target, lsn = stay
+        last = self._sqlite
+        if last is not None and last[0] is target:
+            cursor = last[1]
+        else:
+            cursor = target.cursor()
+            self._sqlite = (target, cursor)
+        try:
+            cursor.execute(sql, params)
+        except _EXECUTE_ERRORS as exc:
+            error = _execution_error(exc)
+            if not isinstance(error, OperationalError) or not self._leader_may_answer(error, node):
+                raise error from exc
+            node, target = self.connection._leader_name, self.connection._leader
+            cursor = self._execute_on(target, sql, params)
+            self.lsn = self.connection._router.served(node, target)
+        else:
             try:
-                for _ in cursor:
-                    pass
-            except (apsw.Error, UnicodeDecodeError) as exc:
-                raise _translate(exc, self.description) from exc
+                self.description = cursor.description or None  # while the statement has a row to give
+            except apsw.ExecutionCompleteError:  # no row: ask the prepared statement
+                self.description = _describe(_prepared_description(target, sql))
+            self.connection._router.unsettled = node  # what served() notes of a read on the last follower
+            self.lsn = lsn
+        self.node = node
+        self._hand_out(cursor)
+
+    def _leader_may_answer(self, exc: OperationalError, node: str) -> bool:
+        """A read failed on `node`: a follower may not have the schema it needs yet, and the leader
+        has it. Not when it failed on the leader or a pinned node, or for another reason."""
+        conn = self.connection
+        return not (node == conn._leader_name or node == conn.pinned_node
+                    or exc.sqlite_errorcode == apsw.SQLITE_INTERRUPT or raised_by_user_code(exc))
+
+    def _hand_out(self, cursor: apsw.Cursor) -> None:
+        if self.description:
+            self._start_rows(cursor)
+            return
+        self._rows = None
+        # Statements that return nothing still run to completion now.
+        try:
+            for _ in cursor:
+                pass
+        except (apsw.Error, UnicodeDecodeError) as exc:
+            raise _translate(exc, self.description) from exc
 
     def _local(self, stmt: StatementInfo, sql: str, params: Any) -> None:
         """TEMP objects live on the leader connection only and are not replicated."""
@@ -327,7 +379,9 @@ class Cursor(DBAPICursor):
             conn._local.after(leader, writes_rows)
         self.node = conn._leader_name
         self.rowcount = conn._local.changes if writes_rows else -1
-        self._rows = iter(rows) if self.description else None
+        self._rows = None
+        if self.description:
+            self._start_rows(iter(rows))
 
     def _pragma(self, stmt: StatementInfo, sql: str, params: Any, level: str) -> None:
         """A PRAGMA, by its rule in pragmas.py: a report runs where reads run; a setting is the
@@ -361,7 +415,9 @@ class Cursor(DBAPICursor):
             conn._local.remember(name, value, sql)
         self.node = conn._leader_name
         self.rowcount = -1
-        self._rows = iter(rows) if self.description else None
+        self._rows = None
+        if self.description:
+            self._start_rows(iter(rows))
 
     def _vacuum(self, stmt: StatementInfo, sql: str) -> None:
         conn = self.connection
@@ -457,7 +513,9 @@ class Cursor(DBAPICursor):
             conn._abort()
             raise
         self.node = conn._leader_name
-        self._rows = iter(rows) if self.description else None
+        self._rows = None
+        if self.description:
+            self._start_rows(iter(rows))
         if own_txn:
             conn._commit()
             self.lsn = conn.last_write_lsn
@@ -604,18 +662,17 @@ def _prepared_description(conn: apsw.Connection, sql: str) -> tuple[tuple[str, s
     return found[0] if found else ()
 
 
-def _rows_ahead(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
-    """A read's rows, stepped one ahead as Python's sqlite3 steps: once the last row is handed out
-    the statement is done and releases its read snapshot. Held, that snapshot made the connection's
-    next write fail with "database is locked" (SQLITE_BUSY_SNAPSHOT) and its follower's position
-    look older than it is (a session then refused a follower that had its writes)."""
-    row = next(rows, None)
-    if row is None:
-        return
-    for following in rows:
-        yield row
-        row = following
-    yield row
+_EXECUTE_ERRORS = (apsw.Error, UnicodeDecodeError, TypeError, ValueError, OverflowError, KeyError)
+
+
+def _execution_error(exc: BaseException) -> Exception:
+    """What an apsw cursor's execute() raised, as the driver raises it."""
+    if isinstance(exc, UnicodeDecodeError):
+        return _translate(exc, None)  # the first row holds text that is not UTF-8
+    if isinstance(exc, KeyError):
+        # apsw looks named parameters up in the mapping; a missing one is the caller's mistake.
+        return ProgrammingError(f"You did not supply a value for binding parameter :{exc.args[0]}.")
+    return translate(exc)
 
 
 def _params(parameters: Any) -> Any:
