@@ -86,6 +86,8 @@ _OPTIONS = frozenset(apsw.compile_options)
 
 
 def _compileoption_used(name: object) -> int:
+    if name == PROXY_WRITER_OPTION:  # the guard triggers' call, once per row the proxy writes
+        return 1
     option = str(name).upper().removeprefix("SQLITE_")
     if option == PROXY_WRITER_OPTION:
         return 1
