@@ -35,7 +35,7 @@ from typing import Any
 import apsw
 
 from . import determinism
-from .base import Capture, CaptureError, StatementInfo, UnsafeStatementError, pop_savepoint
+from .base import INTERNAL_PREFIX, Capture, CaptureError, StatementInfo, UnsafeStatementError, pop_savepoint
 from .statement_apply import StatementPayloadFormat, apply_payload, apply_payloads, decode_payload
 from .statement_payload import (
     FLAG_CASE_SENSITIVE_LIKE,
@@ -240,7 +240,9 @@ class StatementCapture(Capture):
         state = self._state()
         fk = conn.config(apsw.SQLITE_DBCONFIG_ENABLE_FKEY, -1)
         if state.has_triggers is None:
-            state.has_triggers = bool(state.schema.triggers())
+            # replproxy's own (the leader's guards) fire for other writers only: whether triggers
+            # recurse changes nothing the statement does.
+            state.has_triggers = any(not name.startswith(INTERNAL_PREFIX) for name in state.schema.triggers())
         rt = 0
         if state.has_triggers:
             rt = int(fetch_scalar(conn, "PRAGMA recursive_triggers"))
