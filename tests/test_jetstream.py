@@ -397,6 +397,37 @@ def test_stream_retention_keeps_what_any_other_node_or_a_join_in_progress_needs(
     assert stream_floor(500, nodes, {"new": (200, now - HOLD_ORPHAN - 1)}, me="a", keep=10, now=now) == 390
 
 
+def test_the_relay_never_waits_behind_a_transaction_for_its_hold(stream: LogStream, make_cluster: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay's retention hold is a write to the leader's file; a client's transaction may hold
+    that file's write lock for long. The relay (its loop also publishes and heartbeats) must not
+    wait for it: it tries again at its next pass."""
+    from proxy.dist.relay import HOLD_HOLDER, Relay
+    from proxy.store import node as store
+
+    cluster = make_cluster(followers=0)
+    path = cluster.path_of(cluster.leader)
+    # Waiting would outlast the test's bound, whatever the busy timeout is.
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", int(HANG * 1000 * 10))
+    relay = Relay(str(path), cluster.leader, stream)
+    relay.published = 5
+    client = open_plain(path)
+    client.execute("BEGIN IMMEDIATE")
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (relay._hold(force=True), done.set()), daemon=True)
+    worker.start()
+    try:
+        assert done.wait(HANG), "the relay waited for the client's write lock"
+        assert HOLD_HOLDER not in store.retention_holds(relay.conn)  # not moved: next time
+    finally:
+        client.execute("ROLLBACK")
+        client.close()
+    worker.join(HANG)
+    relay._hold(force=True)  # the lock is free: the hold moves
+    assert store.retention_holds(relay.conn)[HOLD_HOLDER][0] == 5
+    relay.close()
+
+
 # -- server failures ----------------------------------------------------------------------------
 
 RETRY_POLL = 0.05  # seconds between two tries while a cluster recovers (the wait is bounded by HANG)

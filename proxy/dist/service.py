@@ -273,8 +273,12 @@ class NodeService:
         with cluster.node(cluster.leader) as conn:
             holds = {holder[len(JOIN_HOLD):]: hold for holder, hold in store.retention_holds(conn).items()
                      if holder.startswith(JOIN_HOLD)}
+            conn.set_busy_timeout(0)  # the relay loop runs this: never wait behind a client's transaction
             for name in holds.keys() & nodes.keys():  # registered: its own position holds from now on
-                store.set_hold(conn, JOIN_HOLD + name, None)
+                try:
+                    store.set_hold(conn, JOIN_HOLD + name, None)
+                except apsw.BusyError:
+                    break  # its own position holds the stream anyway; dropped at a later pass
         upto = stream_floor(relay.published, nodes, holds, me=self.name,
                             keep=cluster.config.retain_min_entries, now=time.time())
         state = self.stream.state()
