@@ -281,18 +281,17 @@ class RowCapture(Capture):
         # COMMIT may still be refused (deferred foreign keys) and the transaction go on: prepare()
         # then opens a new session, and the chunks stay as they were so finish() can run again.
         schema_version = _schema_version(self.conn) if self._schema_may_move else self._start_version
-        if schema_version == self._start_version:
-            refuse_null_keys(self.conn, schema_version, tables=self._checked_tables())
-            sequence = read_sequence_at(self.conn, schema_version)
-        else:
-            refuse_null_keys(self.conn, schema_version, cache=False, tables=self._checked_tables())
-            sequence = read_sequence(self.conn)
-        chunks = list(self._chunks)
         same_schema = schema_version == self._start_version
+        # One description of the keys for every check (cached only while the schema is the one
+        # the transaction began with: see key_info).
+        info = key_info(self.conn, schema_version, same_schema)
+        refuse_null_keys(self.conn, tables=self._checked_tables(), info=info)
+        sequence = read_sequence_at(self.conn, schema_version) if same_schema else read_sequence(self.conn)
+        chunks = list(self._chunks)
         images = [data for tag, data in chunks if tag in (TAG_CHANGESET, TAG_PATCHSET)]
-        refuse_ambiguous_keys(self.conn, images, schema_version, same_schema)
-        refuse_collated_keys(self.conn, images, schema_version, same_schema)
-        refuse_wide_tables(self.conn, self._touched, schema_version, same_schema)
+        refuse_ambiguous_keys(self.conn, images, info=info)
+        refuse_collated_keys(self.conn, images, info=info)
+        refuse_wide_tables(self.conn, self._touched, info=info)
         counters = sequence_chunk(self.conn, schema_version, sequence, self._sequence,
                                   self._touched, bool(chunks))
         if counters is not None:
