@@ -739,6 +739,29 @@ def test_policy_error_says_how_far_behind_the_followers_are(cluster, conn):
     assert cur.node in cluster.followers and count(cur) in (3, 4)
 
 
+def test_a_follower_without_the_table_a_read_needs_leaves_the_read_to_the_leader(two_positions, monkeypatch):
+    """A session that stays on its follower (the fast path) and reads a table that follower does
+    not have yet: the leader answers, once, and the session goes on where it was."""
+    held = two_positions
+    reader = connect(held, consistency="eventual")
+    _, first, _ = read(reader, "SELECT count(*) FROM comments")
+    assert read(reader, "SELECT count(*) FROM comments")[1] == first  # it stays
+    writer = connect(held, autocommit=True)
+    writer.execute("CREATE TABLE votes(comment_id INTEGER, up INTEGER)")
+    writer.execute("INSERT INTO votes VALUES (1, 1), (2, 1)")  # nothing replicates: no follower has it
+
+    def no_general_routing(*args: Any) -> None:
+        raise AssertionError("the read left the fast path")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(proxy.driver.routing.Router, "target", no_general_routing)
+        cur = reader.execute("SELECT count(*) FROM votes")
+    assert (cur.fetchall(), cur.node) == ([(2,)], held.leader)
+    with pytest.raises(proxy.OperationalError, match="no such table: ballots"):
+        reader.execute("SELECT count(*) FROM ballots")  # the leader has none either: SQLite's words
+    assert read(reader, "SELECT count(*) FROM comments")[1] in held.followers
+
+
 # -- bounded staleness ----------------------------------------------------------------------------
 
 
