@@ -285,13 +285,13 @@ class RowCapture(Capture):
         # One description of the keys for every check (cached only while the schema is the one
         # the transaction began with: see key_info).
         info = key_info(self.conn, schema_version, same_schema)
-        refuse_null_keys(self.conn, tables=self._checked_tables(), info=info)
+        refuse_null_keys(self.conn, info, tables=self._checked_tables())
         sequence = read_sequence_at(self.conn, schema_version) if same_schema else read_sequence(self.conn)
         chunks = list(self._chunks)
         images = [data for tag, data in chunks if tag in (TAG_CHANGESET, TAG_PATCHSET)]
-        refuse_ambiguous_keys(self.conn, images, info=info)
-        refuse_collated_keys(self.conn, images, info=info)
-        refuse_wide_tables(self.conn, self._touched, info=info)
+        refuse_ambiguous_keys(images, info)
+        refuse_collated_keys(images, info)
+        refuse_wide_tables(self.conn, self._touched, info)
         counters = sequence_chunk(self.conn, schema_version, sequence, self._sequence,
                                   self._touched, bool(chunks))
         if counters is not None:

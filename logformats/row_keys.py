@@ -119,13 +119,11 @@ def key_info(conn: apsw.Connection, schema_version: int | None = None, cache: bo
     return found
 
 
-def refuse_ambiguous_keys(conn: apsw.Connection, changesets: Iterable[bytes],
-                          schema_version: int | None = None, cache: bool = True,
-                          info: KeyInfo | None = None) -> None:
+def refuse_ambiguous_keys(changesets: Iterable[bytes], info: KeyInfo) -> None:
     """Refuse a transaction whose images name one key twice, as happens when a row keyed 0.0 is
     replaced by one keyed 0 in a BLOB-affinity key: equal to SQLite, two rows to the session
     extension, and no follower could apply the result."""
-    untyped = (info or key_info(conn, schema_version, cache)).untyped
+    untyped = info.untyped
     if not untyped:
         return
     for data in changesets:
@@ -161,15 +159,13 @@ def _collated(value: Any, collation: str) -> Any:
     return value
 
 
-def refuse_collated_keys(conn: apsw.Connection, changesets: Iterable[bytes],
-                         schema_version: int | None = None, cache: bool = True,
-                         info: KeyInfo | None = None) -> None:
+def refuse_collated_keys(changesets: Iterable[bytes], info: KeyInfo) -> None:
     """Refuse a transaction that changes a key only as its collation sees it ('abc' -> 'ABC' under
     NOCASE, 'a' -> 'a ' under RTRIM). The session extension compares keys as bytes but finds rows
     with the key's collation, so it logs such a row twice (an INSERT, and an UPDATE of the key or a
     DELETE) and no follower could apply that. Keys under a collation the application registered
     are refused outright: followers do not have it."""
-    collated = (info or key_info(conn, schema_version, cache)).collated
+    collated = info.collated
     if not collated:
         return
     for data in changesets:
@@ -200,12 +196,11 @@ def refuse_collated_keys(conn: apsw.Connection, changesets: Iterable[bytes],
             seen.add(loose)
 
 
-def refuse_null_keys(conn: apsw.Connection, schema_version: int | None = None, cache: bool = True,
-                     tables: set[str] | None = None, info: KeyInfo | None = None) -> None:
+def refuse_null_keys(conn: apsw.Connection, info: KeyInfo, tables: set[str] | None = None) -> None:
     """The session extension skips rows whose PRIMARY KEY holds NULL: refuse rather than lose them.
-    `schema_version`: conn's current PRAGMA main.schema_version, when the caller has just read it.
-    `tables`: check only these tables (default: every table)."""
-    for table, columns in (info or key_info(conn, schema_version, cache)).nullable:
+    `info`: key_info of conn's schema as it is now. `tables`: check only these tables (default:
+    every table)."""
+    for table, columns in info.nullable:
         if tables is not None and table not in tables:
             continue
         quoted = '"' + table.replace('"', '""') + '"'
@@ -226,11 +221,10 @@ def apply_column_limit(conn: apsw.Connection) -> int:
     return conn.limit(apsw.SQLITE_LIMIT_EXPR_DEPTH, -1) - 2
 
 
-def refuse_wide_tables(conn: apsw.Connection, tables: Iterable[str], schema_version: int | None = None,
-                       cache: bool = True, info: KeyInfo | None = None) -> None:
+def refuse_wide_tables(conn: apsw.Connection, tables: Iterable[str], info: KeyInfo) -> None:
     """Refuse row images of a table too wide for a follower to apply (see apply_column_limit)."""
     limit = apply_column_limit(conn)
-    width = (info or key_info(conn, schema_version, cache)).image_columns
+    width = info.image_columns
     for table in sorted(tables):
         count = width.get(table.lower())
         if count is not None and count > limit:

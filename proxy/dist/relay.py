@@ -100,13 +100,11 @@ class Relay:
         now = time.monotonic()
         if not force and (lsn == self.published or now - at < HOLD_REFRESH):
             return
-        self.conn.set_busy_timeout(0)  # never wait behind a client's transaction: publishing goes on
         try:
-            store.set_hold(self.conn, HOLD_HOLDER, self.published)
+            with store.without_waiting(self.conn):  # a client's transaction must not stop publishing
+                store.set_hold(self.conn, HOLD_HOLDER, self.published)
         except apsw.BusyError:
             return  # a writer holds the lock: next time
-        finally:
-            self.conn.set_busy_timeout(store.BUSY_TIMEOUT_MS)
         self._hold_at = (self.published, now)
 
     def fork(self) -> int:

@@ -273,12 +273,12 @@ class NodeService:
         with cluster.node(cluster.leader) as conn:
             holds = {holder[len(JOIN_HOLD):]: hold for holder, hold in store.retention_holds(conn).items()
                      if holder.startswith(JOIN_HOLD)}
-            conn.set_busy_timeout(0)  # the relay loop runs this: never wait behind a client's transaction
-            for name in holds.keys() & nodes.keys():  # registered: its own position holds from now on
-                try:
-                    store.set_hold(conn, JOIN_HOLD + name, None)
-                except apsw.BusyError:
-                    break  # its own position holds the stream anyway; dropped at a later pass
+            try:
+                with store.without_waiting(conn):  # the relay loop runs this
+                    for name in holds.keys() & nodes.keys():  # registered: its own position holds now
+                        store.set_hold(conn, JOIN_HOLD + name, None)
+            except apsw.BusyError:
+                pass  # their own positions hold the stream anyway; dropped at a later pass
         upto = stream_floor(relay.published, nodes, holds, me=self.name,
                             keep=cluster.config.retain_min_entries, now=time.time())
         state = self.stream.state()
@@ -394,9 +394,9 @@ class NodeService:
         stuck behind a client's long transaction would let the lease lapse (and fail over)."""
         store.write_lease_file(self.path, until)
         with store.opened(self.path, name=self.name) as conn:
-            conn.set_busy_timeout(0)
             try:
-                store.set_lease(conn, until)
+                with store.without_waiting(conn):
+                    store.set_lease(conn, until)
             except apsw.BusyError:
                 log.debug("%s: lease renewed in %s only (a transaction holds the write lock)",
                           self.name, store.lease_file(self.path).name)

@@ -629,18 +629,10 @@ def _all_rows(cursor: apsw.Cursor, description: Any) -> list[tuple[Any, ...]]:
         raise _translate(exc, description) from exc
 
 
-_DESCRIPTIONS: dict[tuple[tuple[str, str | None], ...], tuple[tuple[Any, ...], ...] | None] = {}
-
-
 def _describe(desc: tuple[tuple[str, str | None], ...]) -> tuple[tuple[Any, ...], ...] | None:
-    """PEP 249 7-item column descriptions (name, declared type, ...), shared between cursors."""
-    out = _DESCRIPTIONS.get(desc)
-    if out is None and desc not in _DESCRIPTIONS:
-        out = tuple((name, decl, None, None, None, None, None) for name, decl in desc) or None
-        if len(_DESCRIPTIONS) > 4096:
-            _DESCRIPTIONS.clear()
-        _DESCRIPTIONS[desc] = out
-    return out
+    """PEP 249 7-item column descriptions (name, declared type, None x 5), as apsw's
+    `Cursor.description` gives them while a statement has a row."""
+    return tuple((name, decl, None, None, None, None, None) for name, decl in desc) or None
 
 
 def _prepared_description(conn: apsw.Connection, sql: str) -> tuple[tuple[str, str | None], ...]:

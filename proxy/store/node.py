@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -183,9 +184,21 @@ def write_transaction(conn: apsw.Connection) -> Iterator[apsw.Connection]:
         raise
 
 
+@contextlib.contextmanager
+def without_waiting(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+    """Within the block a write that finds the lock taken raises BusyError at once, instead of
+    waiting up to BUSY_TIMEOUT_MS: for background work that a client's long transaction must not
+    hold up (it tries again later)."""
+    conn.set_busy_timeout(0)
+    try:
+        yield conn
+    finally:
+        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+
+
 def remove_files(path: str | os.PathLike[str]) -> None:
-    """Delete a database file with its WAL and shared-memory files."""
-    for suffix in ("", "-wal", "-shm"):
+    """Delete a database file with its WAL, shared-memory and lease files."""
+    for suffix in ("", "-wal", "-shm", LEASE_FILE_SUFFIX):
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
@@ -313,7 +326,7 @@ def write_lease_file(path: str | os.PathLike[str], until: float | None) -> None:
     if until is None:
         target.unlink(missing_ok=True)
         return
-    temp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    temp = target.with_name(f"{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     temp.write_text(repr(float(until)))
     os.replace(temp, target)
 
