@@ -50,6 +50,9 @@ class StatementInfo:
     # False when the statement has no result columns (no SELECT, RETURNING or PRAGMA result):
     # a property of its text, so it cannot change with the schema.
     returns_rows: bool = True
+    # TEMP triggers on tables of the main database that this statement fires, when TEMP triggers
+    # change tables outside TEMP: SQLite fires TEMP triggers before the main schema's.
+    temp_trigger_writes: frozenset[str] = frozenset()
 
     @functools.cached_property
     def leader_only(self) -> bool:

@@ -271,13 +271,14 @@ def check_actions(actions: Actions, schema: Schema, info: TableInfo | None, text
     nondeterministic = determinism.RANDOM_FUNCS | determinism.TIME_FUNCS | {
         "current_timestamp", "current_date", "current_time"}
     for name, owner in actions.functions:
+        # First: the proxy answers changes() and total_changes() itself, as application functions.
+        if name in determinism.ALWAYS_UNSAFE:
+            where = f" in {_owner(owner, triggers)}" if owner else ""
+            raise Unsafe(f"{name}(){where}: {determinism.ALWAYS_UNSAFE[name]}")
         if name in app_functions or name not in builtins:
             where = f" (in {_owner(owner, triggers)})" if owner else ""
             raise Unsafe(f"it calls {name}(){where}, an application-defined function that followers "
                          "do not have")
-        if name in determinism.ALWAYS_UNSAFE:
-            where = f" in {_owner(owner, triggers)}" if owner else ""
-            raise Unsafe(f"{name}(){where}: {determinism.ALWAYS_UNSAFE[name]}")
         if owner is not None and name in nondeterministic:
             raise Unsafe(f"it runs {_owner(owner, triggers)}, which calls {name}(): the values it computes "
                          "would differ on each node")

@@ -83,6 +83,17 @@ class TriggerCapture(Capture):
             # The schema change before this statement failed after its triggers were dropped.
             self._sync()
         self._vtabs_written = set()
+        if stmt.temp_trigger_writes:
+            # They fire before replproxy's triggers: a row they change again would be imaged
+            # before the change that set them off, and followers would end up with the older row.
+            names = ", ".join(repr(name) for name in sorted(stmt.temp_trigger_writes))
+            raise UnsafeStatementError(
+                f"this statement fires the TEMP trigger {names} on a table of the main database, "
+                "which (itself or through another TEMP trigger) changes tables of the main "
+                "database: SQLite fires TEMP triggers before the trigger format's capture "
+                "triggers, so the log could not hold the changes in the order they happened. Use "
+                "a trigger of the main database (CREATE TRIGGER without TEMP), or the row or "
+                "mixed format")
         if stmt.kind == "dml" and self._virtual_tables():
             self._check_virtual(sql, params)
         if stmt.kind == "ddl" or stmt.replicated_pragma:

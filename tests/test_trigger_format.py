@@ -233,6 +233,37 @@ def test_user_triggers_effects_are_applied_exactly_once(make_cluster):
     assert_identical(cluster)
 
 
+def test_temp_triggers_that_change_main_tables_are_refused_and_harmless_ones_run(make_cluster):
+    # SQLite fires a connection's TEMP triggers before the main schema's, replproxy's included: a
+    # TEMP trigger changing the row again was imaged before the change that fired it, and followers
+    # silently kept the older row.
+    cluster, conn = new_cluster(make_cluster)
+    conn.autocommit = True
+    conn.executescript("""
+        CREATE TABLE m(id INTEGER PRIMARY KEY, x, y);
+        CREATE TABLE other(v);
+        INSERT INTO m VALUES (1, 0, 0);
+        CREATE TEMP TABLE seen(v);
+        CREATE TEMP TRIGGER again AFTER UPDATE OF x ON main.m BEGIN
+            UPDATE main.m SET y = 2 WHERE id = NEW.id;
+        END;
+        CREATE TEMP TRIGGER note AFTER INSERT ON main.m BEGIN INSERT INTO seen VALUES (NEW.id); END;
+        CREATE TEMP TRIGGER relay AFTER INSERT ON seen BEGIN INSERT INTO main.other VALUES (NEW.v); END;
+    """)
+    with pytest.raises(proxy.UnsafeStatementError, match="TEMP trigger 'again'.*row or mixed format"):
+        conn.execute("UPDATE m SET x = 1 WHERE id = 1")
+    # Through a TEMP table, another TEMP trigger changes a main table: refused just the same.
+    with pytest.raises(proxy.UnsafeStatementError, match="TEMP trigger 'note'"):
+        conn.execute("INSERT INTO m VALUES (2, 0, 0)")
+    conn.execute("DROP TRIGGER temp.relay")
+    # Only TEMP tables change, or the statement fires no TEMP trigger: it runs and replicates.
+    conn.execute("INSERT INTO m VALUES (2, 5, 5)")
+    conn.execute("UPDATE m SET y = 7")
+    assert same_on_all(cluster, "SELECT id, x, y FROM m ORDER BY id") == [(1, 0, 7), (2, 5, 7)]
+    assert conn.execute("SELECT v FROM seen").fetchall() == [(2,)]
+    assert_identical(cluster)
+
+
 def test_foreign_key_cascades_are_applied_exactly_once(make_cluster):
     cluster, conn = new_cluster(make_cluster)
     conn.execute("PRAGMA foreign_keys = ON")

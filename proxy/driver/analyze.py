@@ -171,7 +171,7 @@ class Analyzer:
             # Only whitespace or comments: SQLite has nothing to run.
             return StatementInfo(sql=sql, readonly=True, kind="empty")
         self._check_one_statement(sql, traced["first"])
-        return _classify(sql, traced, actions)
+        return _classify(sql, traced, actions, self.conn)
 
     def _prepare(self, sql: str) -> tuple[dict[str, Any], list[_Action]]:
         """Prepare the first statement of `sql` without running it: what the exec tracer saw of it,
@@ -288,7 +288,8 @@ def _begin_mode(sql: str) -> str:
     return "BEGIN"
 
 
-def _classify(sql: str, traced: dict[str, Any], actions: list[_Action]) -> StatementInfo:
+def _classify(sql: str, traced: dict[str, Any], actions: list[_Action], conn: apsw.Connection
+              ) -> StatementInfo:
     readonly = bool(traced["readonly"])
     touched = _Touched.of(actions)
     kind = _kind(sql, readonly, bool(traced["explain"]), touched, actions)
@@ -310,7 +311,24 @@ def _classify(sql: str, traced: dict[str, Any], actions: list[_Action]) -> State
         param_count=int(traced["count"] or 0),
         param_names=tuple(traced["names"] or ()),
         returns_rows=bool(traced.get("columns", 1)),
+        temp_trigger_writes=_temp_trigger_writes(conn, touched) if touched.trigger_writers else frozenset(),
     )
+
+
+def _temp_trigger_writes(conn: apsw.Connection, touched: _Touched) -> frozenset[str]:
+    """The TEMP triggers on main tables that the statement fires, if a TEMP trigger (that one or
+    one it sets off through a TEMP table) changes a table outside TEMP; else nothing."""
+    try:
+        temp = {str(name).lower(): str(table).lower() for name, table in conn.execute(
+            "SELECT name, tbl_name FROM temp.sqlite_master WHERE type='trigger'")}
+        if not temp or not touched.trigger_writers & temp.keys():
+            return frozenset()
+        main_tables = {str(name).lower() for (name,) in conn.execute(
+            "SELECT name FROM main.sqlite_master WHERE type='table'")}
+    except apsw.Error as exc:
+        raise translate(exc) from exc
+    # A trigger name the authorizer gives may be a main one of the same name: counted as TEMP.
+    return frozenset(name for name in touched.fired if temp.get(name) in main_tables)
 
 
 @dataclass
@@ -325,6 +343,8 @@ class _Touched:
     is_insert: bool = False
     # A trigger changes a replicated table: a TEMP trigger on a TEMP object makes the write a DML
     trigger_writes: bool = False
+    trigger_writers: set[str] = field(default_factory=set)  # those triggers (lowercase)
+    fired: set[str] = field(default_factory=set)  # every trigger the statement fires (lowercase)
 
     @classmethod
     def of(cls, actions: list[_Action]) -> _Touched:
@@ -332,12 +352,17 @@ class _Touched:
         for code, arg1, arg2, dbname, trigger in actions:
             if dbname == "temp":
                 touched.uses_temp = True
+            if isinstance(trigger, str):
+                touched.fired.add(trigger.lower())
             if code in _WRITE and trigger is None and isinstance(arg1, str):
                 if arg1.lower() not in _SCHEMA_TABLES and dbname != "temp":
                     touched.written.add(arg1)
                     touched.is_insert = touched.is_insert or code == apsw.SQLITE_INSERT
             elif code in _WRITE and isinstance(arg1, str) and dbname != "temp":
-                touched.trigger_writes = touched.trigger_writes or arg1.lower() not in _SCHEMA_TABLES
+                if arg1.lower() not in _SCHEMA_TABLES:
+                    touched.trigger_writes = True
+                    if isinstance(trigger, str):
+                        touched.trigger_writers.add(trigger.lower())
             elif code == apsw.SQLITE_READ and isinstance(arg1, str) and dbname != "temp":
                 if arg1.lower() not in _SCHEMA_TABLES:
                     touched.read.add(arg1)
