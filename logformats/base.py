@@ -50,9 +50,9 @@ class StatementInfo:
     # False when the statement has no result columns (no SELECT, RETURNING or PRAGMA result):
     # a property of its text, so it cannot change with the schema.
     returns_rows: bool = True
-    # TEMP triggers on tables of the main database that this statement fires, when TEMP triggers
-    # change tables outside TEMP: SQLite fires TEMP triggers before the main schema's.
-    temp_trigger_writes: frozenset[str] = frozenset()
+    # TEMP triggers on tables of the main database that this statement fires (lowercase): SQLite
+    # fires them before the main schema's triggers.
+    temp_triggers_on_main: frozenset[str] = frozenset()
 
     @functools.cached_property
     def leader_only(self) -> bool:

@@ -83,17 +83,17 @@ class TriggerCapture(Capture):
             # The schema change before this statement failed after its triggers were dropped.
             self._sync()
         self._vtabs_written = set()
-        if stmt.temp_trigger_writes:
+        if stmt.temp_triggers_on_main:
             # They fire before replproxy's triggers: a row they change again would be imaged
-            # before the change that set them off, and followers would end up with the older row.
-            names = ", ".join(repr(name) for name in sorted(stmt.temp_trigger_writes))
+            # before the change that set them off, and a RAISE(IGNORE) or RAISE(FAIL) in them
+            # would keep a change that replproxy's triggers never saw.
+            names = ", ".join(repr(name) for name in sorted(stmt.temp_triggers_on_main))
             raise UnsafeStatementError(
-                f"this statement fires the TEMP trigger {names} on a table of the main database, "
-                "which (itself or through another TEMP trigger) changes tables of the main "
-                "database: SQLite fires TEMP triggers before the trigger format's capture "
-                "triggers, so the log could not hold the changes in the order they happened. Use "
-                "a trigger of the main database (CREATE TRIGGER without TEMP), or the row or "
-                "mixed format")
+                f"this statement fires the TEMP trigger {names} on a table of the main database: "
+                "SQLite fires TEMP triggers before the trigger format's capture triggers, so what "
+                "it changes would be logged out of order, and a RAISE(IGNORE) or RAISE(FAIL) in it "
+                "would keep a change the log never sees. Use a trigger of the main database "
+                "(CREATE TRIGGER without TEMP), or the row or mixed format")
         if stmt.kind == "dml" and self._virtual_tables():
             self._check_virtual(sql, params)
         if stmt.kind == "ddl" or stmt.replicated_pragma:

@@ -311,24 +311,24 @@ def _classify(sql: str, traced: dict[str, Any], actions: list[_Action], conn: ap
         param_count=int(traced["count"] or 0),
         param_names=tuple(traced["names"] or ()),
         returns_rows=bool(traced.get("columns", 1)),
-        temp_trigger_writes=_temp_trigger_writes(conn, touched) if touched.trigger_writers else frozenset(),
+        temp_triggers_on_main=_temp_triggers_on_main(conn, touched) if touched.fired else frozenset(),
     )
 
 
-def _temp_trigger_writes(conn: apsw.Connection, touched: _Touched) -> frozenset[str]:
-    """The TEMP triggers on main tables that the statement fires, if a TEMP trigger (that one or
-    one it sets off through a TEMP table) changes a table outside TEMP; else nothing."""
+def _temp_triggers_on_main(conn: apsw.Connection, touched: _Touched) -> frozenset[str]:
+    """The TEMP triggers on tables of the main database that the statement fires."""
     try:
         temp = {str(name).lower(): str(table).lower() for name, table in conn.execute(
             "SELECT name, tbl_name FROM temp.sqlite_master WHERE type='trigger'")}
-        if not temp or not touched.trigger_writers & temp.keys():
+        fired = touched.fired & temp.keys()
+        if not fired:
             return frozenset()
         main_tables = {str(name).lower() for (name,) in conn.execute(
             "SELECT name FROM main.sqlite_master WHERE type='table'")}
     except apsw.Error as exc:
         raise translate(exc) from exc
     # A trigger name the authorizer gives may be a main one of the same name: counted as TEMP.
-    return frozenset(name for name in touched.fired if temp.get(name) in main_tables)
+    return frozenset(name for name in fired if temp[name] in main_tables)
 
 
 @dataclass
@@ -343,7 +343,6 @@ class _Touched:
     is_insert: bool = False
     # A trigger changes a replicated table: a TEMP trigger on a TEMP object makes the write a DML
     trigger_writes: bool = False
-    trigger_writers: set[str] = field(default_factory=set)  # those triggers (lowercase)
     fired: set[str] = field(default_factory=set)  # every trigger the statement fires (lowercase)
 
     @classmethod
@@ -359,10 +358,7 @@ class _Touched:
                     touched.written.add(arg1)
                     touched.is_insert = touched.is_insert or code == apsw.SQLITE_INSERT
             elif code in _WRITE and isinstance(arg1, str) and dbname != "temp":
-                if arg1.lower() not in _SCHEMA_TABLES:
-                    touched.trigger_writes = True
-                    if isinstance(trigger, str):
-                        touched.trigger_writers.add(trigger.lower())
+                touched.trigger_writes = touched.trigger_writes or arg1.lower() not in _SCHEMA_TABLES
             elif code == apsw.SQLITE_READ and isinstance(arg1, str) and dbname != "temp":
                 if arg1.lower() not in _SCHEMA_TABLES:
                     touched.read.add(arg1)
