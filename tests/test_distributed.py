@@ -373,6 +373,39 @@ def test_sync_and_semi_sync_commits_wait_for_followers_on_other_machines(dist: C
     conn.close()
 
 
+def test_a_sync_commit_is_acknowledged_while_another_transaction_holds_the_write_lock(dist: Cluster) -> None:
+    from helpers import in_background
+
+    a, b, c = _sync_cluster(dist, "30")
+    writer, other = proxy.connect(a.directory), proxy.connect(a.directory)
+    writer.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    writer.commit()
+    before = a.last_lsn()
+    b.pause()
+    c.pause()  # no acknowledgement until the other transaction holds the lock
+
+    def commit() -> int:
+        writer.execute("INSERT INTO t VALUES (1)")
+        writer.commit()
+        return writer.last_write_lsn
+
+    pending = in_background(commit)
+    wait_until(lambda: a.last_lsn() > before, HANG, poll=0.01, message="the sync commit is in")
+    other.execute("BEGIN IMMEDIATE")  # the write lock, held while the followers acknowledge
+    b.cont()
+    c.cont()
+    # Before, a's serve waited for the lock to record the acknowledgements: the commit failed
+    # with SyncReplicationTimeout after 30 s although both followers had applied it.
+    lsn = pending.result(timeout=HANG)
+    assert b.applied() >= lsn and c.applied() >= lsn
+    assert other.in_transaction  # it still holds the lock
+    other.execute("INSERT INTO t VALUES (2)")
+    other.commit()
+    dist.wait_caught_up(a, b, c)
+    writer.close()
+    other.close()
+
+
 def test_quorum_lost_stops_writes_at_the_lease_and_loses_nothing(tmp_path: Path, nats_cluster) -> None:
     dist = Cluster(tmp_path, nats_cluster.url)
     try:

@@ -104,13 +104,17 @@ def _await_remote(cluster: ClusterCore, lsn: int, leader: apsw.Connection, remot
     need = len(remote) if config.mode == "sync" else config.semi_sync_k
     deadline = cluster.clock() + config.sync_timeout
     version = None
+    recorded = remote
     while True:
         current = leader.execute("PRAGMA data_version").fetchone()[0]
         if current != version:
             version = current
-            remote = store.remote_positions(leader)
-            if sum(1 for applied in remote.values() if applied >= lsn) >= need:
-                return
+            recorded = store.remote_positions(leader)
+        # What `replproxy serve` heard while a transaction held the write lock is in its file.
+        heard = store.read_acks_file(leader.filename)
+        remote = {name: max(applied, heard.get(name, applied)) for name, applied in recorded.items()}
+        if sum(1 for applied in remote.values() if applied >= lsn) >= need:
+            return
         if cluster.clock() >= deadline:
             break
         time.sleep(0.0005)

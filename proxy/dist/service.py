@@ -341,8 +341,10 @@ class NodeService:
                                what="subscribing to acknowledgements")
         try:
             with store.opened(self.path, name=self.name) as conn:
+                store.write_acks_file(self.path, dict(positions))
                 store.set_remote_positions(conn, dict(positions), replace=True)
                 written = checked = self.clock()
+                forgotten = False  # a forgotten follower not yet dropped from the node's file
                 while not self._deposed.is_set() and not self.stopping.is_set():
                     if self.clock() - checked >= FORGET_CHECK:
                         checked = self.clock()
@@ -353,7 +355,8 @@ class NodeService:
                         if gone:
                             for name in gone:
                                 positions.pop(name, None)
-                            store.set_remote_positions(conn, dict(positions), replace=True)
+                            forgotten = True
+                            changed.set()
                     if not changed.wait(0.1):
                         continue
                     cluster = self.cluster
@@ -366,12 +369,19 @@ class NodeService:
                         self._deposed.wait(min(wait, 0.1))
                         continue
                     changed.clear()
+                    heard = dict(positions)
+                    # At once in the acknowledgements file, where committers read them; in the
+                    # node's file when its write lock is free (never waiting behind a client).
+                    store.write_acks_file(self.path, heard)
                     try:
-                        store.set_remote_positions(conn, dict(positions))
+                        with store.without_waiting(conn):
+                            store.set_remote_positions(conn, heard, replace=forgotten)
+                            self._maybe_restore(conn, heard)
                         written = self.clock()
-                        self._maybe_restore(conn, positions)
+                        forgotten = False
                     except apsw.BusyError:
                         changed.set()
+                        self._deposed.wait(0.01)  # then try the lock again
         finally:
             try:
                 self.bridge.call(sub.unsubscribe(), timeout=2.0, what="unsubscribing")
@@ -417,6 +427,7 @@ class NodeService:
         self.sql.close_sessions(f"{self.name} is no longer the leader ({reason})")  # they hold its write lock
         log.error("%s is no longer the leader (%s): fenced at epoch %d", self.name, reason, epoch)
         store.write_lease_file(self.path, None)  # first: writers find the lease lapsed from here on
+        store.write_acks_file(self.path, None)
         with store.opened(self.path, name=self.name) as conn:
             with store.write_transaction(conn):
                 store.fence(conn, epoch)
@@ -480,6 +491,7 @@ class NodeService:
         if role == "follower":
             cfg.config_path(self.directory).unlink(missing_ok=True)
             store.write_lease_file(self.path, None)
+            store.write_acks_file(self.path, None)
         self._published_at = (0.0, "")
 
     # -- follower -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import os
 import threading
 import time
@@ -198,7 +199,7 @@ def without_waiting(conn: apsw.Connection) -> Iterator[apsw.Connection]:
 
 def remove_files(path: str | os.PathLike[str]) -> None:
     """Delete a database file with its WAL, shared-memory and lease files."""
-    for suffix in ("", "-wal", "-shm", LEASE_FILE_SUFFIX):
+    for suffix in ("", "-wal", "-shm", LEASE_FILE_SUFFIX, ACKS_FILE_SUFFIX):
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
@@ -322,12 +323,16 @@ def lease_file(path: str | os.PathLike[str]) -> Path:
 def write_lease_file(path: str | os.PathLike[str], until: float | None) -> None:
     """Record a renewal (until `until`, wall clock) beside the node file at `path`, atomically;
     None removes it (a leader stepping down removes it before anything else)."""
-    target = lease_file(path)
-    if until is None:
+    _write_beside(lease_file(path), None if until is None else repr(float(until)))
+
+
+def _write_beside(target: Path, text: str | None) -> None:
+    """Replace `target` with `text` atomically; None removes it."""
+    if text is None:
         target.unlink(missing_ok=True)
         return
     temp = target.with_name(f"{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    temp.write_text(repr(float(until)))
+    temp.write_text(text)
     os.replace(temp, target)
 
 
@@ -336,6 +341,31 @@ def read_lease_file(path: str | os.PathLike[str]) -> float | None:
         return float(lease_file(path).read_text())
     except (OSError, ValueError):
         return None  # none, or being replaced: the lease in the node file stands
+
+
+# Followers' acknowledgements cannot wait for the write lock either: a sync committer waits for
+# them after its COMMIT, while the next client's transaction may hold the lock. They go to a file
+# beside the node's as well; a committer takes, for each follower the node's file names (the set
+# of followers changes under the lock only), the higher of the two positions.
+ACKS_FILE_SUFFIX = ".acks"
+
+
+def acks_file(path: str | os.PathLike[str]) -> Path:
+    return Path(str(path) + ACKS_FILE_SUFFIX)
+
+
+def write_acks_file(path: str | os.PathLike[str], positions: dict[str, int] | None) -> None:
+    """Record followers' applied LSNs beside the node file at `path`, atomically; None removes
+    the file (a leader stepping down)."""
+    _write_beside(acks_file(path), None if positions is None else json.dumps(positions))
+
+
+def read_acks_file(path: str | os.PathLike[str]) -> dict[str, int]:
+    try:
+        data = json.loads(acks_file(path).read_text())
+        return {str(name): int(lsn) for name, lsn in data.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}  # none (yet), or damaged: the positions in the node file stand
 
 
 def set_hold(conn: apsw.Connection, holder: str, lsn: int | None) -> None:
@@ -373,7 +403,8 @@ REMOTE_PREFIX = "remote_follower:"  # a distributed leader: a follower on anothe
 
 def remote_positions(conn: apsw.Connection) -> dict[str, int]:
     """A distributed leader: the applied LSN of every follower on another machine, as its
-    `replproxy serve` last heard (docs/distributed.md); empty on the embedded default."""
+    `replproxy serve` recorded in the node's file (docs/distributed.md); empty on the embedded
+    default. Newer positions may be in the acknowledgements file (read_acks_file)."""
     return {key[len(REMOTE_PREFIX):]: int(value) for key, value in conn.execute(
         "SELECT key, value FROM _replproxy_meta WHERE key LIKE ?", (REMOTE_PREFIX + "%",))}
 
