@@ -361,6 +361,24 @@ def test_an_outside_write_to_a_table_renamed_through_the_proxy_names_it(setup):
     assert "1 row change(s) to t_renamed" in (leader_state(cluster).error or "")
 
 
+@pytest.mark.parametrize("options", FORMATS)
+def test_a_table_hidden_by_a_temp_table_is_renamed_and_stays_guarded(setup, options):
+    # SQLite checks every trigger on a table it renames, and failed on the guards ("error in
+    # trigger _replproxy_guard_... after rename: no such table: main.t") while a TEMP table of
+    # the same name hid it; plain SQLite renames it. The guards step aside and come back.
+    cluster, conn = setup(**options)
+    conn.execute("CREATE TEMP TABLE t(z)")
+    conn.execute("ALTER TABLE main.t RENAME TO t_renamed")
+    conn.execute("INSERT INTO t_renamed(id, v) VALUES (4, 'd')")
+    conn.commit()
+    assert_identical(cluster)
+    assert leader_state(cluster).state != "outside-writes"
+    other = outside(cluster)
+    other.execute("DELETE FROM t_renamed WHERE id = 1")
+    other.close()
+    assert "1 row change(s) to t_renamed" in (leader_state(cluster).error or "")
+
+
 # A proxy writer in another process: schema changes and rows, while this process's watcher polls.
 PROXY_WRITER = """
 import sys
