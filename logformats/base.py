@@ -183,6 +183,19 @@ def prepare_only(conn: apsw.Connection, sql: str, params: Any, authorizer: Calla
     return True
 
 
+def altered_tables(conn: apsw.Connection, sql: str, params: Any) -> list[str]:
+    """The main tables an ALTER TABLE statement changes, as SQLite's authorizer reports them
+    when it prepares the statement (nothing if it cannot be prepared)."""
+    found: list[str] = []
+
+    def authorizer(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
+        if code == apsw.SQLITE_ALTER_TABLE and arg1 == "main" and isinstance(arg2, str):
+            found.append(arg2)
+        return apsw.SQLITE_OK
+
+    return found if prepare_only(conn, sql, params, authorizer) else []
+
+
 class Capture(abc.ABC):
     """Leader side of a format: lives for exactly one write transaction on one connection.
 

@@ -21,6 +21,7 @@ from .base import (
     OutsideLog,
     StatementInfo,
     UnsafeStatementError,
+    altered_tables,
     pop_savepoint,
     prepare_only,
 )
@@ -103,7 +104,7 @@ class TriggerCapture(Capture):
             self._schema_version = self._read_schema_version()
             if stmt.kind == "ddl":
                 self._foreign = foreign_collations(self.conn)
-                altered = _altered_tables(self.conn, sql, params)
+                altered = altered_tables(self.conn, sql, params)
                 if altered:
                     # ALTER TABLE refuses to drop or rename what a trigger names: ours step aside.
                     self._resync = True
@@ -264,18 +265,6 @@ class TriggerCapture(Capture):
 def _is_create_table_as(stmt: StatementInfo) -> bool:
     # As in the row format: a CREATE TABLE that reads a table or calls a function copied rows.
     return bool(stmt.tables_created) and (bool(stmt.tables_read) or bool(stmt.functions))
-
-
-def _altered_tables(conn: apsw.Connection, sql: str, params: Any) -> list[str]:
-    """Tables an ALTER TABLE statement changes, as SQLite's authorizer reports when preparing it."""
-    found: list[str] = []
-
-    def authorizer(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
-        if code == apsw.SQLITE_ALTER_TABLE and arg1 == "main" and isinstance(arg2, str):
-            found.append(arg2)
-        return apsw.SQLITE_OK
-
-    return found if prepare_only(conn, sql, params, authorizer) else []
 
 
 def _written_tables(conn: apsw.Connection, sql: str, params: Any) -> set[str]:

@@ -35,7 +35,7 @@ from typing import Any
 import apsw
 
 from logformats import Capture, is_internal_table
-from logformats.base import prepare_only
+from logformats.base import altered_tables
 
 from ..errors import ClusterError
 from ..store import node as store
@@ -101,18 +101,6 @@ def _drop_guards(conn: apsw.Connection, table: str | None = None) -> None:
     for name, tbl in rows:
         if table is None or tbl.lower() == table.lower():
             conn.execute(f"DROP TRIGGER {_ident(name)}")
-
-
-def _altered_tables(conn: apsw.Connection, sql: str, params: Any) -> list[str]:
-    """The main tables an ALTER TABLE statement changes, as SQLite's authorizer reports them."""
-    found: list[str] = []
-
-    def authorizer(code: int, arg1: Any, arg2: Any, dbname: Any, trigger: Any) -> int:
-        if code == apsw.SQLITE_ALTER_TABLE and arg1 == "main" and isinstance(arg2, str):
-            found.append(arg2)
-        return apsw.SQLITE_OK
-
-    return found if prepare_only(conn, sql, params, authorizer) else []
 
 
 def install_guards(conn: apsw.Connection) -> int:
@@ -324,7 +312,7 @@ class GuardedCapture(Capture):
         if kind == "ddl":
             # ALTER TABLE checks every trigger on the table again, and fails on the guards when a
             # TEMP table of the same name hides it: they step aside, and finish() puts them back.
-            for table in _altered_tables(self.conn, sql, params):
+            for table in altered_tables(self.conn, sql, params):
                 _drop_guards(self.conn, table)
         return self.inner.prepare(stmt, sql, params)
 
