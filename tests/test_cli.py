@@ -266,6 +266,21 @@ def test_exec_errors(cdir: Path) -> None:
     assert "ATTACH" in result.stderr
 
 
+def test_a_write_lock_held_too_long_is_explained(cdir: Path) -> None:
+    import apsw
+
+    holder = apsw.Connection(str(cdir / "node1.db"))
+    holder.execute("BEGIN IMMEDIATE")  # another program's open write transaction
+    try:
+        result = run("exec", cdir, "PRAGMA busy_timeout = 20; INSERT INTO t(a) VALUES (1)", ok=False)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.exit_code == 1
+    assert "database is locked: another connection held the write lock" in result.stderr
+    assert "retry once that transaction ends" in result.stderr
+
+
 def test_exec_runs_several_statements_as_sqlite3_does(cdir: Path) -> None:
     result = run("exec", cdir, "--mode", "csv", "INSERT INTO t(a) VALUES (1), (2); SELECT 'x;y' AS s; "
                  "SELECT count(*) AS n FROM t -- the end;")

@@ -25,6 +25,7 @@ from ..cluster.verify import verify as verify_cluster
 from ..driver import connect
 from ..errors import Error, ReplicationTimeout
 from ..store import config as cfg
+from ..store import node as store
 from ..store.decode import bad_input, iso_time, not_utf8
 from .options import POSITIVE_SECONDS, SECONDS, StderrHandler, log_options, parse_param, set_log_level
 from .render import echo_errors, render
@@ -89,6 +90,10 @@ def _describe(exc: BaseException) -> str:
         return not_utf8(exc)
     if isinstance(exc, UnicodeEncodeError) and "surrogates" in str(exc):
         return bad_input(exc)
+    if isinstance(exc, apsw.BusyError) or isinstance(cause, apsw.BusyError):
+        return (f"{exc}: another connection held the write lock of a node's file (an open write "
+                f"transaction) past the busy timeout ({store.BUSY_TIMEOUT_MS // 1000} s by default); "
+                "retry once that transaction ends")
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     if isinstance(exc, (Error, apsw.Error)):
