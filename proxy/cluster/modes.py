@@ -104,7 +104,6 @@ def _await_remote(cluster: ClusterCore, lsn: int, leader: apsw.Connection, remot
     need = len(remote) if config.mode == "sync" else config.semi_sync_k
     deadline = cluster.clock() + config.sync_timeout
     version = None
-    recorded = remote
     while True:
         current = leader.execute("PRAGMA data_version").fetchone()[0]
         if current != version:

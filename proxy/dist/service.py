@@ -341,8 +341,9 @@ class NodeService:
                                what="subscribing to acknowledgements")
         try:
             with store.opened(self.path, name=self.name) as conn:
-                store.write_acks_file(self.path, dict(positions))
-                store.set_remote_positions(conn, dict(positions), replace=True)
+                heard = dict(positions)
+                store.write_acks_file(self.path, heard)
+                store.set_remote_positions(conn, heard, replace=True)
                 written = checked = self.clock()
                 forgotten = False  # a forgotten follower not yet dropped from the node's file
                 while not self._deposed.is_set() and not self.stopping.is_set():

@@ -198,7 +198,8 @@ def without_waiting(conn: apsw.Connection) -> Iterator[apsw.Connection]:
 
 
 def remove_files(path: str | os.PathLike[str]) -> None:
-    """Delete a database file with its WAL, shared-memory and lease files."""
+    """Delete a database file with its WAL and shared-memory files, and the lease and
+    acknowledgements files beside it."""
     for suffix in ("", "-wal", "-shm", LEASE_FILE_SUFFIX, ACKS_FILE_SUFFIX):
         Path(str(path) + suffix).unlink(missing_ok=True)
 
